@@ -1,0 +1,22 @@
+"""HIVE as a transformers model: config, model, processor and the visual-question-answering pipeline.
+
+This folder is what a Hub checkpoint ships for `trust_remote_code=True`; importing it also registers HIVE with
+the Auto classes of the running process.
+"""
+
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText
+
+from .configuration_hive import HiveConfig
+from .modeling_hive import HiveForConditionalGeneration, HiveModel, HivePreTrainedModel
+
+
+AutoConfig.register("hive", HiveConfig, exist_ok=True)
+AutoModel.register(HiveConfig, HiveModel, exist_ok=True)
+AutoModelForImageTextToText.register(HiveConfig, HiveForConditionalGeneration, exist_ok=True)
+AutoModelForCausalLM.register(HiveConfig, HiveForConditionalGeneration, exist_ok=True)
+# save_pretrained copies the code files of classes registered for an Auto class (the full auto_map is set on save).
+HiveConfig.register_for_auto_class()
+HiveModel.register_for_auto_class("AutoModel")
+HiveForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
+
+__all__ = ["HiveConfig", "HiveForConditionalGeneration", "HiveModel", "HivePreTrainedModel"]

@@ -1,0 +1,165 @@
+"""HIVE model configuration."""
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+
+HIERARCHY_MODES = ("paired", "all_levels")
+
+
+def spread_layer_pairs(num_pairs: int, vision_depth: int, text_depth: int) -> list[list[int]]:
+    """Spread `num_pairs` [vision_layer, text_layer] pairs evenly over both depths, ending at the last layers."""
+    return [
+        [round((k + 1) * vision_depth / num_pairs) - 1, round((k + 1) * text_depth / num_pairs) - 1]
+        for k in range(num_pairs)
+    ]
+
+
+@strict
+class HiveConfig(PreTrainedConfig):
+    r"""
+    Configuration of a HIVE model: a vision encoder connected to a causal LLM through gated cross-attention at
+    several `[vision_layer, text_layer]` pairs.
+
+    Args:
+        vision_config (`dict` or `PreTrainedConfig`):
+            Config of any transformers vision encoder that returns per-layer hidden states (ViT, SigLIP vision,
+            CLIP vision, DINOv2, ...). A dict needs a `model_type`.
+        text_config (`dict` or `PreTrainedConfig`):
+            Config of any transformers causal LM (Llama, Qwen2, Mistral, GPT-2, ...). A dict needs a `model_type`.
+        cross_attention_layers (`list[list[int]]`, *optional*):
+            `[vision_layer, text_layer]` pairs, both 0-based. The output of encoder layer `vision_layer` feeds a
+            cross-attention block that runs just before LLM decoder layer `text_layer`. Defaults to
+            `num_cross_attention_layers` pairs spread evenly over both depths.
+        num_cross_attention_layers (`int`, *optional*, defaults to 4):
+            Number of pairs to spread when `cross_attention_layers` is not given.
+        hierarchy_mode (`str`, *optional*, defaults to `"paired"`):
+            `"paired"`: each cross-attention block attends to its own vision layer (the paper's corresponding
+            blocks). `"all_levels"`: each block attends to all selected vision layers at once, each level tagged
+            by a learned level embedding.
+        cross_attention_num_heads (`int`, *optional*):
+            Query heads of the cross-attention blocks. Defaults to the LLM's attention heads.
+        cross_attention_num_key_value_heads (`int`, *optional*):
+            Key/value heads (grouped-query attention). Defaults to `cross_attention_num_heads`.
+        cross_attention_intermediate_size (`int`, *optional*):
+            Width of the gated MLP inside each block. Defaults to 4 times the LLM width.
+        cross_attention_qk_norm (`bool`, *optional*, defaults to `True`):
+            Per-head RMSNorm on queries and keys.
+        gate_init (`float`, *optional*, defaults to 0.0):
+            Initial value of every gate; `tanh(gate)` scales both branches of each block, so 0.0 makes a fresh
+            model behave exactly like the bare LLM.
+        cross_attention_dropout (`float`, *optional*, defaults to 0.0):
+            Dropout on the cross-attention probabilities.
+        projector_hidden_act (`str`, *optional*, defaults to `"gelu"`):
+            Activation of the per-level projectors (LayerNorm, Linear, act, Linear).
+        rms_norm_eps (`float`, *optional*, defaults to 1e-6):
+            Epsilon of the blocks' RMSNorms.
+
+    Example:
+        ```python
+        >>> from transformers import LlamaConfig, ViTConfig
+        >>> from modeling_hive import HiveConfig, HiveForConditionalGeneration
+        >>> vision = ViTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8)
+        >>> text = LlamaConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, vocab_size=100)
+        >>> config = HiveConfig(vision_config=vision, text_config=text, cross_attention_layers=[[1, 1], [3, 3]])
+        >>> model = HiveForConditionalGeneration(config)
+        ```
+    """
+
+    model_type = "hive"
+    sub_configs_defaults = {
+        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="siglip_vision_model"),
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen2"),
+    }
+
+    vision_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    cross_attention_layers: list | None = None
+    num_cross_attention_layers: int = 4
+    hierarchy_mode: str = "paired"
+    cross_attention_num_heads: int | None = None
+    cross_attention_num_key_value_heads: int | None = None
+    cross_attention_intermediate_size: int | None = None
+    cross_attention_qk_norm: bool = True
+    gate_init: float = 0.0
+    cross_attention_dropout: float = 0.0
+    projector_hidden_act: str = "gelu"
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        # The LLM's own tying decides ours (GPT-2 and small Qwen2 models tie lm_head to the input embeddings).
+        self.tie_word_embeddings = bool(getattr(self.text_config, "tie_word_embeddings", False))
+        self._validate_hive_fields()
+
+    @property
+    def vision_layers(self) -> list[int]:
+        """The selected vision layers (the hierarchy's levels), sorted and without repeats."""
+        return sorted({pair[0] for pair in self.cross_attention_layers})
+
+    def _validate_hive_fields(self):
+        vision_depth = self.vision_config.num_hidden_layers
+        text_depth = self.text_config.num_hidden_layers
+        text_width = self.text_config.hidden_size
+
+        if self.hierarchy_mode not in HIERARCHY_MODES:
+            raise ValueError(f"hierarchy_mode must be one of {HIERARCHY_MODES}, got {self.hierarchy_mode!r}.")
+
+        if self.cross_attention_layers is None:
+            if not 1 <= self.num_cross_attention_layers <= text_depth:
+                raise ValueError(
+                    f"num_cross_attention_layers must be between 1 and the LLM's {text_depth} layers, "
+                    f"got {self.num_cross_attention_layers}."
+                )
+            self.cross_attention_layers = spread_layer_pairs(self.num_cross_attention_layers, vision_depth, text_depth)
+        pairs = [list(pair) for pair in self.cross_attention_layers]
+        if not pairs:
+            raise ValueError("cross_attention_layers must hold at least one [vision_layer, text_layer] pair.")
+        for pair in pairs:
+            if len(pair) != 2 or not all(isinstance(i, int) and not isinstance(i, bool) for i in pair):
+                raise ValueError(f"cross_attention_layers entries must be [vision_layer, text_layer] ints, got {pair}.")
+            vision_layer, text_layer = pair
+            if not 0 <= vision_layer < vision_depth:
+                raise ValueError(
+                    f"cross_attention_layers: vision layer {vision_layer} is out of range; the encoder has "
+                    f"{vision_depth} layers (0 to {vision_depth - 1})."
+                )
+            if not 0 <= text_layer < text_depth:
+                raise ValueError(
+                    f"cross_attention_layers: text layer {text_layer} is out of range; the LLM has "
+                    f"{text_depth} layers (0 to {text_depth - 1})."
+                )
+        text_layers = [pair[1] for pair in pairs]
+        repeated = sorted({t for t in text_layers if text_layers.count(t) > 1})
+        if repeated:
+            raise ValueError(f"cross_attention_layers: text layer(s) {repeated} used more than once; each LLM layer takes one block.")
+        self.cross_attention_layers = sorted(pairs, key=lambda pair: pair[1])
+        self.num_cross_attention_layers = len(pairs)
+
+        if self.cross_attention_num_heads is None:
+            self.cross_attention_num_heads = self.text_config.num_attention_heads
+        if self.cross_attention_num_key_value_heads is None:
+            self.cross_attention_num_key_value_heads = self.cross_attention_num_heads
+        if self.cross_attention_num_heads < 1 or text_width % self.cross_attention_num_heads:
+            raise ValueError(
+                f"cross_attention_num_heads ({self.cross_attention_num_heads}) must divide the LLM width ({text_width})."
+            )
+        if (
+            self.cross_attention_num_key_value_heads < 1
+            or self.cross_attention_num_heads % self.cross_attention_num_key_value_heads
+        ):
+            raise ValueError(
+                f"cross_attention_num_key_value_heads ({self.cross_attention_num_key_value_heads}) must divide "
+                f"cross_attention_num_heads ({self.cross_attention_num_heads})."
+            )
+        if self.cross_attention_intermediate_size is None:
+            self.cross_attention_intermediate_size = 4 * text_width
+        if self.cross_attention_intermediate_size < 1:
+            raise ValueError(f"cross_attention_intermediate_size must be positive, got {self.cross_attention_intermediate_size}.")
+        if not 0.0 <= self.cross_attention_dropout < 1.0:
+            raise ValueError(f"cross_attention_dropout must be in [0, 1), got {self.cross_attention_dropout}.")
+
+
+__all__ = ["HiveConfig"]

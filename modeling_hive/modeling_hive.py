@@ -1,0 +1,713 @@
+"""HIVE: a vision encoder feeding a causal LLM through gated cross-attention at several layer pairs.
+
+The LLM is left unmodified: each cross-attention block runs as a forward pre-hook on its LLM decoder layer, and
+reads the image keys/values from a `HiveVisionContext` that travels to every decoder layer as a keyword argument
+(transformers forwards the LM's `**kwargs` to its decoder layers). Parameter names of the encoder and the LLM are
+therefore exactly those of their own checkpoints, under `model.vision_model.` and `model.language_model.`.
+"""
+
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.auto.modeling_auto import MODEL_MAPPING
+from transformers.utils import ModelOutput, logging
+
+from .configuration_hive import HiveConfig
+
+
+logger = logging.get_logger(__name__)
+
+
+@dataclass
+class HiveModelOutputWithPast(ModelOutput):
+    r"""
+    Args:
+        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`):
+            Hidden states of the LLM's last layer.
+        past_key_values (`Cache`, *optional*):
+            The LLM's self-attention cache, followed by one `HiveCrossAttentionCacheLayer` per cross-attention block
+            holding the image keys/values computed at prefill.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+            The LLM's per-layer hidden states, when `output_hidden_states=True`.
+        attentions (`tuple(torch.FloatTensor)`, *optional*):
+            The LLM's self-attention weights, when `output_attentions=True`.
+        vision_hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+            One `(batch_size, num_patches, vision_hidden_size)` tensor per selected vision layer (ascending layer
+            order, see `config.vision_layers`), when `output_vision_features=True`.
+        cross_attentions (`tuple(torch.FloatTensor)`, *optional*):
+            One `(batch_size, num_heads, sequence_length, num_image_tokens)` tensor per cross-attention block (in
+            `config.cross_attention_layers` order), when `output_cross_attentions=True`. In `all_levels` mode the
+            image tokens are the levels' tokens concatenated in `config.vision_layers` order.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    past_key_values: Cache | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    vision_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class HiveCausalLMOutputWithPast(ModelOutput):
+    r"""
+    Args:
+        loss (`torch.FloatTensor` of shape `(1,)`, *optional*):
+            Next-token cross-entropy over the positions whose label is not -100 (0.0 when there are none).
+        logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`):
+            Next-token scores.
+        past_key_values, hidden_states, attentions, vision_hidden_states, cross_attentions:
+            As in `HiveModelOutputWithPast`.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    past_key_values: Cache | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    vision_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class HiveVisionContext:
+    """What the cross-attention hooks read during one LLM forward: per-block image keys/values and the image mask."""
+
+    key_values: list[tuple[torch.Tensor, torch.Tensor]]  # per block: (B, kv_heads, num_image_tokens, head_dim) x2
+    image_mask: torch.Tensor  # (B,) bool: which samples have an image
+    cross_attentions: dict | None = None  # filled with block index -> weights when requested
+
+
+class HiveCrossAttentionCacheLayer(DynamicLayer):
+    """A cache layer holding one block's image keys/values (and the image mask), written once at prefill.
+
+    It sits after the LLM's own layers in the same `Cache`, so beam search reordering and batch expansion apply to it.
+    """
+
+    is_compileable = True  # static caches skip the decode mask unless every layer says so
+    is_croppable = True
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.image_mask = None
+
+    def write(self, key_states: torch.Tensor, value_states: torch.Tensor, image_mask: torch.Tensor) -> None:
+        self.dtype, self.device = key_states.dtype, key_states.device
+        self.keys, self.values, self.image_mask = key_states, value_states, image_mask
+        self.is_initialized = True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        raise RuntimeError("Image keys/values are written once at prefill with `write`, never appended.")
+
+    def get_seq_length(self) -> int:
+        # Non-zero once written: `Cache.reorder_cache` and `batch_repeat_interleave` skip empty layers.
+        return self.keys.shape[-2] if self.is_initialized else 0
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.get_seq_length(), 0
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def reset(self) -> None:
+        self.keys, self.values, self.image_mask = None, None, None
+        self.is_initialized = False
+
+    def crop(self, tokens_to_remove: int) -> None:
+        """Image keys/values do not grow with the text: assisted decoding's crops leave them alone."""
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        if self.is_initialized:
+            beam_idx = beam_idx.to(self.keys.device)
+            self.keys, self.values = self.keys.index_select(0, beam_idx), self.values.index_select(0, beam_idx)
+            self.image_mask = self.image_mask.index_select(0, beam_idx)
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self.is_initialized:
+            self.keys = self.keys.repeat_interleave(repeats, dim=0)
+            self.values = self.values.repeat_interleave(repeats, dim=0)
+            self.image_mask = self.image_mask.repeat_interleave(repeats, dim=0)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.is_initialized:
+            self.keys, self.values, self.image_mask = self.keys[indices], self.values[indices], self.image_mask[indices]
+
+
+class HiveRMSNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        input_dtype = hidden_states.dtype
+        hidden_states = hidden_states.to(torch.float32)
+        variance = hidden_states.pow(2).mean(-1, keepdim=True)
+        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
+        return self.weight * hidden_states.to(input_dtype)
+
+
+class HiveMultiModalProjector(nn.Module):
+    """Maps one vision level into the LLM width: LayerNorm, Linear, act, Linear."""
+
+    def __init__(self, config: HiveConfig):
+        super().__init__()
+        vision_width, text_width = config.vision_config.hidden_size, config.text_config.hidden_size
+        self.layer_norm = nn.LayerNorm(vision_width)
+        self.linear_1 = nn.Linear(vision_width, text_width)
+        self.act = ACT2FN[config.projector_hidden_act]
+        self.linear_2 = nn.Linear(text_width, text_width)
+
+    def forward(self, vision_hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(self.act(self.linear_1(self.layer_norm(vision_hidden_states))))
+
+
+def eager_cross_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """Plain softmax attention; also used whenever the attention weights are asked for."""
+    key = key.repeat_interleave(module.num_key_value_groups, dim=1)
+    value = value.repeat_interleave(module.num_key_value_groups, dim=1)
+    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, nh, T, N)
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = F.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()  # (B, T, nh, hs)
+    return attn_output, attn_weights
+
+
+class HiveCrossAttention(nn.Module):
+    """Text queries attending to image keys/values, with optional per-head RMSNorm on q and k."""
+
+    is_causal = False
+
+    def __init__(self, config: HiveConfig):
+        super().__init__()
+        self.config = config
+        width = config.text_config.hidden_size
+        self.num_heads = config.cross_attention_num_heads
+        self.num_key_value_heads = config.cross_attention_num_key_value_heads
+        self.num_key_value_groups = self.num_heads // self.num_key_value_heads
+        self.head_dim = width // self.num_heads
+        self.scaling = self.head_dim**-0.5
+        self.dropout = config.cross_attention_dropout
+        self.q_proj = nn.Linear(width, self.num_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(width, self.num_key_value_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(width, self.num_key_value_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, width, bias=False)
+        if config.cross_attention_qk_norm:
+            self.q_norm = HiveRMSNorm(self.head_dim, eps=config.rms_norm_eps)
+            self.k_norm = HiveRMSNorm(self.head_dim, eps=config.rms_norm_eps)
+        else:
+            self.q_norm = self.k_norm = nn.Identity()
+
+    def project_key_value(self, image_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, N, width) projected image features -> keys and values, each (B, kv_heads, N, head_dim)."""
+        batch_size, num_tokens, _ = image_states.shape
+        shape = (batch_size, num_tokens, self.num_key_value_heads, self.head_dim)
+        key_states = self.k_norm(self.k_proj(image_states).view(shape)).transpose(1, 2)
+        value_states = self.v_proj(image_states).view(shape).transpose(1, 2)
+        return key_states, value_states
+
+    def forward(self, hidden_states, key_states, value_states, output_attentions: bool = False):
+        batch_size, seq_len, _ = hidden_states.shape
+        query_states = self.q_norm(self.q_proj(hidden_states).view(batch_size, seq_len, self.num_heads, self.head_dim))
+        query_states = query_states.transpose(1, 2)  # (B, nh, T, hs)
+        implementation = "eager" if output_attentions else self.config._attn_implementation
+        attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_cross_attention_forward)
+        if implementation == "eager":
+            attention_interface = eager_cross_attention_forward
+        attn_output, attn_weights = attention_interface(
+            self,
+            query_states,
+            key_states,
+            value_states,
+            attention_mask=None,
+            scaling=self.scaling,
+            dropout=self.dropout if self.training else 0.0,
+        )
+        attn_output = attn_output.reshape(batch_size, seq_len, -1).contiguous()
+        return self.o_proj(attn_output), attn_weights
+
+
+class HiveCrossAttentionMLP(nn.Module):
+    def __init__(self, config: HiveConfig):
+        super().__init__()
+        width = config.text_config.hidden_size
+        self.up_proj = nn.Linear(width, config.cross_attention_intermediate_size)
+        self.act_fn = ACT2FN["gelu"]
+        self.down_proj = nn.Linear(config.cross_attention_intermediate_size, width)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.up_proj(hidden_states)))
+
+
+class HiveCrossAttentionLayer(GradientCheckpointingLayer):
+    """Pre-norm gated cross-attention block: both the attention and the MLP branch are scaled by tanh(gate)."""
+
+    def __init__(self, config: HiveConfig):
+        super().__init__()
+        width = config.text_config.hidden_size
+        self.input_layernorm = HiveRMSNorm(width, eps=config.rms_norm_eps)
+        self.cross_attn = HiveCrossAttention(config)
+        self.cross_attn_attn_gate = nn.Parameter(torch.full((1,), float(config.gate_init)))
+        self.post_attention_layernorm = HiveRMSNorm(width, eps=config.rms_norm_eps)
+        self.mlp = HiveCrossAttentionMLP(config)
+        self.cross_attn_mlp_gate = nn.Parameter(torch.full((1,), float(config.gate_init)))
+
+    def forward(self, hidden_states, key_states, value_states, image_mask, output_attentions: bool = False):
+        row_mask = image_mask.to(hidden_states.dtype)[:, None, None]  # (B, 1, 1): samples without an image skip the block
+        residual = hidden_states
+        attn_output, attn_weights = self.cross_attn(
+            self.input_layernorm(hidden_states), key_states, value_states, output_attentions=output_attentions
+        )
+        hidden_states = residual + self.cross_attn_attn_gate.tanh() * attn_output * row_mask
+        residual = hidden_states
+        hidden_states = residual + self.cross_attn_mlp_gate.tanh() * self.mlp(self.post_attention_layernorm(hidden_states)) * row_mask
+        return hidden_states, attn_weights
+
+
+def decoder_layers(language_model: nn.Module, num_layers: int) -> nn.ModuleList:
+    """The LLM's list of decoder layers, found by structure (the child ModuleList with one entry per layer)."""
+    candidates = [module for module in language_model.children() if isinstance(module, nn.ModuleList) and len(module) == num_layers]
+    if len(candidates) != 1:
+        raise ValueError(
+            f"{type(language_model).__name__} has no single ModuleList of its {num_layers} decoder layers; "
+            "HIVE supports decoder-only LLMs whose base model holds its layers in one list."
+        )
+    return candidates[0]
+
+
+# Every Auto class a saved HIVE folder answers to with `trust_remote_code=True`.
+HIVE_AUTO_MAP = {
+    "AutoConfig": "configuration_hive.HiveConfig",
+    "AutoModel": "modeling_hive.HiveModel",
+    "AutoModelForImageTextToText": "modeling_hive.HiveForConditionalGeneration",
+    "AutoModelForCausalLM": "modeling_hive.HiveForConditionalGeneration",
+}
+
+
+class HivePreTrainedModel(PreTrainedModel):
+    config: HiveConfig
+    config_class = HiveConfig
+    base_model_prefix = "model"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["HiveCrossAttentionLayer"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = False
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """As `PreTrainedModel.from_pretrained`, but weights are only ever read from safetensors (no pickle path)."""
+        if kwargs.get("use_safetensors") is False:
+            raise ValueError("HIVE loads weights from safetensors only; drop use_safetensors=False.")
+        kwargs["use_safetensors"] = True
+        return super().from_pretrained(*args, **kwargs)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """As `PreTrainedModel.save_pretrained` (safetensors), with a config whose `auto_map` covers every Auto class."""
+        if kwargs.get("safe_serialization") is False:
+            raise ValueError("HIVE writes weights as safetensors only; drop safe_serialization=False.")
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **HIVE_AUTO_MAP}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, HiveCrossAttentionLayer):
+            init.constant_(module.cross_attn_attn_gate, self.config.gate_init)
+            init.constant_(module.cross_attn_mlp_gate, self.config.gate_init)
+        elif isinstance(module, HiveMultiModalProjector):
+            init.xavier_uniform_(module.linear_1.weight)
+            init.xavier_uniform_(module.linear_2.weight)
+        elif isinstance(module, HiveModel) and module.level_embeddings is not None:
+            init.normal_(module.level_embeddings, std=0.02)
+
+
+class HiveModel(HivePreTrainedModel):
+    """The vision encoder, the per-level projectors, the cross-attention blocks and the LLM's base model."""
+
+    def __init__(self, config: HiveConfig):
+        super().__init__(config)
+        self.vision_model = AutoModel.from_config(config.vision_config)
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.multi_modal_projectors = nn.ModuleList(HiveMultiModalProjector(config) for _ in config.vision_layers)
+        self.cross_attention_layers = nn.ModuleList(HiveCrossAttentionLayer(config) for _ in config.cross_attention_layers)
+        if config.hierarchy_mode == "all_levels":
+            self.level_embeddings = nn.Parameter(torch.zeros(len(config.vision_layers), config.text_config.hidden_size))
+        else:
+            self.level_embeddings = None
+        self._no_split_modules = sorted(
+            {"HiveCrossAttentionLayer"}
+            | set(getattr(self.vision_model, "_no_split_modules", None) or [])
+            | set(getattr(self.language_model, "_no_split_modules", None) or [])
+        )
+        layers = decoder_layers(self.language_model, config.text_config.num_hidden_layers)
+        for index, (_, text_layer) in enumerate(config.cross_attention_layers):
+            layers[text_layer].register_forward_pre_hook(partial(self._cross_attention_hook, index), with_kwargs=True)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.language_model.set_input_embeddings(value)
+
+    def get_decoder(self):
+        return self.language_model
+
+    def _cross_attention_hook(self, index, module, args, kwargs):
+        """Runs cross-attention block `index` on the hidden states entering its LLM decoder layer."""
+        context = kwargs.get("hive_vision_context")
+        if context is None:
+            return None
+        hidden_states = args[0] if args else kwargs["hidden_states"]
+        block = self.cross_attention_layers[index]
+        key_states, value_states = context.key_values[index]
+        output_attentions = context.cross_attentions is not None
+        new_hidden_states, attn_weights = block(
+            hidden_states, key_states, value_states, context.image_mask, output_attentions=output_attentions
+        )
+        if output_attentions:
+            context.cross_attentions[index] = attn_weights
+        if args:
+            return (new_hidden_states, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": new_hidden_states}
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Runs the encoder once: one `(B, num_patches, vision_hidden_size)` tensor per selected vision layer."""
+        outputs = self.vision_model(pixel_values=pixel_values, output_hidden_states=True)
+        # hidden_states[0] is the embedding output, hidden_states[i + 1] the output of encoder layer i.
+        return tuple(outputs.hidden_states[layer + 1] for layer in self.config.vision_layers)
+
+    def get_cross_attention_key_values(self, vision_hidden_states: tuple[torch.Tensor, ...]) -> list:
+        """Projects each level and computes every block's image keys/values (done once per image)."""
+        dtype = self.multi_modal_projectors[0].linear_1.weight.dtype
+        levels = [projector(states.to(dtype)) for projector, states in zip(self.multi_modal_projectors, vision_hidden_states)]
+        level_index = {layer: i for i, layer in enumerate(self.config.vision_layers)}
+        if self.level_embeddings is not None:
+            all_levels = torch.cat([states + self.level_embeddings[i] for i, states in enumerate(levels)], dim=1)
+        key_values = []
+        for block, (vision_layer, _) in zip(self.cross_attention_layers, self.config.cross_attention_layers):
+            image_states = all_levels if self.level_embeddings is not None else levels[level_index[vision_layer]]
+            key_values.append(block.cross_attn.project_key_value(image_states))
+        return key_values
+
+    def _check_pixel_values(self, pixel_values, batch_size):
+        if not isinstance(pixel_values, torch.Tensor):
+            raise TypeError(f"pixel_values must be a torch.Tensor of shape (B, C, H, W), got {type(pixel_values).__name__}.")
+        channels = getattr(self.config.vision_config, "num_channels", 3)
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != channels:
+            raise ValueError(
+                f"pixel_values must have shape (batch, {channels}, height, width), got {tuple(pixel_values.shape)}. "
+                "Run images through the processor (HiveProcessor) to get pixel_values."
+            )
+        if pixel_values.shape[0] != batch_size:
+            raise ValueError(
+                f"pixel_values has {pixel_values.shape[0]} images but the text batch has {batch_size} samples; pass one "
+                "image per sample (a zero image with image_mask False for samples without one)."
+            )
+        if not torch.isfinite(pixel_values).all():
+            raise ValueError("pixel_values contains NaN or inf; check the image preprocessing.")
+
+    def _check_image_mask(self, image_mask, batch_size, device):
+        if image_mask is None:
+            return torch.ones(batch_size, dtype=torch.bool, device=device)
+        image_mask = torch.as_tensor(image_mask, device=device)
+        if image_mask.shape != (batch_size,):
+            raise ValueError(f"image_mask must have shape ({batch_size},), one flag per sample; got {tuple(image_mask.shape)}.")
+        return image_mask.bool()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        image_mask: torch.BoolTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        output_vision_features: bool = False,
+        output_cross_attentions: bool = False,
+        **kwargs,
+    ) -> HiveModelOutputWithPast:
+        r"""
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
+                Token ids; images are not tokens in HIVE, so no image placeholder is needed.
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, channels, height, width)`, *optional*):
+                One image per sample. `None` runs text-only, or reuses the image keys/values cached in
+                `past_key_values`.
+            image_mask (`torch.BoolTensor` of shape `(batch_size,)`, *optional*):
+                Which samples have a real image; the others skip every cross-attention block. Defaults to all.
+            attention_mask, position_ids, past_key_values, inputs_embeds, use_cache:
+                As for the LLM.
+            output_vision_features (`bool`): also return the selected encoder layers' hidden states.
+            output_cross_attentions (`bool`): also return each block's attention weights over the image tokens.
+
+        Example:
+            ```python
+            >>> outputs = model.model(input_ids=input_ids, pixel_values=pixel_values)
+            >>> outputs.last_hidden_state.shape  # (batch_size, sequence_length, hidden_size)
+            ```
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        if input_ids is not None:
+            if input_ids.ndim != 2:
+                raise ValueError(f"input_ids must have shape (batch, sequence_length), got {tuple(input_ids.shape)}.")
+            if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+                raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}); pass at least one token per sample.")
+            vocab_size = self.language_model.get_input_embeddings().num_embeddings
+            if past_key_values is None or input_ids.shape[1] > 1:  # skip the sync on single-token decode steps
+                if int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab_size:
+                    raise ValueError(
+                        f"input_ids holds ids outside the vocabulary [0, {vocab_size}): min {int(input_ids.min())}, "
+                        f"max {int(input_ids.max())}. Use the model's own tokenizer, or resize_token_embeddings after adding tokens."
+                    )
+        batch_size = (input_ids if input_ids is not None else inputs_embeds).shape[0]
+        device = (input_ids if input_ids is not None else inputs_embeds).device
+        if attention_mask is not None and attention_mask.ndim == 2 and attention_mask.shape[0] != batch_size:
+            raise ValueError(f"attention_mask has batch size {attention_mask.shape[0]} but input has {batch_size}.")
+
+        vision_hidden_states = None
+        key_values = None
+        num_text_layers = self.config.text_config.num_hidden_layers
+        if pixel_values is not None:
+            self._check_pixel_values(pixel_values, batch_size)
+            image_mask = self._check_image_mask(image_mask, batch_size, device)
+            vision_hidden_states = self.get_image_features(pixel_values)
+            key_values = self.get_cross_attention_key_values(vision_hidden_states)
+        elif past_key_values is not None and len(past_key_values.layers) > num_text_layers:
+            cached = past_key_values.layers[num_text_layers:]
+            if all(layer.is_initialized for layer in cached):
+                key_values = [(layer.keys, layer.values) for layer in cached]
+                image_mask = cached[0].image_mask
+
+        context = None
+        if key_values is not None:
+            context = HiveVisionContext(key_values, image_mask, {} if output_cross_attentions else None)
+        outputs = self.language_model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            hive_vision_context=context,
+            **kwargs,
+        )
+        cache = outputs.past_key_values
+        if pixel_values is not None and cache is not None:
+            # The LLM's own layers exist now; the image keys/values go after them, one layer per block.
+            while len(cache.layers) > num_text_layers and isinstance(cache.layers[-1], HiveCrossAttentionCacheLayer):
+                cache.layers.pop()
+            if len(cache.layers) != num_text_layers:
+                raise ValueError(f"past_key_values has {len(cache.layers)} layers; expected the LLM's {num_text_layers}.")
+            for key_states, value_states in key_values:
+                layer = HiveCrossAttentionCacheLayer()
+                layer.write(key_states, value_states, image_mask)
+                cache.layers.append(layer)
+
+        cross_attentions = None
+        if output_cross_attentions and context is not None:
+            cross_attentions = tuple(context.cross_attentions[i] for i in range(len(key_values)))
+        return HiveModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            past_key_values=cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            vision_hidden_states=vision_hidden_states if output_vision_features else None,
+            cross_attentions=cross_attentions,
+        )
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
+    """Next-token cross-entropy over labels != -100; 0.0 (never NaN) when every label is -100."""
+    shift_logits = logits[:, :-1, :].float().reshape(-1, logits.shape[-1])
+    shift_labels = labels[:, 1:].reshape(-1).to(shift_logits.device)
+    loss_sum = F.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="sum")
+    if num_items_in_batch is None:
+        num_items_in_batch = (shift_labels != -100).sum()
+    num_items_in_batch = torch.as_tensor(num_items_in_batch, device=loss_sum.device)
+    return loss_sum / num_items_in_batch.clamp(min=1)
+
+
+class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
+    """HIVE with the LLM's language-modelling head: the class to train, generate with and save.
+
+    Example:
+        ```python
+        >>> from modeling_hive import HiveForConditionalGeneration
+        >>> model = HiveForConditionalGeneration.from_backbones("google/siglip-base-patch16-224", "Qwen/Qwen2-0.5B")
+        >>> out = model.generate(**processor(images=image, text="What colour is the square?", return_tensors="pt"))
+        ```
+    """
+
+    def __init__(self, config: HiveConfig):
+        super().__init__(config)
+        self.model = HiveModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        embeddings = self.model.language_model.get_input_embeddings()
+        embeddings_name = next(name for name, module in self.model.language_model.named_modules() if module is embeddings)
+        self._tied_weights_keys = {"lm_head.weight": f"model.language_model.{embeddings_name}.weight"}
+        self._no_split_modules = self.model._no_split_modules
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head = new_embeddings
+
+    def get_decoder(self):
+        return self.model.get_decoder()
+
+    @property
+    def vision_model(self):
+        return self.model.vision_model
+
+    @property
+    def language_model(self):
+        return self.model.language_model
+
+    @classmethod
+    def from_backbones(cls, vision_model: str, text_model: str, torch_dtype=None, **config_kwargs):
+        """Builds a HIVE model around a pretrained encoder and a pretrained causal LLM (Hub ids or local folders).
+
+        The cross-attention blocks and projectors are freshly initialised (gates at `gate_init`); the backbones' weights
+        are loaded unchanged. A full dual-encoder checkpoint (CLIP, SigLIP) contributes its vision tower.
+
+        Args:
+            vision_model (`str`): Hub id or folder of the vision encoder.
+            text_model (`str`): Hub id or folder of the causal LLM.
+            torch_dtype: dtype to load both backbones in.
+            **config_kwargs: `HiveConfig` fields such as `cross_attention_layers` or `hierarchy_mode`.
+
+        Example:
+            ```python
+            >>> model = HiveForConditionalGeneration.from_backbones("google/siglip-base-patch16-224", "Qwen/Qwen2-0.5B",
+            ...     cross_attention_layers=[[2, 5], [5, 11], [8, 17], [11, 23]])
+            ```
+        """
+        vision_config = AutoConfig.from_pretrained(vision_model)
+        vision_config = getattr(vision_config, "vision_config", None) or vision_config  # CLIP/SigLIP: the vision tower
+        vision_class = MODEL_MAPPING[type(vision_config)]
+        vision, vision_info = vision_class.from_pretrained(vision_model, dtype=torch_dtype, output_loading_info=True)
+        text, text_info = AutoModelForCausalLM.from_pretrained(text_model, dtype=torch_dtype, output_loading_info=True)
+        for source, info in ((vision_model, vision_info), (text_model, text_info)):
+            if info["missing_keys"]:
+                raise ValueError(f"Backbone {source!r} lacks weights for {sorted(info['missing_keys'])[:10]}; is it the right checkpoint?")
+        config = HiveConfig(vision_config=vision.config.to_dict(), text_config=text.config.to_dict(), **config_kwargs)
+        model = cls(config)
+        model.model.vision_model.load_state_dict(vision.state_dict())
+        model.model.language_model.load_state_dict(text.get_decoder().state_dict())
+        model.lm_head.load_state_dict(text.get_output_embeddings().state_dict())
+        model.tie_weights()
+        if torch_dtype is not None:
+            model = model.to(torch_dtype)
+        return model
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        image_mask: torch.BoolTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        output_vision_features: bool = False,
+        output_cross_attentions: bool = False,
+        **kwargs,
+    ) -> HiveCausalLMOutputWithPast:
+        r"""
+        Args:
+            input_ids, pixel_values, image_mask, attention_mask, position_ids, past_key_values, inputs_embeds,
+            use_cache, output_vision_features, output_cross_attentions:
+                As in `HiveModel.forward`.
+            labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+                Next-token targets aligned with `input_ids` (shifted inside); -100 marks ignored positions.
+            logits_to_keep (`int`, *optional*): compute logits for the last `logits_to_keep` positions only (0: all).
+
+        Example:
+            ```python
+            >>> outputs = model(input_ids=input_ids, pixel_values=pixel_values, labels=input_ids)
+            >>> outputs.loss.backward()
+            ```
+        """
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        if labels is not None and input_ids is not None and labels.shape != input_ids.shape:
+            raise ValueError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}.")
+        outputs = self.model(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            image_mask=image_mask,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_vision_features=output_vision_features,
+            output_cross_attentions=output_cross_attentions,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, slice_indices, :])
+        loss = causal_lm_loss(logits, labels, num_items_in_batch) if labels is not None else None
+        return HiveCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            vision_hidden_states=outputs.vision_hidden_states,
+            cross_attentions=outputs.cross_attentions,
+        )
+
+    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, pixel_values=None, image_mask=None, use_cache=True, is_first_iteration=False, **kwargs):
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids,
+            past_key_values=past_key_values,
+            pixel_values=pixel_values,
+            image_mask=image_mask,
+            use_cache=use_cache,
+            is_first_iteration=is_first_iteration,
+            **kwargs,
+        )
+        if not is_first_iteration and use_cache:
+            # The image keys/values (and the image mask) live in the cache after prefill.
+            model_inputs["pixel_values"] = None
+            model_inputs["image_mask"] = None
+        return model_inputs
+
+
+__all__ = [
+    "HiveCrossAttentionCacheLayer",
+    "HiveForConditionalGeneration",
+    "HiveModel",
+    "HivePreTrainedModel",
+]
