@@ -324,6 +324,53 @@ class HivePreTrainedModel(PreTrainedModel):
         self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **HIVE_AUTO_MAP}
         return super().save_pretrained(save_directory, *args, **kwargs)
 
+    def component_parameters(self) -> dict[str, list[nn.Parameter]]:
+        """HIVE's four components and their parameters: vision, projector, cross_attention, llm (head included)."""
+        hive = self.base_model
+        projector = list(hive.multi_modal_projectors.parameters())
+        if hive.level_embeddings is not None:
+            projector.append(hive.level_embeddings)
+        llm = list(hive.language_model.parameters())
+        head = self.get_output_embeddings() if hasattr(self, "lm_head") else None
+        if head is not None:
+            llm += [p for p in head.parameters() if all(p is not q for q in llm)]  # a tied head adds nothing
+        return {
+            "vision": list(hive.vision_model.parameters()),
+            "projector": projector,
+            "cross_attention": list(hive.cross_attention_layers.parameters()),
+            "llm": llm,
+        }
+
+    def set_trainable(self, vision=None, projector=None, cross_attention=None, llm=None) -> dict[str, dict[str, int]]:
+        """Freezes (False) or unfreezes (True) whole components; None leaves one as it is. Logs and returns the counts.
+
+        Args:
+            vision, projector, cross_attention, llm (`bool`, *optional*): whether that component trains.
+
+        Returns:
+            `{component: {"trainable": n, "total": m}}` in parameters (elements), plus a `"total"` row.
+
+        Example:
+            ```python
+            >>> counts = model.set_trainable(vision=False, projector=True, cross_attention=True, llm=False)  # stage 2
+            >>> counts["llm"]["trainable"]
+            0
+            ```
+        """
+        wanted = {"vision": vision, "projector": projector, "cross_attention": cross_attention, "llm": llm}
+        components = self.component_parameters()
+        for name, flag in wanted.items():
+            if flag is not None:
+                for parameter in components[name]:
+                    parameter.requires_grad_(bool(flag))
+        counts = {
+            name: {"trainable": sum(p.numel() for p in params if p.requires_grad), "total": sum(p.numel() for p in params)}
+            for name, params in components.items()
+        }
+        counts["total"] = {key: sum(row[key] for row in counts.values()) for key in ("trainable", "total")}
+        logger.info("HIVE trainable parameters: " + ", ".join(f"{k} {v['trainable']:,}/{v['total']:,}" for k, v in counts.items()))
+        return counts
+
     def _init_weights(self, module):
         super()._init_weights(module)
         if isinstance(module, HiveCrossAttentionLayer):
@@ -388,7 +435,7 @@ class HiveModel(HivePreTrainedModel):
 
     def get_image_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Runs the encoder once: one `(B, num_patches, vision_hidden_size)` tensor per selected vision layer."""
-        outputs = self.vision_model(pixel_values=pixel_values, output_hidden_states=True)
+        outputs = self.vision_model(pixel_values=pixel_values.to(self.vision_model.dtype), output_hidden_states=True)
         # hidden_states[0] is the embedding output, hidden_states[i + 1] the output of encoder layer i.
         return tuple(outputs.hidden_states[layer + 1] for layer in self.config.vision_layers)
 
@@ -480,8 +527,13 @@ class HiveModel(HivePreTrainedModel):
                     )
         batch_size = (input_ids if input_ids is not None else inputs_embeds).shape[0]
         device = (input_ids if input_ids is not None else inputs_embeds).device
-        if attention_mask is not None and attention_mask.ndim == 2 and attention_mask.shape[0] != batch_size:
+        if isinstance(attention_mask, torch.Tensor) and attention_mask.ndim == 2 and attention_mask.shape[0] != batch_size:
             raise ValueError(f"attention_mask has batch size {attention_mask.shape[0]} but input has {batch_size}.")
+
+        if position_ids is None and isinstance(attention_mask, torch.Tensor) and attention_mask.ndim == 2:
+            # Positions count real tokens only, so left-padded samples match their unpadded selves.
+            seq_len = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -seq_len:]
 
         vision_hidden_states = None
         key_values = None

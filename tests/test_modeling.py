@@ -1,0 +1,556 @@
+"""HiveConfig, HiveModel and HiveForConditionalGeneration: what users of the model rely on (issue 2)."""
+
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    CLIPConfig,
+    CLIPModel,
+    GPT2LMHeadModel,
+    LlamaForCausalLM,
+    ViTModel,
+)
+
+from hive_vlm.tiny import tiny_hive_config, tiny_text_config, tiny_vision_config
+from isolated import run_isolated
+from modeling_hive import HiveConfig, HiveForConditionalGeneration, HiveModel
+from modeling_hive.modeling_hive import HiveCrossAttentionCacheLayer
+
+
+PAIRS = [("vit", "llama"), ("siglip", "qwen2"), ("clip", "gpt2")]
+VOCAB = 128
+
+
+def build(pair=("vit", "llama"), seed=0, gate=None, **hive_kwargs):
+    torch.manual_seed(seed)
+    model = HiveForConditionalGeneration(tiny_hive_config(*pair, **hive_kwargs)).eval()
+    if gate is not None:
+        open_gates(model, gate)
+    return model
+
+
+def open_gates(model, value):
+    with torch.no_grad():
+        for block in model.model.cross_attention_layers:
+            block.cross_attn_attn_gate.fill_(value)
+            block.cross_attn_mlp_gate.fill_(value)
+
+
+def bare_llm(model):
+    """The LLM alone, with the HIVE model's LLM weights."""
+    lm = AutoModelForCausalLM.from_config(model.config.text_config).eval()
+    lm.get_decoder().load_state_dict(model.model.language_model.state_dict())
+    lm.get_output_embeddings().load_state_dict(model.lm_head.state_dict())
+    return lm
+
+
+def inputs(batch=2, length=7, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(3, VOCAB, (batch, length), generator=generator)
+    pixel_values = torch.randn(batch, 3, 32, 32, generator=generator)
+    return input_ids, pixel_values
+
+
+# ----------------------------------------------------------------------------------------------------- config
+
+
+def test_config_default_pairs_are_spread_over_both_depths():
+    config = HiveConfig(
+        vision_config=tiny_vision_config("vit", num_layers=12).to_dict(),
+        text_config=tiny_text_config("llama", num_layers=24).to_dict(),
+    )
+    assert config.cross_attention_layers == [[2, 5], [5, 11], [8, 17], [11, 23]]
+    assert config.vision_layers == [2, 5, 8, 11]
+    assert config.cross_attention_num_heads == 2 and config.cross_attention_num_key_value_heads == 2
+    assert config.gate_init == 0.0
+
+
+def test_config_round_trips_through_dict_and_json(tmp_path):
+    config = tiny_hive_config("clip", "gpt2", hierarchy_mode="all_levels", cross_attention_layers=[[3, 0], [0, 2]])
+    config.save_pretrained(tmp_path)
+    loaded = HiveConfig.from_pretrained(tmp_path)
+    assert loaded.cross_attention_layers == [[3, 0], [0, 2]]  # sorted by LLM layer
+    assert loaded.hierarchy_mode == "all_levels"
+    assert type(loaded.vision_config).__name__ == "CLIPVisionConfig"
+    assert type(loaded.text_config).__name__ == "GPT2Config"
+    assert loaded.tie_word_embeddings is True  # GPT-2 ties its head; HIVE follows the LLM
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"cross_attention_layers": [[4, 1]]}, "vision layer 4 is out of range"),
+        ({"cross_attention_layers": [[1, 9]]}, "text layer 9 is out of range"),
+        ({"cross_attention_layers": [[-1, 1]]}, "vision layer -1 is out of range"),
+        ({"cross_attention_layers": [[1, 1], [2, 1]]}, "text layer(s) [1] used more than once"),
+        ({"cross_attention_layers": [[1, 1, 1]]}, "cross_attention_layers entries"),
+        ({"cross_attention_layers": []}, "at least one"),
+        ({"cross_attention_num_heads": 3}, "cross_attention_num_heads (3) must divide the LLM width (32)"),
+        ({"cross_attention_num_heads": 4, "cross_attention_num_key_value_heads": 3}, "cross_attention_num_key_value_heads"),
+        ({"hierarchy_mode": "pyramid"}, "hierarchy_mode must be one of"),
+        ({"cross_attention_layers": None, "num_cross_attention_layers": 9}, "num_cross_attention_layers"),
+        ({"cross_attention_dropout": 1.5}, "cross_attention_dropout"),
+    ],
+)
+def test_config_rejects_invalid_settings_naming_the_field(kwargs, field):
+    with pytest.raises(ValueError) as error:
+        tiny_hive_config("vit", "llama", **kwargs)
+    assert field in str(error.value)
+
+
+# ----------------------------------------------------------------------------------------------- structure
+
+
+@pytest.mark.parametrize("pair", PAIRS)
+def test_backbone_parameter_names_are_those_of_their_own_checkpoints(pair):
+    model = build(pair)
+    vision = ViTModel if pair[0] == "vit" else None
+    names = {name for name, _ in model.named_parameters()}
+    lm = AutoModelForCausalLM.from_config(model.config.text_config)
+    lm_prefix = lm.base_model_prefix
+    expected_llm = {f"model.language_model.{name.split('.', 1)[1]}" for name, _ in lm.named_parameters() if name.startswith(lm_prefix + ".")}
+    assert expected_llm <= names
+    encoder_names = {f"model.vision_model.{name}" for name, _ in model.model.vision_model.named_parameters()}
+    assert encoder_names <= names
+    if vision is not None:
+        plain = vision(model.config.vision_config)
+        assert {f"model.vision_model.{n}" for n, _ in plain.named_parameters()} == encoder_names
+    # the LLM's decoder layers are its own, unwrapped classes
+    assert type(model.model.language_model).__name__ == type(lm.get_decoder()).__name__
+
+
+@pytest.mark.parametrize("pair", PAIRS)
+def test_closed_gates_give_the_bare_llm_logits(pair):
+    model = build(pair)
+    assert all(b.cross_attn_attn_gate.item() == 0.0 and b.cross_attn_mlp_gate.item() == 0.0 for b in model.model.cross_attention_layers)
+    input_ids, pixel_values = inputs()
+    with torch.no_grad():
+        hive = model(input_ids=input_ids, pixel_values=pixel_values).logits
+        plain = bare_llm(model)(input_ids=input_ids).logits
+    torch.testing.assert_close(hive, plain, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("pair", PAIRS)
+def test_open_gates_make_the_image_change_the_logits(pair):
+    model = build(pair, gate=1.0)
+    input_ids, pixel_values = inputs()
+    with torch.no_grad():
+        first = model(input_ids=input_ids, pixel_values=pixel_values).logits
+        second = model(input_ids=input_ids, pixel_values=torch.flip(pixel_values, dims=[0])).logits
+    assert (first - second).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("pair", PAIRS)
+def test_text_only_input_equals_the_llm_even_with_open_gates(pair):
+    model = build(pair, gate=1.0)
+    input_ids, _ = inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=input_ids).logits, bare_llm(model)(input_ids=input_ids).logits, atol=1e-5, rtol=0)
+
+
+def test_all_levels_mode_attends_to_every_level_with_level_embeddings():
+    model = build(("vit", "llama"), gate=1.0, hierarchy_mode="all_levels", cross_attention_layers=[[0, 0], [2, 2], [3, 3]])
+    input_ids, pixel_values = inputs()
+    with torch.no_grad():
+        out = model(input_ids=input_ids, pixel_values=pixel_values, output_cross_attentions=True)
+    patches = (32 // 8) ** 2 + 1
+    assert model.model.level_embeddings.shape == (3, 32)
+    assert [tuple(a.shape) for a in out.cross_attentions] == [(2, 2, 7, 3 * patches)] * 3
+    paired = build(("vit", "llama"), gate=1.0, cross_attention_layers=[[0, 0], [2, 2], [3, 3]])
+    with torch.no_grad():
+        out = paired(input_ids=input_ids, pixel_values=pixel_values, output_cross_attentions=True)
+    assert [tuple(a.shape) for a in out.cross_attentions] == [(2, 2, 7, patches)] * 3
+    assert paired.model.level_embeddings is None
+
+
+def test_eager_and_sdpa_agree():
+    config = tiny_hive_config("siglip", "qwen2")
+    torch.manual_seed(0)
+    eager = HiveForConditionalGeneration._from_config(config, attn_implementation="eager").eval()
+    sdpa = HiveForConditionalGeneration._from_config(config, attn_implementation="sdpa").eval()
+    sdpa.load_state_dict(eager.state_dict())
+    open_gates(eager, 0.7)
+    open_gates(sdpa, 0.7)
+    assert sdpa.model.cross_attention_layers[0].cross_attn.config._attn_implementation == "sdpa"
+    input_ids, pixel_values = inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            eager(input_ids=input_ids, pixel_values=pixel_values).logits,
+            sdpa(input_ids=input_ids, pixel_values=pixel_values).logits,
+            atol=1e-5,
+            rtol=1e-5,
+        )
+
+
+# ------------------------------------------------------------------------------------------ inputs/outputs
+
+
+def test_image_mask_mixes_samples_with_and_without_an_image():
+    model = build(gate=1.0)
+    input_ids, pixel_values = inputs()
+    with torch.no_grad():
+        mixed = model(input_ids=input_ids, pixel_values=pixel_values, image_mask=torch.tensor([True, False])).logits
+        with_image = model(input_ids=input_ids, pixel_values=pixel_values).logits
+        text_only = model(input_ids=input_ids).logits
+    torch.testing.assert_close(mixed[0], with_image[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(mixed[1], text_only[1], atol=1e-5, rtol=0)
+    assert (mixed[1] - with_image[1]).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("pair", PAIRS)
+def test_padding_on_either_side_leaves_real_tokens_unchanged(pair, side):
+    model = build(pair, gate=1.0)
+    input_ids, pixel_values = inputs(batch=2, length=6)
+    short = input_ids[1, :4]
+    pad = torch.zeros(2, dtype=torch.long)
+    padded_row = torch.cat([pad, short]) if side == "left" else torch.cat([short, pad])
+    mask_row = torch.tensor([0, 0, 1, 1, 1, 1] if side == "left" else [1, 1, 1, 1, 0, 0])
+    batch_ids = torch.stack([input_ids[0], padded_row])
+    batch_mask = torch.stack([torch.ones(6, dtype=torch.long), mask_row])
+    with torch.no_grad():
+        batched = model(input_ids=batch_ids, attention_mask=batch_mask, pixel_values=pixel_values).logits
+        alone = model(input_ids=short[None], pixel_values=pixel_values[1:]).logits[0]
+    real = batched[1, 2:] if side == "left" else batched[1, :4]
+    torch.testing.assert_close(real, alone, atol=1e-4, rtol=1e-4)
+
+
+def test_loss_ignores_minus_100_and_is_never_nan_when_all_labels_are_ignored():
+    model = build(gate=1.0)
+    model.train()
+    input_ids, pixel_values = inputs()
+    labels = torch.full_like(input_ids, -100)
+    out = model(input_ids=input_ids, pixel_values=pixel_values, labels=labels)
+    assert torch.isfinite(out.loss) and out.loss.item() == 0.0
+    out.loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+    labels = input_ids.clone()
+    labels[:, :4] = -100
+    out = model(input_ids=input_ids, pixel_values=pixel_values, labels=labels)
+    logits = out.logits[:, :-1].reshape(-1, VOCAB)
+    expected = torch.nn.functional.cross_entropy(logits, labels[:, 1:].reshape(-1), ignore_index=-100)
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_output_carries_vision_features_and_cross_attentions_on_request():
+    model = build(gate=1.0, cross_attention_layers=[[0, 1], [3, 2]])
+    input_ids, pixel_values = inputs()
+    with torch.no_grad():
+        plain = model(input_ids=input_ids, pixel_values=pixel_values)
+        full = model(input_ids=input_ids, pixel_values=pixel_values, output_vision_features=True, output_cross_attentions=True)
+        encoder = model.model.vision_model(pixel_values, output_hidden_states=True).hidden_states
+    assert plain.vision_hidden_states is None and plain.cross_attentions is None
+    assert set(plain.keys()) >= {"logits", "past_key_values"}
+    assert len(full.vision_hidden_states) == 2
+    torch.testing.assert_close(full.vision_hidden_states[0], encoder[1])  # encoder layer 0's output
+    torch.testing.assert_close(full.vision_hidden_states[1], encoder[4])  # encoder layer 3's output
+    for weights in full.cross_attentions:
+        assert weights.shape == (2, 2, 7, 17)
+        torch.testing.assert_close(weights.sum(-1), torch.ones(2, 2, 7))
+    torch.testing.assert_close(full.logits, plain.logits)  # asking for weights (eager) changes nothing
+
+
+# ----------------------------------------------------------------------------------------------- generation
+
+
+@pytest.mark.parametrize("pair", PAIRS)
+def test_greedy_generation_is_identical_with_and_without_cache(pair):
+    model = build(pair, gate=1.0)
+    input_ids, pixel_values = inputs()
+    kwargs = dict(input_ids=input_ids, pixel_values=pixel_values, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    cached = model.generate(**kwargs, use_cache=True)
+    uncached = model.generate(**kwargs, use_cache=False)
+    assert torch.equal(cached, uncached)
+
+
+def test_cross_attention_key_values_are_computed_once_at_prefill():
+    model = build(gate=1.0)
+    input_ids, pixel_values = inputs()
+    calls = []
+    original = model.model.get_cross_attention_key_values
+    model.model.get_cross_attention_key_values = lambda states: calls.append(1) or original(states)
+    out = model.generate(input_ids=input_ids, pixel_values=pixel_values, max_new_tokens=6, do_sample=False, pad_token_id=0, return_dict_in_generate=True)
+    assert len(calls) == 1
+    cache = out.past_key_values
+    vision_layers = cache.layers[model.config.text_config.num_hidden_layers :]
+    assert len(vision_layers) == 2 and all(isinstance(layer, HiveCrossAttentionCacheLayer) for layer in vision_layers)
+    assert vision_layers[0].keys.shape == (2, 2, 17, 16)
+
+
+@pytest.mark.parametrize("pair", PAIRS)
+def test_beam_search_sampling_and_static_cache(pair):
+    model = build(pair, gate=1.0)
+    input_ids, pixel_values = inputs()
+    kwargs = dict(input_ids=input_ids, pixel_values=pixel_values, max_new_tokens=6, pad_token_id=0)
+    greedy = model.generate(**kwargs, do_sample=False)
+    static = model.generate(**kwargs, do_sample=False, cache_implementation="static")
+    assert torch.equal(greedy, static)
+
+    beams = model.generate(**kwargs, do_sample=False, num_beams=3, num_return_sequences=2)
+    assert beams.shape == (4, 13)
+    beams_uncached = model.generate(**kwargs, do_sample=False, num_beams=3, num_return_sequences=2, use_cache=False)
+    assert torch.equal(beams, beams_uncached)
+
+    torch.manual_seed(5)
+    sampled = model.generate(**kwargs, do_sample=True, num_return_sequences=3)
+    torch.manual_seed(5)
+    sampled_uncached = model.generate(**kwargs, do_sample=True, num_return_sequences=3, use_cache=False)
+    assert sampled.shape == (6, 13)
+    assert torch.equal(sampled, sampled_uncached)
+
+
+def test_left_padded_batch_generates_what_each_sample_generates_alone():
+    model = build(("siglip", "qwen2"), gate=1.0)
+    input_ids, pixel_values = inputs(length=6)
+    short = input_ids[1, 2:]
+    batch_ids = torch.stack([input_ids[0], torch.cat([torch.zeros(2, dtype=torch.long), short])])
+    mask = torch.tensor([[1] * 6, [0, 0, 1, 1, 1, 1]])
+    kwargs = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
+    batched = model.generate(input_ids=batch_ids, attention_mask=mask, pixel_values=pixel_values, **kwargs)
+    alone = model.generate(input_ids=short[None], pixel_values=pixel_values[1:], **kwargs)
+    assert torch.equal(batched[1, 2:], alone[0])
+
+
+def test_generation_continues_from_a_returned_cache_without_the_image():
+    model = build(gate=1.0)
+    input_ids, pixel_values = inputs()
+    kwargs = dict(do_sample=False, pad_token_id=0)
+    whole = model.generate(input_ids=input_ids, pixel_values=pixel_values, max_new_tokens=8, **kwargs)
+    first = model.generate(input_ids=input_ids, pixel_values=pixel_values, max_new_tokens=4, return_dict_in_generate=True, **kwargs)
+    rest = model.generate(input_ids=first.sequences, past_key_values=first.past_key_values, max_new_tokens=4, **kwargs)
+    assert torch.equal(rest, whole)
+    # and the image mattered: without the cached image the continuation differs
+    text_only = model.generate(input_ids=first.sequences, max_new_tokens=4, **kwargs)
+    assert not torch.equal(text_only, whole)
+
+
+def test_mixed_batch_generation_keeps_the_image_mask_in_the_cache():
+    model = build(gate=1.0)
+    input_ids, pixel_values = inputs()
+    kwargs = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
+    mixed = model.generate(input_ids=input_ids, pixel_values=pixel_values, image_mask=torch.tensor([True, False]), **kwargs)
+    text_only = model.generate(input_ids=input_ids[1:], **kwargs)
+    with_image = model.generate(input_ids=input_ids[:1], pixel_values=pixel_values[:1], **kwargs)
+    assert torch.equal(mixed[1], text_only[0]) and torch.equal(mixed[0], with_image[0])
+
+
+# ------------------------------------------------------------------------------------------------ hub-native
+
+
+def save_tiny(tmp_path, pair=("vit", "llama")):
+    model = build(pair, gate=0.8)
+    folder = tmp_path / "hive"
+    model.save_pretrained(folder)
+    return model, folder
+
+
+def test_save_pretrained_writes_safetensors_auto_map_and_code(tmp_path):
+    _, folder = save_tiny(tmp_path)
+    files = set(os.listdir(folder))
+    assert {"config.json", "model.safetensors", "generation_config.json", "configuration_hive.py", "modeling_hive.py"} <= files
+    assert not any(name.endswith((".bin", ".pt", ".pth", ".pkl")) for name in files)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "hive"
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_hive.HiveConfig",
+        "AutoModel": "modeling_hive.HiveModel",
+        "AutoModelForImageTextToText": "modeling_hive.HiveForConditionalGeneration",
+        "AutoModelForCausalLM": "modeling_hive.HiveForConditionalGeneration",
+    }
+
+
+@pytest.mark.parametrize("pair", [("vit", "llama"), ("clip", "gpt2")])
+def test_fresh_offline_process_loads_remote_code_and_reproduces_logits(tmp_path, pair):
+    model, folder = save_tiny(tmp_path, pair)
+    input_ids, pixel_values = inputs()
+    torch.save({"input_ids": input_ids, "pixel_values": pixel_values}, tmp_path / "inputs.pt")
+    with torch.no_grad():
+        expected = model(input_ids=input_ids, pixel_values=pixel_values).logits
+    code = f"""
+        import json, torch
+        from transformers import AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText
+        data = torch.load({str(tmp_path / "inputs.pt")!r}, weights_only=True)
+        model = AutoModelForImageTextToText.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
+        with torch.no_grad():
+            logits = model(**data).logits
+        base = AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True)
+        causal = AutoModelForCausalLM.from_pretrained({str(folder)!r}, trust_remote_code=True)
+        torch.save(logits, {str(tmp_path / "logits.pt")!r})
+        print(json.dumps({{"module": type(model).__module__, "cls": type(model).__name__,
+                           "base": type(base).__name__, "causal": type(causal).__name__}}))
+    """
+    result = run_isolated(code, str(tmp_path))
+    assert result["module"].startswith("transformers_modules") and result["cls"] == "HiveForConditionalGeneration"
+    assert result["base"] == "HiveModel" and result["causal"] == "HiveForConditionalGeneration"
+    assert torch.equal(torch.load(tmp_path / "logits.pt", weights_only=True), expected)
+
+
+def test_gates_missing_from_a_checkpoint_get_gate_init(tmp_path):
+    model, folder = save_tiny(tmp_path)
+    weights = load_file(folder / "model.safetensors")
+    kept = {name: tensor for name, tensor in weights.items() if "_gate" not in name}
+    assert len(kept) == len(weights) - 4
+    save_file(kept, folder / "model.safetensors", metadata={"format": "pt"})
+    loaded = HiveForConditionalGeneration.from_pretrained(folder, gate_init=0.25)
+    for block in loaded.model.cross_attention_layers:
+        assert block.cross_attn_attn_gate.item() == 0.25 and block.cross_attn_mlp_gate.item() == 0.25
+    # everything that was in the checkpoint is exactly as saved
+    assert torch.equal(loaded.model.cross_attention_layers[0].cross_attn.q_proj.weight, model.model.cross_attention_layers[0].cross_attn.q_proj.weight)
+
+
+def test_weights_are_only_read_and_written_as_safetensors(tmp_path):
+    model, folder = save_tiny(tmp_path)
+    with pytest.raises(ValueError, match="safetensors only"):
+        HiveForConditionalGeneration.from_pretrained(folder, use_safetensors=False)
+    with pytest.raises(ValueError, match="safetensors only"):
+        model.save_pretrained(tmp_path / "other", safe_serialization=False)
+    (folder / "model.safetensors").rename(folder / "elsewhere.safetensors")
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    with pytest.raises(OSError):
+        HiveForConditionalGeneration.from_pretrained(folder)  # a pickle is never taken instead
+
+
+def test_from_backbones_loads_pretrained_encoder_and_llm_without_missing_keys(tmp_path):
+    torch.manual_seed(3)
+    vit = ViTModel(tiny_vision_config("vit"))
+    vit.save_pretrained(tmp_path / "vit")
+    llama = LlamaForCausalLM(tiny_text_config("llama"))
+    llama.save_pretrained(tmp_path / "llama")
+    model = HiveForConditionalGeneration.from_backbones(str(tmp_path / "vit"), str(tmp_path / "llama"), cross_attention_layers=[[1, 1], [3, 3]])
+    for name, tensor in vit.state_dict().items():
+        assert torch.equal(model.model.vision_model.state_dict()[name], tensor), name
+    for name, tensor in llama.model.state_dict().items():
+        assert torch.equal(model.model.language_model.state_dict()[name], tensor), name
+    assert torch.equal(model.lm_head.weight, llama.lm_head.weight)
+    input_ids, pixel_values = inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=input_ids, pixel_values=pixel_values).logits, llama(input_ids).logits, atol=1e-5, rtol=0)
+
+
+def test_from_backbones_takes_the_vision_tower_of_a_dual_encoder_and_a_tied_gpt2(tmp_path):
+    torch.manual_seed(4)
+    clip = CLIPModel(CLIPConfig(vision_config=tiny_vision_config("clip").to_dict(), text_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64), projection_dim=16))
+    clip.save_pretrained(tmp_path / "clip")
+    gpt2 = GPT2LMHeadModel(tiny_text_config("gpt2"))
+    gpt2.save_pretrained(tmp_path / "gpt2")
+    model = HiveForConditionalGeneration.from_backbones(str(tmp_path / "clip"), str(tmp_path / "gpt2"))
+    assert type(model.model.vision_model).__name__ == "CLIPVisionModel"
+    for name, tensor in clip.vision_model.state_dict().items():
+        assert torch.equal(model.model.vision_model.state_dict()[name], tensor), name
+    assert model.lm_head.weight is model.model.language_model.wte.weight
+    assert torch.equal(model.lm_head.weight, gpt2.lm_head.weight)
+
+
+# ------------------------------------------------------------------------------------------ training hygiene
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    input_ids, pixel_values = inputs()
+
+    def gradients(checkpointing):
+        model = build(("siglip", "qwen2"), gate=0.5)
+        model.train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+            assert model.model.cross_attention_layers[0].gradient_checkpointing
+        model(input_ids=input_ids, pixel_values=pixel_values, labels=input_ids).loss.backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    plain, checkpointed = gradients(False), gradients(True)
+    assert plain.keys() == checkpointed.keys() and len(plain) > 50
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_bf16_forward():
+    model = build(gate=0.5).to(torch.bfloat16)
+    input_ids, pixel_values = inputs()
+    with torch.no_grad():
+        out = model(input_ids=input_ids, pixel_values=pixel_values, labels=input_ids)
+    assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.logits.float()).all() and torch.isfinite(out.loss)
+
+
+def test_no_split_modules_let_device_map_auto_place_the_model(tmp_path):
+    from accelerate import infer_auto_device_map
+
+    model, folder = save_tiny(tmp_path)
+    assert {"HiveCrossAttentionLayer", "LlamaDecoderLayer", "ViTLayer"} <= set(model._no_split_modules)
+    # Squeeze the model over two "devices": whole blocks move, none is cut in half.
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    device_map = infer_auto_device_map(model, max_memory={"cpu": size // 2, "disk": 10 * size}, no_split_module_classes=model._no_split_modules)
+    assert set(device_map.values()) == {"cpu", "disk"}
+    for name in device_map:
+        parts = name.split(".")
+        for anchor in ("cross_attention_layers", "layers"):
+            if anchor in parts:
+                assert len(parts) <= parts.index(anchor) + 2, f"{name} splits a no-split block"
+    placed = HiveForConditionalGeneration.from_pretrained(folder, device_map="auto")
+    input_ids, pixel_values = inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(placed(input_ids=input_ids, pixel_values=pixel_values).logits, model(input_ids=input_ids, pixel_values=pixel_values).logits)
+
+
+def test_set_trainable_freezes_by_component_and_counts():
+    model = build(gate=0.5)
+    counts = model.set_trainable(vision=False, projector=True, cross_attention=True, llm=False)
+    components = model.component_parameters()
+    assert counts["vision"]["trainable"] == 0 and counts["llm"]["trainable"] == 0
+    assert counts["projector"]["trainable"] == counts["projector"]["total"] == sum(p.numel() for p in components["projector"])
+    assert counts["cross_attention"]["trainable"] == sum(p.numel() for p in model.model.cross_attention_layers.parameters())
+    assert counts["total"]["total"] == sum(p.numel() for p in model.parameters())
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(name.startswith(("model.multi_modal_projectors", "model.cross_attention_layers")) for name in trainable)
+    counts = model.set_trainable(vision=True)
+    assert counts["vision"]["trainable"] == counts["vision"]["total"] > 0 and counts["llm"]["trainable"] == 0
+
+
+@pytest.mark.parametrize("pair", PAIRS)
+@pytest.mark.parametrize("mode", ["paired", "all_levels"])
+def test_every_connected_vision_layer_gets_gradient_from_the_lm_loss(pair, mode):
+    model = build(pair, gate=0.5, hierarchy_mode=mode, cross_attention_layers=[[0, 0], [1, 1], [3, 3]])
+    model.train()
+    input_ids, pixel_values = inputs()
+    out = model(input_ids=input_ids, pixel_values=pixel_values, labels=input_ids, output_vision_features=True)
+    for states in out.vision_hidden_states:
+        states.retain_grad()
+    out.loss.backward()
+    for layer, states in zip(model.config.vision_layers, out.vision_hidden_states):
+        assert states.grad is not None and states.grad.abs().sum() > 0, f"vision layer {layer} got no gradient"
+    encoder_layers = [m for m in model.model.vision_model.modules() if isinstance(m, torch.nn.ModuleList)][0]
+    for layer in model.config.vision_layers:
+        grads = [p.grad for p in encoder_layers[layer].parameters()]
+        assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0
+
+
+def test_bad_inputs_get_clear_errors():
+    model = build()
+    input_ids, pixel_values = inputs()
+    with pytest.raises(ValueError, match="pixel_values must have shape"):
+        model(input_ids=input_ids, pixel_values=pixel_values[:, :1])
+    with pytest.raises(ValueError, match="2 samples"):
+        model(input_ids=input_ids, pixel_values=pixel_values[:1])
+    with pytest.raises(ValueError, match="NaN"):
+        model(input_ids=input_ids, pixel_values=pixel_values.clone().fill_(float("nan")))
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        model(input_ids=input_ids + VOCAB, pixel_values=pixel_values)
+    with pytest.raises(ValueError, match="empty"):
+        model(input_ids=input_ids[:, :0])
+    with pytest.raises(ValueError, match="image_mask"):
+        model(input_ids=input_ids, pixel_values=pixel_values, image_mask=torch.tensor([True]))
+    with pytest.raises(ValueError, match="labels must have the shape"):
+        model(input_ids=input_ids, labels=input_ids[:, :3])
+    with pytest.raises(TypeError, match="pixel_values must be a torch.Tensor"):
+        model(input_ids=input_ids, pixel_values=pixel_values.numpy())
+
+
+def test_auto_classes_resolve_hive_in_process(tmp_path):
+    model, folder = save_tiny(tmp_path)
+    loaded = AutoModelForImageTextToText.from_pretrained(folder)
+    assert isinstance(loaded, HiveForConditionalGeneration)
+    assert isinstance(HiveModel.from_pretrained(folder), HiveModel)
