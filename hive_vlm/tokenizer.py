@@ -66,7 +66,9 @@ def build_tokenizer(
         raise ValueError(f"`min_frequency` must be at least 1, got {min_frequency}.")
     reserved = list(SPECIAL_TOKENS) + list(CHAT_TEMPLATE_WORDS)
     if vocab_size is not None and vocab_size < len(reserved):
-        raise ValueError(f"`vocab_size` must be at least {len(reserved)} (special tokens and chat words), got {vocab_size}.")
+        raise ValueError(
+            f"`vocab_size` must be at least {len(reserved)} (special tokens and chat words), got {vocab_size}."
+        )
 
     normalizer, pre_tokenizer = _word_splitter()
     counts = Counter()

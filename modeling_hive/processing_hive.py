@@ -162,7 +162,9 @@ def _open_image_file(path: str, where: str) -> PIL.Image.Image:
             opened.load()
             return PIL.ImageOps.exif_transpose(opened)
     except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as error:
-        raise ValueError(f"{where}: cannot read image file {path!r}; it is corrupt or not an image ({error}).") from error
+        raise ValueError(
+            f"{where}: cannot read image file {path!r}; it is corrupt or not an image ({error})."
+        ) from error
 
 
 def load_rgb_image(image, where: str = "image") -> PIL.Image.Image:
@@ -378,7 +380,8 @@ class HiveProcessor(ProcessorMixin):
     def _process_sample_images(self, per_sample_images: list, images_kwargs: dict) -> dict:
         present = [index for index, image in enumerate(per_sample_images) if image is not None]
         rgb_images = [load_rgb_image(per_sample_images[index], where=f"images[{index}]") for index in present]
-        pixel_values = np.asarray(self.image_processor(rgb_images, return_tensors="np", **images_kwargs)["pixel_values"])
+        processed = self.image_processor(rgb_images, return_tensors="np", **images_kwargs)
+        pixel_values = np.asarray(processed["pixel_values"])  # (N, C, H, W) for the N samples with an image
         if len(present) == len(per_sample_images):
             return {"pixel_values": pixel_values}
         batch_pixel_values = np.zeros((len(per_sample_images), *pixel_values.shape[1:]), dtype=pixel_values.dtype)
