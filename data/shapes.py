@@ -437,29 +437,39 @@ def _answer_vocabulary(qtype: str, answer: str, config: HiveShapesConfig) -> lis
     return ["yes", "no"]
 
 
+def _level_candidates(rng, objects, table, level, focus):
+    """{type: [(question, answer), ...]} of one level; about object `focus` only, when it is not None."""
+    candidates = {}
+    for qtype in QUESTION_TYPES[level]:
+        if qtype in ("color", "texture", "shape", "size"):
+            targets = [focus] if focus is not None else range(len(objects))
+            pairs = _object_questions(rng, objects, table, qtype, targets)
+        elif qtype == "count":
+            pairs = _count_questions(objects)
+        elif qtype == "position":
+            pairs = _position_questions(rng, objects, table, focus)
+        else:
+            pairs = _comparison_questions(rng, objects, table, focus)
+        if pairs:
+            candidates[qtype] = pairs
+    return candidates
+
+
 def _sample_questions(rng, objects, config, focus):
+    """`questions_per_level` questions per level: about the `focus` object while it allows enough of them."""
     table = _reference_table(objects)
-    targets = [focus] if focus is not None else list(range(len(objects)))
     questions = []
     for level in LEVELS:
-        candidates = {}
-        for qtype in QUESTION_TYPES[level]:
-            if qtype in ("color", "texture", "shape", "size"):
-                pairs = _object_questions(rng, objects, table, qtype, targets)
-                if not pairs and focus is not None:
-                    pairs = _object_questions(rng, objects, table, qtype, range(len(objects)))
-            elif qtype == "count":
-                pairs = _count_questions(objects)
-            elif qtype == "position":
-                pairs = _position_questions(rng, objects, table, focus)
-            else:
-                pairs = _comparison_questions(rng, objects, table, focus)
-            if pairs:
-                candidates[qtype] = pairs
+        pools = [_level_candidates(rng, objects, table, level, focus)]
+        if focus is not None:
+            pools.append(_level_candidates(rng, objects, table, level, None))
         asked = set()
         for _ in range(config.questions_per_level):
-            types = [t for t in candidates if any(q not in asked for q, _ in candidates[t])]
-            if not types:
+            for candidates in pools:
+                types = [t for t in candidates if any(q not in asked for q, _ in candidates[t])]
+                if types:
+                    break
+            else:
                 break
             qtype = types[rng.integers(len(types))]
             remaining = [pair for pair in candidates[qtype] if pair[0] not in asked]
