@@ -22,6 +22,7 @@ from transformers.models.auto.modeling_auto import MODEL_MAPPING
 from transformers.utils import ModelOutput, logging
 
 from .configuration_hive import HiveConfig
+from .pipeline_hive import HIVE_CUSTOM_PIPELINES
 
 
 logger = logging.get_logger(__name__)
@@ -322,6 +323,7 @@ class HivePreTrainedModel(PreTrainedModel):
         if kwargs.get("safe_serialization") is False:
             raise ValueError("HIVE writes weights as safetensors only; drop safe_serialization=False.")
         self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **HIVE_AUTO_MAP}
+        self.config.custom_pipelines = {**(getattr(self.config, "custom_pipelines", None) or {}), **HIVE_CUSTOM_PIPELINES}
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     def component_parameters(self) -> dict[str, list[nn.Parameter]]:
