@@ -273,8 +273,8 @@ class HiveChatCollator:
     Assistant turns are located with `assistant_spans`; every token overlapping one is a label.
 
     Args:
-        processor: object with `.image_processor` and `.tokenizer` (with a chat template). A `chat_template`
-            attribute of the processor is used when the tokenizer has none.
+        processor: object with `.image_processor` and `.tokenizer`. The processor's `chat_template` is used
+            when it has one (the template generation uses), the tokenizer's otherwise.
         max_length: longest sequence in tokens; the tokenizer's `model_max_length` when None (if finite).
         report: where truncated and dropped samples are counted.
 
@@ -292,9 +292,10 @@ class HiveChatCollator:
     def __call__(self, examples: list) -> dict:
         tokenizer = self.processor.tokenizer
         max_length = _max_length(tokenizer, self.max_length)
-        template = tokenizer.chat_template or getattr(self.processor, "chat_template", None)
+        template = getattr(self.processor, "chat_template", None) or tokenizer.chat_template
         if not template:
-            raise ValueError("the tokenizer has no chat template; set tokenizer.chat_template.")
+            raise ValueError("neither the processor nor its tokenizer has a chat template; set "
+                             "tokenizer.chat_template (or the processor's chat_template).")
         kept = []
         for index, example in enumerate(examples):
             messages = _require(example, "messages", index)
