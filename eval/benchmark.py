@@ -1,5 +1,6 @@
 """The benchmark adapter interface, and the loader every adapter uses to read a published dataset layout."""
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,8 +132,10 @@ def load_published(path, config: str | None = None, split: str | None = None) ->
             raise ValueError(f"{local} is a file but not a parquet file; pass a parquet file or a dataset folder.")
         dataset = datasets.load_dataset("parquet", data_files=str(local), split="train")
     elif local.is_dir():
-        if (local / "dataset_dict.json").exists() or (local / "state.json").exists():
-            dataset = _pick_split(datasets.load_from_disk(str(local)), split, where=str(local))
+        if (local / "state.json").exists():
+            dataset = datasets.load_from_disk(str(local))
+        elif (local / "dataset_dict.json").exists():
+            dataset = _load_saved_split(local, split)
         elif config is not None and (local / config).is_dir():
             return load_published(local / config, None, split)
         else:
@@ -148,14 +151,14 @@ def load_published(path, config: str | None = None, split: str | None = None) ->
     return without_image_decoding(dataset)
 
 
-def _pick_split(data, split: str | None, where: str) -> datasets.Dataset:
-    if isinstance(data, datasets.Dataset):
-        return data
-    if split in data:
-        return data[split]
-    if len(data) == 1:
-        return next(iter(data.values()))
-    raise ValueError(f"{where} holds the splits {sorted(data)}; choose one (asked for {split!r}).")
+def _load_saved_split(folder: Path, split: str | None) -> datasets.Dataset:
+    """One split of a `save_to_disk` DatasetDict, without loading the others."""
+    splits = json.loads((folder / "dataset_dict.json").read_text())["splits"]
+    if split not in splits:
+        if len(splits) != 1:
+            raise ValueError(f"{folder} holds the splits {sorted(splits)}; choose one (asked for {split!r}).")
+        split = splits[0]
+    return datasets.load_from_disk(str(folder / split))
 
 
 def _load_parquet_folder(folder: Path, split: str | None) -> datasets.Dataset:

@@ -61,12 +61,10 @@ class HiveZeroShotClassificationBenchmark(HiveBenchmark):
     def load(self, path, limit=None, split=None) -> HiveExamples:
         rows = _classification_rows(path, split or self.split, limit)
         names = rows.features["label"].names
-        choices = ", ".join(name.replace("_", " ") for name in names)
-
-        def describe(label):
-            return {"label_name": names[label], **({"choices": choices} if self.with_labels else {})}
-
-        return HiveExamples(rows.map(describe, input_columns="label"))
+        rows = rows.add_column("label_name", [names[label] for label in rows["label"]])
+        if self.with_labels:
+            rows = rows.add_column("choices", [", ".join(name.replace("_", " ") for name in names)] * len(rows))
+        return HiveExamples(rows)
 
     def build_prompt(self, example: dict) -> str:
         if self.with_labels:

@@ -58,12 +58,15 @@ class HiveShapesBenchmark(HiveBenchmark):
         image_index = []
         for scene_row, (scene_id, questions) in enumerate(zip(scenes["scene_id"], scenes["questions"])):
             for rank, question in enumerate(questions):
-                if limit is not None and len(image_index) >= limit:
-                    break
                 columns["id"].append(f"{scene_id}/{rank}")
                 for key in ("question", "answer", "level"):
                     columns[key].append(question[key])
                 image_index.append(scene_row)
+        if limit is not None:
+            if limit < 1:
+                raise ValueError(f"limit must be at least 1, got {limit}.")
+            columns = {key: values[:limit] for key, values in columns.items()}
+            image_index = image_index[:limit]
         return HiveExamples(datasets.Dataset.from_dict(columns), images=scenes, image_index=image_index)
 
     def example_ids(self, rows) -> list[str]:

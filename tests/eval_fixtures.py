@@ -220,7 +220,10 @@ def write_shapes(root, layout: str = "questions"):
                                         "questions": datasets.List(question)}),
         )  # fmt: skip
     folder = root / f"shapes_{layout}"
-    datasets.DatasetDict({"train": test.select([0]), "test": test}).save_to_disk(str(folder))
+    # An empty split, as `hive data shapes` writes when asked for no validation scenes.
+    datasets.DatasetDict({"train": test.select([0]), "validation": test.select([]), "test": test}).save_to_disk(
+        str(folder)
+    )
     return folder
 
 

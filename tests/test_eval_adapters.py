@@ -136,5 +136,12 @@ def test_bad_data_and_options_raise_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="neither a local file or folder"):
         load_published(tmp_path / "missing-folder")
     shapes = write_shapes(tmp_path)
-    with pytest.raises(ValueError, match=r"splits \['test', 'train'\]"):
-        load_published(shapes, split="validation")
+    with pytest.raises(ValueError, match=r"splits \['test', 'train', 'validation'\]"):
+        load_published(shapes, split="test_compositional")
+
+
+def test_limit_takes_the_first_questions_of_the_scenes(tmp_path):
+    results, _ = run(HiveShapesBenchmark(), write_shapes(tmp_path, "scenes"), SHAPES_ANSWERS, tmp_path / "s.json", limit=4)
+    assert [sample["id"] for sample in results["samples"]] == ["scene-0/0", "scene-0/1", "scene-0/2", "scene-1/0"]
+    # low: "Red." right, "dotted" wrong -> 50; mid: "a circle" right -> 100; high: "three" right -> 100; 3/4.
+    assert results["scores"] == pytest.approx({"accuracy": 75.0, "low": 50.0, "mid": 100.0, "high": 100.0})
