@@ -263,7 +263,7 @@ def _drop_unreadable_images(dataset, image_column, kind, strict, report, text_co
 def _normalise(dataset, renames, features):
     dataset = dataset.select_columns(list(renames))
     dataset = dataset.rename_columns({old: new for old, new in renames.items() if old != new})
-    return dataset.cast(features)
+    return dataset if dataset.features == features else dataset.cast(features)
 
 
 def _read_records(path):
