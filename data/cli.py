@@ -53,6 +53,8 @@ def add_arguments(parser):
     inspect.add_argument("--split", default="train")
     inspect.add_argument("--streaming", action="store_true", help="Stream instead of loading in memory.")
     inspect.add_argument("--strict", action="store_true", help="Stop at the first unreadable image.")
+    inspect.add_argument("--cache-dir", default=None, help="datasets cache folder for the parquet, imagefolder and "
+                                                          "webdataset builders.")
 
 
 def run(args) -> int:
@@ -114,9 +116,10 @@ def _run_inspect(args) -> int:
     if args.stage == 3:
         dataset = load_conversations(args.path, image_root=args.image_root, **options)
     elif args.stage == 1:
-        dataset = load_images(args.path, format=args.format, split=args.split, **options)
+        dataset = load_images(args.path, format=args.format, split=args.split, cache_dir=args.cache_dir, **options)
     else:
-        dataset = load_image_text_pairs(args.path, format=args.format, split=args.split, **options)
+        dataset = load_image_text_pairs(args.path, format=args.format, split=args.split, cache_dir=args.cache_dir,
+                                        **options)
     rows = sum(1 for _ in dataset)
     print(f"{rows} usable rows; columns: {', '.join(dataset.column_names or [])}")
     print(report.summary())

@@ -299,5 +299,5 @@ def test_inspect_command_reports_skipped_rows(tmp_path, capsys):
     assert "3 usable rows" in out and "2 unreadable images skipped" in out
     (tmp_path / "other").mkdir()
     folder, _ = write_imagefolder(tmp_path / "other", "jsonl")
-    assert hive_main(["data", "inspect", "--path", str(folder), "--streaming"]) == 0
+    assert hive_main(["data", "inspect", "--path", str(folder), "--streaming", "--cache-dir", str(tmp_path / "c")]) == 0
     assert "2 usable rows; columns: image, text" in capsys.readouterr().out
