@@ -1,15 +1,11 @@
 """The evaluate modules in eval/metrics against hand-computed scores on the protocols' awkward cases."""
 
-import os
 from pathlib import Path
 
+import evaluate
 import pytest
 
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-evaluate = pytest.importorskip("evaluate")
-
-import hive_vlm.eval  # noqa: E402
+import hive_vlm.eval
 
 
 METRICS_DIR = Path(hive_vlm.eval.__file__).parent / "metrics"
