@@ -65,8 +65,8 @@ def _pad(tokenizer, sequences: list, labels: list) -> dict:
     if tokenizer.pad_token_id is None:
         raise ValueError("the tokenizer has no pad token; set one, e.g. tokenizer.pad_token = tokenizer.eos_token.")
     longest = max(len(ids) for ids in sequences)
-    batch = {name: torch.full((len(sequences), longest), value, dtype=torch.long)
-             for name, value in (("input_ids", tokenizer.pad_token_id), ("attention_mask", 0), ("labels", IGNORE_INDEX))}
+    fill = {"input_ids": tokenizer.pad_token_id, "attention_mask": 0, "labels": IGNORE_INDEX}
+    batch = {name: torch.full((len(sequences), longest), value, dtype=torch.long) for name, value in fill.items()}
     for row, (ids, row_labels) in enumerate(zip(sequences, labels)):
         span = slice(longest - len(ids), longest) if tokenizer.padding_side == "left" else slice(0, len(ids))
         batch["input_ids"][row, span] = torch.tensor(ids, dtype=torch.long)

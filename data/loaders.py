@@ -133,7 +133,7 @@ def guess_format(source) -> str:
     if first.endswith((".json", ".jsonl")):
         return "llava"
     if os.path.isdir(first):
-        if os.path.exists(os.path.join(first, "dataset_dict.json")) or os.path.exists(os.path.join(first, "state.json")):
+        if any(os.path.exists(os.path.join(first, name)) for name in ("dataset_dict.json", "state.json")):
             return "disk"
         if glob.glob(os.path.join(first, "**", "*.parquet"), recursive=True):
             return "parquet"

@@ -24,7 +24,8 @@ def image_features() -> datasets.Features:
 def chat_features() -> datasets.Features:
     string = datasets.Value("string")
     content = datasets.List({"type": string, "text": string})
-    return datasets.Features({"image": datasets.Image(), "messages": datasets.List({"role": string, "content": content})})
+    messages = datasets.List({"role": string, "content": content})
+    return datasets.Features({"image": datasets.Image(), "messages": messages})
 
 
 def text_message(role: str, text: str, with_image: bool = False) -> dict:

@@ -215,8 +215,8 @@ def generate_split(split: str, num_scenes: int, seed: int = 0, config: HiveShape
     for index in range(num_scenes):
         for name, value in generate_scene(seed, split, index, config).to_example().items():
             columns[name].append(value)
-    return datasets.Dataset.from_dict(columns, features=shapes_features(),
-                                      info=datasets.DatasetInfo(description=f"hive-shapes {split}, seed {seed}", features=shapes_features()))
+    info = datasets.DatasetInfo(description=f"hive-shapes {split}, seed {seed}", features=shapes_features())
+    return datasets.Dataset.from_dict(columns, features=shapes_features(), info=info)
 
 
 def generate_shapes(seed: int = 0, num_train: int = 20_000, num_validation: int = 1_000, num_test: int = 1_000,

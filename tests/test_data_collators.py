@@ -99,7 +99,8 @@ def test_mask_blocks_cover_whole_groups_of_patches():
 
 @pytest.mark.parametrize("ratio, expected", [(0.0, 0), (1.0, 16), (0.3, 5)])
 def test_mask_ratio_extremes(ratio, expected):
-    mask = HiveMaskedImageCollator(make_processor(), patch_size=8, mask_ratio=ratio)(image_examples(2))["bool_masked_pos"]
+    collate = HiveMaskedImageCollator(make_processor(), patch_size=8, mask_ratio=ratio)
+    mask = collate(image_examples(2))["bool_masked_pos"]
     assert mask.sum(dim=1).tolist() == [expected, expected]
 
 
