@@ -343,11 +343,31 @@ class HivePreTrainedModel(PreTrainedModel):
             "llm": llm,
         }
 
+    def vision_parameters_in_use(self) -> list[nn.Parameter]:
+        """The encoder parameters the connected vision layers depend on (found by one small autograd probe)."""
+        hive = self.base_model
+        config = self.config.vision_config
+        size = getattr(config, "image_size", 224)
+        size = size if isinstance(size, int) else size[0]
+        parameters = list(hive.vision_model.parameters())
+        probe = torch.zeros(1, getattr(config, "num_channels", 3), size, size, device=parameters[0].device, dtype=parameters[0].dtype)
+        flags = [p.requires_grad for p in parameters]
+        with torch.enable_grad():
+            for p in parameters:
+                p.requires_grad_(True)
+            features = hive.get_image_features(probe)
+            total = sum(states.float().sum() for states in features)
+            gradients = torch.autograd.grad(total, parameters, allow_unused=True)
+        for p, flag in zip(parameters, flags):
+            p.requires_grad_(flag)
+        return [p for p, g in zip(parameters, gradients) if g is not None]
+
     def set_trainable(self, vision=None, projector=None, cross_attention=None, llm=None) -> dict[str, dict[str, int]]:
         """Freezes (False) or unfreezes (True) whole components; None leaves one as it is. Logs and returns the counts.
 
         Args:
-            vision, projector, cross_attention, llm (`bool`, *optional*): whether that component trains.
+            vision, projector, cross_attention, llm (`bool`, *optional*): whether that component trains. `vision=True`
+                unfreezes only the encoder weights the connected layers depend on.
 
         Returns:
             `{component: {"trainable": n, "total": m}}` in parameters (elements), plus a `"total"` row.
@@ -365,6 +385,12 @@ class HivePreTrainedModel(PreTrainedModel):
             if flag is not None:
                 for parameter in components[name]:
                     parameter.requires_grad_(bool(flag))
+        if vision:
+            # Encoder weights past the deepest connected layer (pooler, final norm, deeper layers) never get a
+            # gradient: they stay frozen, so nothing "trainable" silently stays put and DDP sees no unused weights.
+            in_use = {id(p) for p in self.vision_parameters_in_use()}
+            for parameter in components["vision"]:
+                parameter.requires_grad_(id(parameter) in in_use)
         counts = {
             name: {"trainable": sum(p.numel() for p in params if p.requires_grad), "total": sum(p.numel() for p in params)}
             for name, params in components.items()

@@ -507,7 +507,15 @@ def test_set_trainable_freezes_by_component_and_counts():
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(name.startswith(("model.multi_modal_projectors", "model.cross_attention_layers")) for name in trainable)
     counts = model.set_trainable(vision=True)
-    assert counts["vision"]["trainable"] == counts["vision"]["total"] > 0 and counts["llm"]["trainable"] == 0
+    assert 0 < counts["vision"]["trainable"] < counts["vision"]["total"] and counts["llm"]["trainable"] == 0
+    vision = model.model.vision_model
+    # the deepest connected layer is 3 (of 0-3): every encoder layer trains; the pooler and final norm feed nothing
+    assert all(p.requires_grad for p in vision.layers.parameters())
+    assert not any(p.requires_grad for p in vision.pooler.parameters()) and not vision.layernorm.weight.requires_grad
+    shallow = build(cross_attention_layers=[[0, 1], [1, 3]])
+    shallow.set_trainable(vision=True)
+    assert all(p.requires_grad for p in shallow.model.vision_model.layers[1].parameters())
+    assert not any(p.requires_grad for p in shallow.model.vision_model.layers[2].parameters())
 
 
 @pytest.mark.parametrize("pair", PAIRS)

@@ -1,0 +1,20 @@
+"""Arguments of stage 2: hierarchical alignment with the LLM frozen."""
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+
+@dataclass
+class HiveAlignmentConfig(TrainingArguments):
+    """`TrainingArguments` plus what stage 2 trains and how captions are prompted.
+
+    Example:
+        >>> from hive_vlm.training.alignment_config import HiveAlignmentConfig
+        >>> args = HiveAlignmentConfig(output_dir="out/stage2", train_vision=False, max_steps=100)
+    """
+
+    train_vision: bool = field(default=False, metadata={"help": "Also train the vision encoder (the paper keeps it frozen)."})
+    caption_prompt: str = field(default="Describe the image.", metadata={"help": "Text before every caption; masked out of the loss."})
+    max_length: int | None = field(default=None, metadata={"help": "Longest sequence in tokens; the recipe's data.max_length when unset."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep raw image columns for the collator."})

@@ -1,0 +1,98 @@
+"""Callbacks every HIVE stage runs with: completed-checkpoint markers and the non-finite gradient guard."""
+
+import os
+import re
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+
+COMPLETE_MARKER = "hive_checkpoint_complete"
+
+
+def write_atomically(path, text: str) -> None:
+    """Writes a small text file so that it either exists whole or not at all."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+@contextmanager
+def atomic_folder(path):
+    """Yields a temporary folder that replaces `path` only once the block finished without error."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.partial")
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir(parents=True)
+    yield temporary
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(temporary, path)
+
+
+class HiveCheckpointMarkerCallback(TrainerCallback):
+    """Marks a checkpoint complete once the Trainer has written all of it (model, optimizer, RNG, state).
+
+    A checkpoint without the marker was cut short (a kill during the save) and is never resumed from.
+    """
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            if folder.is_dir():
+                write_atomically(folder / COMPLETE_MARKER, f"{state.global_step}\n")
+
+
+def last_complete_checkpoint(output_dir) -> str | None:
+    """The newest checkpoint folder carrying the completion marker; incomplete ones are set aside, never used."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return None
+    steps = []
+    for folder in output_dir.iterdir():
+        match = re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", folder.name)
+        if match and folder.is_dir():
+            if (folder / COMPLETE_MARKER).exists():
+                steps.append((int(match.group(1)), folder))
+            else:
+                folder.rename(folder.with_name(f"incomplete-{folder.name}"))
+    return str(max(steps)[1]) if steps else None
+
+
+class HiveNonFiniteGuardCallback(TrainerCallback):
+    """Stops training before the optimizer step when a gradient is NaN or inf, naming the step and the component.
+
+    Args:
+        components: `{component name: [parameters]}`, e.g. `model.component_parameters()`.
+    """
+
+    def __init__(self, components: dict):
+        self.component_of = {id(p): name for name, params in components.items() for p in params}
+        self.parameters = {id(p): p for params in components.values() for p in params}
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        bad = sorted(
+            {self.component_of[key] for key, p in self.parameters.items() if p.grad is not None and not torch.isfinite(p.grad).all()}
+        )
+        if bad:
+            raise FloatingPointError(
+                f"non-finite gradient at step {state.global_step + 1} in component(s) {bad}; the optimizer step was "
+                "skipped and the weights are unchanged. Lower the learning rate, enable max_grad_norm or check the data."
+            )
+
+
+def check_finite_loss(loss: torch.Tensor, step: int) -> None:
+    """Raises naming the step when the loss is NaN or inf (called before backward)."""
+    if not torch.isfinite(loss.detach()).all():
+        raise FloatingPointError(
+            f"non-finite loss ({loss.detach().float().item()}) at step {step}, component 'loss'; training stopped before "
+            "the weights were touched. Check the inputs (NaN pixels, labels) and the learning rate."
+        )

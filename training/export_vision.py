@@ -1,0 +1,37 @@
+"""`hive export-vision`: the trained encoder of a HIVE folder as a standard transformers vision model.
+
+Example:
+    $ hive export-vision --model outputs/tiny/final --out outputs/tiny/encoder
+    >>> from transformers import AutoModel
+    >>> encoder = AutoModel.from_pretrained("outputs/tiny/encoder")  # no trust_remote_code needed  # doctest: +SKIP
+"""
+
+from pathlib import Path
+
+from transformers import AutoImageProcessor
+
+from modeling_hive import HiveForConditionalGeneration
+
+from .callbacks import atomic_folder
+
+
+def export_vision(model_dir: str, out_dir: str) -> str:
+    """Writes `model.vision_model` (and the image processor, when the folder has one) to `out_dir`."""
+    model = HiveForConditionalGeneration.from_pretrained(model_dir)
+    with atomic_folder(Path(out_dir)) as out:
+        model.model.vision_model.save_pretrained(out)
+        try:
+            AutoImageProcessor.from_pretrained(model_dir, backend="pil").save_pretrained(out)
+        except (OSError, ValueError):
+            pass  # a folder without an image processor exports the weights alone
+    return str(out_dir)
+
+
+def add_arguments(parser):
+    parser.add_argument("--model", required=True, help="A saved HIVE folder.")
+    parser.add_argument("--out", required=True, help="Folder for the exported encoder.")
+
+
+def run(args) -> int:
+    print(f"encoder written to {export_vision(args.model, args.out)}")
+    return 0

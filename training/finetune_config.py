@@ -1,0 +1,35 @@
+"""Arguments of stage 3: joint fine-tuning of encoder and cross-attention, the LLM frozen or adapted with LoRA."""
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+
+# LoRA targets restricted to the LLM: a regex over full module names, so the encoder's q/k/v are never caught.
+LLM_LORA_TARGETS = r".*\.language_model\..*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj|c_attn|c_proj|c_fc)$"
+
+
+@dataclass
+class HiveFinetuneConfig(TrainingArguments):
+    """`TrainingArguments` plus the encoder's own learning rate and the LLM's LoRA settings.
+
+    Example:
+        >>> from hive_vlm.training.finetune_config import HiveFinetuneConfig
+        >>> args = HiveFinetuneConfig(output_dir="out/stage3", learning_rate=1e-4, vision_learning_rate=1e-5, lora_r=8)
+    """
+
+    vision_learning_rate: float = field(default=1e-5, metadata={"help": "Learning rate of the vision encoder (lower than the rest)."})
+    train_vision: bool = field(default=True, metadata={"help": "Train the vision encoder in stage 3."})
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank on the LLM; 0 keeps the LLM frozen."})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling numerator."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input."})
+    lora_target_modules: str = field(default=LLM_LORA_TARGETS, metadata={"help": "Regex over full module names; must stay inside the LLM."})
+    max_length: int | None = field(default=None, metadata={"help": "Longest sequence in tokens; the recipe's data.max_length when unset."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep raw image columns for the collator."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.lora_r < 0:
+            raise ValueError(f"lora_r must be 0 (LLM frozen) or a positive rank, got {self.lora_r}.")
+        if self.vision_learning_rate < 0:
+            raise ValueError(f"vision_learning_rate must be non-negative, got {self.vision_learning_rate}.")

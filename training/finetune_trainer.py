@@ -1,0 +1,99 @@
+"""Stage 3: joint fine-tuning. Encoder, projectors and cross-attention train; the LLM is frozen or adapted with LoRA.
+
+LoRA is injected in place (`peft.tuners.lora.LoraModel`), so the model stays a `HiveForConditionalGeneration` whose
+checkpoints hold every trained weight and resume like any other. At the end the adapter can be written in PEFT's
+format and merged into a plain HIVE checkpoint.
+"""
+
+from pathlib import Path
+
+from peft import LoraConfig, PeftModel, get_peft_model_state_dict
+from peft.tuners.lora import LoraModel
+from safetensors.torch import save_file
+
+from .hive_trainer import HiveTrainer
+
+
+def lora_config(args) -> LoraConfig:
+    return LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, target_modules=args.lora_target_modules)
+
+
+class HiveFinetuneTrainer(HiveTrainer):
+    """Stage 3 trainer: the encoder gets its own, lower learning rate; the LLM gets LoRA when `args.lora_r > 0`.
+
+    Args:
+        model (`HiveForConditionalGeneration`): the stage-2 model.
+        args (`HiveFinetuneConfig`): training arguments.
+        **kwargs: as for `Trainer` (data_collator: `HiveChatCollator`, train_dataset with `image` and `messages`).
+
+    Example:
+        >>> trainer = HiveFinetuneTrainer(model, HiveFinetuneConfig("out/stage3", lora_r=8, max_steps=100),
+        ...                               data_collator=HiveChatCollator(processor), train_dataset=chats)  # doctest: +SKIP
+        >>> trainer.train()
+        >>> trainer.save_adapter("out/stage3/adapter")  # doctest: +SKIP
+    """
+
+    def __init__(self, model, args, **kwargs):
+        self.lora_model = None
+        if args.lora_r > 0:
+            self.lora_model = LoraModel(model, lora_config(args), "default")  # injects into `model`, freezes the rest
+            outside = [name for name, _ in model.named_modules() if name.endswith("lora_A") and ".language_model." not in f".{name}"]
+            if outside:
+                raise ValueError(f"lora_target_modules must match LLM modules only; it also caught {outside[:3]}.")
+        super().__init__(model, args, **kwargs)
+
+    def trainable_components(self, args):
+        # llm=None keeps the LoRA weights trainable and the rest of the LLM frozen (LoraModel froze it).
+        return {"vision": args.train_vision, "projector": True, "cross_attention": True, "llm": None if args.lora_r > 0 else False}
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            model = self.model
+            vision = {id(p) for p in model.component_parameters()["vision"]}
+            decay = set(self.get_decay_parameter_names(model))
+            groups = []
+            for is_vision, lr in ((False, self.args.learning_rate), (True, self.args.vision_learning_rate)):
+                for has_decay, weight_decay in ((True, self.args.weight_decay), (False, 0.0)):
+                    params = [
+                        p for n, p in model.named_parameters()
+                        if p.requires_grad and (id(p) in vision) == is_vision and (n in decay) == has_decay
+                    ]
+                    if params:
+                        groups.append({"params": params, "weight_decay": weight_decay, "lr": lr})
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+            optimizer_kwargs.pop("lr", None)
+            self.optimizer = optimizer_cls(groups, lr=self.args.learning_rate, **optimizer_kwargs)
+        return super().create_optimizer(model)
+
+    def save_adapter(self, output_dir, base_model_name_or_path: str | None = None) -> None:
+        """Writes the LLM's LoRA adapter in PEFT's format; `merge_adapter(base, output_dir)` merges it back."""
+        if self.lora_model is None:
+            raise ValueError("this run has no LoRA adapter (lora_r is 0).")
+        output_dir = Path(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        state = get_peft_model_state_dict(self.model, adapter_name="default")
+        # PeftModel keys its weights under `base_model.model.`; the adapter file follows that layout.
+        tensors = {f"base_model.model.{key}": value.contiguous() for key, value in state.items()}
+        save_file(tensors, output_dir / "adapter_model.safetensors", metadata={"format": "pt"})
+        config = self.lora_model.peft_config["default"]
+        config.base_model_name_or_path = base_model_name_or_path
+        config.save_pretrained(output_dir)
+
+    def unload_lora(self):
+        """Removes the LoRA layers without merging them and returns the base HIVE model (the adapter's base)."""
+        if self.lora_model is None:
+            return self.model
+        base = self.lora_model.unload()
+        self.lora_model = None
+        self.model = base
+        return base
+
+
+def merge_adapter(base_model, adapter_dir):
+    """Loads a stage-3 LoRA adapter onto its base HIVE model and merges it: a plain HIVE model with no LoRA layers.
+
+    Example:
+        >>> base = HiveForConditionalGeneration.from_pretrained("out/stage3/base")  # doctest: +SKIP
+        >>> merge_adapter(base, "out/stage3/adapter").save_pretrained("out/merged")  # doctest: +SKIP
+    """
+    return PeftModel.from_pretrained(base_model, str(adapter_dir)).merge_and_unload()

@@ -1,0 +1,48 @@
+"""What stages 2 and 3 share: gate and trainable-parameter logging, the non-finite guards, completed-checkpoint markers."""
+
+from transformers import Trainer
+
+from .callbacks import HiveCheckpointMarkerCallback, HiveNonFiniteGuardCallback, check_finite_loss
+
+
+def gate_values(model) -> dict[str, float]:
+    """tanh of every gate, named by block: `gate/attn_t{text_layer}_v{vision_layer}` and `gate/mlp_...`."""
+    hive = model.base_model if hasattr(model, "base_model") else model
+    values = {}
+    for block, (vision_layer, text_layer) in zip(hive.cross_attention_layers, hive.config.cross_attention_layers):
+        name = f"t{text_layer}_v{vision_layer}"
+        values[f"gate/attn_{name}"] = block.cross_attn_attn_gate.detach().tanh().item()
+        values[f"gate/mlp_{name}"] = block.cross_attn_mlp_gate.detach().tanh().item()
+    return values
+
+
+class HiveTrainer(Trainer):
+    """A `Trainer` for a `HiveForConditionalGeneration`: logs the gates (tanh) at every logging step and the trainable
+    parameter counts per component at the first one, and stops on a non-finite loss or gradient naming the step and
+    the component. Subclasses choose what trains (`trainable_components`).
+    """
+
+    def __init__(self, model, args, **kwargs):
+        self.trainable_counts = model.set_trainable(**self.trainable_components(args))
+        callbacks = [
+            HiveCheckpointMarkerCallback(),
+            HiveNonFiniteGuardCallback(model.component_parameters()),
+            *(kwargs.pop("callbacks", None) or []),
+        ]
+        super().__init__(model=model, args=args, callbacks=callbacks, **kwargs)
+        self._counts_logged = False
+
+    def trainable_components(self, args) -> dict[str, bool | None]:
+        raise NotImplementedError
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        check_finite_loss(loss, self.state.global_step + 1)
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict, start_time=None) -> None:
+        logs = {**logs, **gate_values(self.model)}
+        if not self._counts_logged:
+            logs.update({f"trainable/{name}": row["trainable"] for name, row in self.trainable_counts.items()})
+            self._counts_logged = True
+        super().log(logs, start_time)

@@ -1,0 +1,114 @@
+"""Stage 1: SimMIM-style masked image modelling on the vision encoder alone.
+
+Adapted from SimMIM (Xie et al., 2022): random blocks are masked, a linear decoder predicts the masked patches'
+(normalised) pixels from the encoder's last hidden states, and an L1 loss counts the masked patches only.
+"""
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoModel, Trainer
+from transformers.utils import ModelOutput
+
+from .callbacks import HiveCheckpointMarkerCallback, HiveNonFiniteGuardCallback, check_finite_loss
+
+
+@dataclass
+class HiveMIMOutput(ModelOutput):
+    loss: torch.FloatTensor | None = None
+    reconstruction: torch.FloatTensor | None = None  # (B, num_patches, patch_size**2 * channels)
+
+
+def supports_mask_token(encoder: nn.Module) -> bool:
+    """Whether the encoder replaces masked patches with its own mask token (`bool_masked_pos`)."""
+    takes_mask = "bool_masked_pos" in inspect.signature(encoder.forward).parameters
+    embeddings = getattr(encoder, "embeddings", None)
+    return takes_mask and getattr(embeddings, "mask_token", None) is not None
+
+
+def load_encoder_for_mim(source: str, dtype=None) -> nn.Module:
+    """Loads an encoder with a mask token when its class offers one (ViT's `use_mask_token`)."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    config = AutoConfig.from_pretrained(source)
+    config = getattr(config, "vision_config", None) or config
+    encoder_class = MODEL_MAPPING[type(config)]
+    kwargs = {"use_mask_token": True} if "use_mask_token" in inspect.signature(encoder_class.__init__).parameters else {}
+    return encoder_class.from_pretrained(source, dtype=dtype, **kwargs)
+
+
+class HiveMIMModel(nn.Module):
+    """A vision encoder and SimMIM's light decoder (one linear layer per patch token)."""
+
+    def __init__(self, encoder: nn.Module, norm_pix_loss: bool = True):
+        super().__init__()
+        self.encoder = encoder
+        config = encoder.config
+        self.patch_size = config.patch_size
+        self.num_channels = getattr(config, "num_channels", 3)
+        self.norm_pix_loss = norm_pix_loss
+        self.uses_mask_token = supports_mask_token(encoder)
+        self.decoder = nn.Linear(config.hidden_size, self.patch_size**2 * self.num_channels)
+
+    def patchify(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = pixel_values.shape
+        p = self.patch_size
+        patches = pixel_values.reshape(batch, channels, height // p, p, width // p, p)
+        return patches.permute(0, 2, 4, 3, 5, 1).reshape(batch, (height // p) * (width // p), p * p * channels)  # (B, N, p*p*C)
+
+    def forward(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor) -> HiveMIMOutput:
+        batch, _, height, width = pixel_values.shape
+        p = self.patch_size
+        num_patches = (height // p) * (width // p)
+        if bool_masked_pos.shape != (batch, num_patches):
+            raise ValueError(f"bool_masked_pos must have shape ({batch}, {num_patches}), got {tuple(bool_masked_pos.shape)}.")
+        mask = bool_masked_pos.bool()
+        if self.uses_mask_token:
+            outputs = self.encoder(pixel_values=pixel_values, bool_masked_pos=mask)
+        else:
+            # Pixel-level masking for encoders without a mask token: masked patches become the mean (0 after normalisation).
+            pixel_mask = mask.reshape(batch, 1, height // p, 1, width // p, 1).expand(-1, 1, -1, p, -1, p)
+            pixel_mask = pixel_mask.reshape(batch, 1, height, width)
+            outputs = self.encoder(pixel_values=pixel_values.masked_fill(pixel_mask, 0.0))
+        tokens = outputs.last_hidden_state[:, -num_patches:]  # (B, N, D): patch tokens come after any CLS/registers
+        reconstruction = self.decoder(tokens)
+        target = self.patchify(pixel_values)
+        if self.norm_pix_loss:
+            target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
+        per_patch = (reconstruction - target.to(reconstruction.dtype)).abs().mean(-1)  # (B, N)
+        loss = (per_patch * mask).sum() / mask.sum().clamp(min=1)
+        return HiveMIMOutput(loss=loss, reconstruction=reconstruction)
+
+
+class HiveMIMTrainer(Trainer):
+    """Stage 1 trainer: masked image modelling of the encoder. Saves a plain encoder that `AutoModel` loads.
+
+    Args:
+        model (`HiveMIMModel`): encoder plus decoder.
+        args (`HiveMIMConfig`): training arguments.
+        **kwargs: as for `Trainer` (data_collator: `HiveMaskedImageCollator`, train_dataset with an `image` column).
+
+    Example:
+        >>> trainer = HiveMIMTrainer(model=HiveMIMModel(encoder), args=HiveMIMConfig("out/stage1", max_steps=10),
+        ...                          data_collator=collator, train_dataset=images)  # doctest: +SKIP
+        >>> trainer.train(); trainer.save_encoder("out/stage1/model")  # doctest: +SKIP
+    """
+
+    def __init__(self, model: HiveMIMModel, args, **kwargs):
+        components = {"vision": list(model.encoder.parameters()), "decoder": list(model.decoder.parameters())}
+        callbacks = [HiveCheckpointMarkerCallback(), HiveNonFiniteGuardCallback(components), *(kwargs.pop("callbacks", None) or [])]
+        super().__init__(model=model, args=args, callbacks=callbacks, **kwargs)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        check_finite_loss(loss, self.state.global_step + 1)
+        return (loss, outputs) if return_outputs else loss
+
+    def save_encoder(self, output_dir: str, image_processor=None) -> None:
+        """Writes the trained encoder alone, loadable with `AutoModel.from_pretrained(output_dir)`."""
+        self.model.encoder.save_pretrained(output_dir)
+        if image_processor is not None:
+            image_processor.save_pretrained(output_dir)

@@ -1,0 +1,256 @@
+"""Runs a recipe's stages in order; each stage starts from the previous stage's output.
+
+Layout of `output_dir`:
+    processor/            the HiveProcessor (image processor, tokenizer, chat template)
+    data/shapes/          hive-shapes, when a stage trains on it
+    backbones/{vision,text}/  backbones built from configs (random weights), when the recipe gives configs
+    stage1/               Trainer checkpoints; stage1/model/ is the MIM-trained encoder (AutoModel loads it)
+    stage2/, stage3/      Trainer checkpoints; stageN/model/ is a full HIVE folder. With LoRA, stage3/adapter/ (PEFT
+                          format) and stage3/base/ (its base HIVE folder) too; stage3/model/ is the two merged
+    final/                the last stage's HIVE folder, ready for AutoModelForImageTextToText and the VQA pipeline
+Every `model/`, `base/`, `adapter/` and `final/` folder appears whole or not at all (written aside, then renamed).
+"""
+
+import logging
+import shutil
+from pathlib import Path
+
+import datasets
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, ViTImageProcessorPil
+
+from hive_vlm.data import loaders
+from hive_vlm.data.collators import HiveCaptionCollator, HiveChatCollator, HiveMaskedImageCollator
+from hive_vlm.data.report import HiveDataReport
+from hive_vlm.data.shapes import HiveShapesConfig, generate_shapes
+from hive_vlm.data.shapes_layouts import SHORT_ANSWER_PROMPT, to_caption_pairs, to_conversations
+from hive_vlm.tokenizer import build_tokenizer
+from modeling_hive import HiveForConditionalGeneration, HiveProcessor
+
+from .alignment_trainer import HiveAlignmentTrainer
+from .callbacks import atomic_folder, last_complete_checkpoint
+from .finetune_trainer import HiveFinetuneTrainer, merge_adapter
+from .mim_trainer import HiveMIMModel, HiveMIMTrainer, load_encoder_for_mim
+from .recipe import HiveRecipe
+
+
+logger = logging.getLogger(__name__)
+SHAPES_DEFAULTS = {"seed": 0, "num_train": 2000, "num_validation": 200, "num_test": 200, "num_test_compositional": 200}
+
+
+class HiveRecipeRun:
+    """One run of a recipe in one output folder.
+
+    Args:
+        recipe (`HiveRecipe`): the validated recipe.
+        output_dir (`str`, *optional*): overrides `recipe.output_dir`.
+        resume (`bool`): continue an interrupted run: finished stages are kept, an unfinished one resumes from its
+            last complete checkpoint.
+
+    Example:
+        >>> from hive_vlm.training.recipe import load_recipe
+        >>> run = HiveRecipeRun(load_recipe("recipes/tiny-shapes.yaml"), "outputs/tiny")  # doctest: +SKIP
+        >>> run.run(stages=[1, 2, 3])  # doctest: +SKIP
+        'outputs/tiny/final'
+    """
+
+    def __init__(self, recipe: HiveRecipe, output_dir: str | None = None, resume: bool = False):
+        self.recipe = recipe
+        self.output_dir = Path(output_dir or recipe.output_dir)
+        self.resume = resume
+        self.report = HiveDataReport()
+        self.dtype = getattr(torch, recipe.model.dtype) if recipe.model.dtype else None
+
+    # ------------------------------------------------------------------------------------------------ stages
+
+    def run(self, stages=(1, 2, 3)) -> str:
+        """Runs the chosen stages and writes `final/`; returns its path."""
+        stages = sorted(set(stages))
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        processor = self.processor()
+        last = None
+        for stage in stages:
+            last = getattr(self, f"run_stage{stage}")(processor)
+        if last is not None and stages[-1] > 1:
+            final = self.output_dir / "final"
+            with atomic_folder(final) as folder:
+                shutil.copytree(last, folder, dirs_exist_ok=True)
+            logger.info("HIVE model written to %s", final)
+            last = final
+        summary = self.report.summary()
+        if summary:
+            logger.warning("data report: %s", summary)
+        return str(last) if last is not None else ""
+
+    def _stage_dir(self, stage: int) -> tuple[Path, bool]:
+        """The stage folder, and whether the stage already finished (its model/ exists)."""
+        folder = self.output_dir / f"stage{stage}"
+        if (folder / "model").is_dir():
+            if not self.resume:
+                raise ValueError(
+                    f"{folder / 'model'} already exists: stage {stage} finished in an earlier run. Pass --resume to keep "
+                    "finished stages, or choose another --output-dir."
+                )
+            logger.info("stage %d already finished in %s", stage, folder)
+            return folder, True
+        if folder.is_dir() and any(folder.glob("checkpoint-*")) and not self.resume:
+            raise ValueError(f"{folder} holds checkpoints of an unfinished stage {stage}; pass --resume to continue it, or choose another --output-dir.")
+        return folder, False
+
+    def _train(self, trainer, folder: Path) -> None:
+        checkpoint = last_complete_checkpoint(folder) if self.resume else None
+        if checkpoint:
+            logger.info("resuming from %s", checkpoint)
+        trainer.train(resume_from_checkpoint=checkpoint)
+
+    def run_stage1(self, processor) -> Path:
+        folder, done = self._stage_dir(1)
+        if done:
+            return folder / "model"
+        args = self.recipe.stage_arguments(1, str(folder))
+        encoder = load_encoder_for_mim(self.vision_source(), dtype=self.dtype)
+        model = HiveMIMModel(encoder, norm_pix_loss=args.norm_pix_loss)
+        collator = HiveMaskedImageCollator(
+            processor, patch_size=encoder.config.patch_size, mask_ratio=args.mask_ratio, mask_patch_size=args.mask_patch_size, report=self.report
+        )
+        trainer = HiveMIMTrainer(model=model, args=args, data_collator=collator, train_dataset=self.dataset(1))
+        self._train(trainer, folder)
+        with atomic_folder(folder / "model") as out:
+            trainer.save_encoder(out, processor.image_processor)
+        return folder / "model"
+
+    def run_stage2(self, processor) -> Path:
+        folder, done = self._stage_dir(2)
+        if done:
+            return folder / "model"
+        args = self.recipe.stage_arguments(2, str(folder))
+        stage1 = self.output_dir / "stage1" / "model"
+        vision = str(stage1) if stage1.is_dir() else self.vision_source()
+        model = HiveForConditionalGeneration.from_backbones(vision, self.text_source(), torch_dtype=self.dtype, **self.recipe.model.hive)
+        if len(processor.tokenizer) > model.get_input_embeddings().num_embeddings:
+            model.resize_token_embeddings(len(processor.tokenizer))
+        collator = HiveCaptionCollator(processor, prompt=args.caption_prompt, max_length=args.max_length or self.recipe.data.max_length, report=self.report)
+        trainer = HiveAlignmentTrainer(model, args, data_collator=collator, train_dataset=self.dataset(2), processing_class=processor)
+        self._train(trainer, folder)
+        return self._save_hive(trainer.model, processor, folder / "model")
+
+    def run_stage3(self, processor) -> Path:
+        folder, done = self._stage_dir(3)
+        if done:
+            return folder / "model"
+        stage2 = self.output_dir / "stage2" / "model"
+        if not stage2.is_dir():
+            raise ValueError(f"stage 3 starts from stage 2's model, and {stage2} does not exist; run --stage 2 first (or --stage all).")
+        args = self.recipe.stage_arguments(3, str(folder))
+        model = HiveForConditionalGeneration.from_pretrained(stage2, dtype=self.dtype)
+        collator = HiveChatCollator(processor, max_length=args.max_length or self.recipe.data.max_length, report=self.report)
+        trainer = HiveFinetuneTrainer(model, args, data_collator=collator, train_dataset=self.dataset(3), processing_class=processor)
+        self._train(trainer, folder)
+        model = trainer.model
+        if trainer.lora_model is not None:
+            # The adapter and its base (trained encoder and cross-attention, unadapted LLM) in PEFT's layout, then
+            # the merged model, made from those two exactly as a user would.
+            with atomic_folder(folder / "adapter") as out:
+                trainer.save_adapter(out, base_model_name_or_path=str(folder / "base"))
+            base = self._save_hive(trainer.unload_lora(), processor, folder / "base")
+            model = merge_adapter(HiveForConditionalGeneration.from_pretrained(base), folder / "adapter")
+        return self._save_hive(model, processor, folder / "model")
+
+    @staticmethod
+    def _save_hive(model, processor, path: Path) -> Path:
+        with atomic_folder(path) as out:
+            model.save_pretrained(out)
+            processor.save_pretrained(out)
+        return path
+
+    # ------------------------------------------------------------------------------------- backbones & data
+
+    def vision_source(self) -> str:
+        """The encoder's Hub id or folder; a config-built encoder is written once to backbones/vision."""
+        model = self.recipe.model
+        if model.vision_model:
+            return model.vision_model
+        path = self.output_dir / "backbones" / "vision"
+        if not path.is_dir():
+            config = AutoConfig.for_model(**model.vision_config)
+            torch.manual_seed(self.recipe.seed)
+            with atomic_folder(path) as out:
+                AutoModel.from_config(config).save_pretrained(out)
+        return str(path)
+
+    def text_source(self) -> str:
+        """The LLM's Hub id or folder; a config-built LLM (sized to the built tokenizer) is written to backbones/text."""
+        model = self.recipe.model
+        if model.text_model:
+            return model.text_model
+        path = self.output_dir / "backbones" / "text"
+        if not path.is_dir():
+            tokenizer = self.processor().tokenizer
+            values = {**model.text_config, "vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
+                      "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+            config = AutoConfig.for_model(**values)
+            torch.manual_seed(self.recipe.seed)
+            with atomic_folder(path) as out:
+                AutoModelForCausalLM.from_config(config).save_pretrained(out)
+                tokenizer.save_pretrained(out)
+        return str(path)
+
+    def processor(self) -> HiveProcessor:
+        """The run's processor, built once and saved in processor/ (later calls and resumed runs reload it)."""
+        path = self.output_dir / "processor"
+        if path.is_dir():
+            return HiveProcessor.from_pretrained(path)
+        model = self.recipe.model
+        if model.vision_model and model.text_model and self.recipe.data.tokenizer is None:
+            processor = HiveProcessor.from_backbones(model.vision_model, model.text_model)
+        else:
+            if model.vision_model:
+                from transformers import AutoImageProcessor
+
+                image_processor = AutoImageProcessor.from_pretrained(model.vision_model, backend="pil")
+            else:
+                size = model.vision_config.get("image_size", 224)
+                image_processor = ViTImageProcessorPil(size={"height": size, "width": size})
+            tokenizer = build_tokenizer(self.tokenizer_corpus())
+            processor = HiveProcessor(image_processor=image_processor, tokenizer=tokenizer)
+        with atomic_folder(path) as out:
+            processor.save_pretrained(out)
+        return processor
+
+    def tokenizer_corpus(self):
+        if self.recipe.data.tokenizer != "shapes":
+            raise ValueError(f"data.tokenizer: {self.recipe.data.tokenizer!r} is not supported; use 'shapes' or give a text_model.")
+        train = self.shapes()["train"]
+        yield self.recipe.stage_arguments(2, "unused").caption_prompt
+        yield SHORT_ANSWER_PROMPT
+        for caption in train["caption"]:
+            yield caption
+        for questions in train["questions"]:
+            for question in questions:
+                yield question["question"]
+                yield question["answer"]
+
+    def shapes(self) -> datasets.DatasetDict:
+        """hive-shapes as the recipe sets it up, generated once into data/shapes."""
+        path = self.output_dir / "data" / "shapes"
+        if not path.is_dir():
+            settings = {**SHAPES_DEFAULTS, **self.recipe.data.shapes}
+            generator = {k: settings.pop(k) for k in list(settings) if k in HiveShapesConfig.__dataclass_fields__}
+            with atomic_folder(path) as out:
+                generate_shapes(config=HiveShapesConfig(**generator), **settings).save_to_disk(str(out))
+        return datasets.load_from_disk(str(path))
+
+    def dataset(self, stage: int):
+        """The training data of a stage, in the schema its collator reads."""
+        source = getattr(self.recipe.data, f"stage{stage}")
+        if source is None or source.source == "shapes" or source.format == "shapes":
+            split = self.shapes()[source.split if source else "train"]
+            if stage == 1:
+                return split.select_columns(["image"])
+            return to_caption_pairs(split) if stage == 2 else to_conversations(split)
+        common = dict(streaming=source.streaming, strict=source.strict, report=self.report)
+        if stage == 1:
+            return loaders.load_images(source.source, format=source.format, split=source.split, **common)
+        if stage == 2:
+            return loaders.load_image_text_pairs(source.source, format=source.format, split=source.split, **common)
+        return loaders.load_conversations(source.source, image_root=source.image_root, **common)
