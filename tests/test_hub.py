@@ -441,11 +441,11 @@ TINY_RECIPE = {
         "hive": {"cross_attention_layers": [[0, 0], [1, 1]]},
     },
     "data": {
-        "tokenizer": "shapes", "max_length": 64, "stage2": {"source": "shapes"}, "stage3": {"source": "shapes"},
-        "shapes": {"seed": 0, "image_size": 32, "num_train": 8, "num_validation": 2, "num_test": 2, "num_test_compositional": 2},
+        "tokenizer": "shapes", "max_length": 48, "stage2": {"source": "shapes"}, "stage3": {"source": "shapes"},
+        "shapes": {"seed": 0, "image_size": 32, "num_train": 6, "num_validation": 2, "num_test": 2, "num_test_compositional": 2},
     },
-    "stage2": {"max_steps": 2, "per_device_train_batch_size": 4, "save_steps": 2, "logging_steps": 1, "use_cpu": True},
-    "stage3": {"max_steps": 3, "per_device_train_batch_size": 4, "save_steps": 3, "logging_steps": 1, "use_cpu": True,
+    "stage2": {"max_steps": 2, "per_device_train_batch_size": 2, "save_steps": 2, "logging_steps": 1, "use_cpu": True},
+    "stage3": {"max_steps": 3, "per_device_train_batch_size": 2, "save_steps": 3, "logging_steps": 1, "use_cpu": True,
                "lora_r": 2, "lora_alpha": 4},
 }  # fmt: skip
 
