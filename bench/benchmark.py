@@ -1,0 +1,473 @@
+"""HIVE against transformers' LLaVA on identical backbones: every measure of the performance issue, in one run.
+
+Both models share the encoder, LLM and LM head weights (random) and the prompt text; only the fusion differs. Every
+timed measure alternates HIVE and LLaVA repetitions and reports medians.
+
+Example:
+    >>> from hive_vlm.bench.benchmark import run_benchmark, format_table
+    >>> result = run_benchmark("toy", device="cpu", dtype="float32", repeats=2)
+    >>> print(format_table(result))
+"""
+
+import os
+import platform
+import time
+from collections.abc import Callable
+
+import torch
+import transformers
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from .flops import hive_prefill_flops, hive_stage2_step_flops
+from .measures import (
+    interleaved,
+    matmul_flops_per_second,
+    matmul_probe_tasks,
+    median,
+    peak_allocated_during,
+    resident_training_bytes,
+    timed,
+)
+from .models import BenchBatch, bench_batch, build_models, cache_bytes, cache_with_image_key_values, tile_image_tokens
+from .sizes import BENCH_SIZES, HiveBenchSize
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+# key -> (comparison, bound, what it measures); the order of the issue's table.
+TARGETS = {
+    "ttft_ratio": ("<=", 0.6, "time to first token, whole (HIVE/LLaVA)"),
+    "llm_prefill_ratio": ("<=", 0.2, "prefill, LLM side only (HIVE/LLaVA)"),
+    "decode_ratio_576": (">=", 1.0, "decode tokens/s, 576 image tokens (HIVE/LLaVA)"),
+    "decode_ratio_2880": (">=", 1.5, "decode tokens/s, 2,880 image tokens (HIVE/LLaVA)"),
+    "train_step_ratio": ("<=", 0.4, "stage-2 step time (HIVE/LLaVA)"),
+    "train_memory_ratio": ("<=", 0.5, "stage-2 step peak memory (HIVE/LLaVA)"),
+    "kv_cache_ratio": ("<=", 0.4, "KV-cache bytes after prefill (HIVE/LLaVA)"),
+    "cross_kv_cache_speedup": (">=", 3.0, "decode step, recomputed / cached cross K/V"),
+    "prefill_flops_fraction_of_peak": (">=", 0.5, "HIVE prefill FLOP/s / matmul peak"),
+}
+RESULT_KEYS = tuple(TARGETS)
+
+
+def target_met(key: str, value: float) -> bool:
+    comparison, bound, _ = TARGETS[key]
+    return value <= bound if comparison == "<=" else value >= bound
+
+
+def describe_machine(device: torch.device) -> dict:
+    processor = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            processor = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), processor)
+    except OSError:
+        pass
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cpu": processor,
+        "cpu_count": os.cpu_count(),
+        "cpus_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else processor,
+    }
+
+
+def llava_inputs_embeds(llava, batch: BenchBatch, images: int) -> torch.Tensor:
+    """LLaVA's merged prompt: text embeddings around the projected image features (one image's, tiled `images` times)."""
+    image_features = llava.model.get_image_features(pixel_values=batch.pixel_values).pooler_output  # B x (N, D)
+    image_features = tile_image_tokens(torch.stack(list(image_features)), images)
+    embed = llava.get_input_embeddings()
+    prefix, text = batch.input_ids[:, : batch.prefix_tokens], batch.input_ids[:, batch.prefix_tokens :]
+    return torch.cat([embed(prefix), image_features.to(embed.weight.dtype), embed(text)], dim=1)
+
+
+def hive_image_key_values(hive, batch: BenchBatch, images: int):
+    """Per-block image keys/values for one image's features tiled `images` times along the token axis."""
+    features = hive.model.get_image_features(batch.pixel_values)
+    features = tuple(tile_image_tokens(level, images) for level in features)
+    return features, hive.model.get_cross_attention_key_values(features)
+
+
+def decode_run(model, cache, token: torch.Tensor, steps: int, device, before_step: Callable[[], None] | None = None) -> float:
+    """Seconds per step of `steps` greedy decode steps from `cache`, which is cropped back to its prefill length after."""
+
+    def run():
+        next_token = token
+        for _ in range(steps):
+            if before_step is not None:
+                before_step()
+            logits = model(input_ids=next_token, past_key_values=cache, use_cache=True).logits
+            next_token = logits[:, -1:].argmax(-1)
+
+    seconds = timed(run, device)
+    cache.crop(-steps)
+    return seconds / steps
+
+
+def measure_prefill(hive, llava, batch: BenchBatch, repeats: int, device, matmul_tasks: dict) -> dict:
+    """(a), (d) and (f): whole prefill (with the matmul probes in the same rounds), LLM-side prefill, the shared
+    encoder and each fusion alone; cache bytes."""
+    image_mask = torch.ones(batch.input_ids.shape[0], dtype=torch.bool, device=device)
+    hive_features, hive_key_values = hive_image_key_values(hive, batch, images=1)
+    llava_embeds = llava_inputs_embeds(llava, batch, images=1)
+    llava_vision_states = llava.model.vision_tower(batch.pixel_values, output_hidden_states=True).hidden_states[-2]
+
+    def hive_whole():
+        return hive(input_ids=batch.input_ids, pixel_values=batch.pixel_values, use_cache=True, logits_to_keep=1)
+
+    def llava_whole():
+        return llava(input_ids=batch.llava_input_ids, pixel_values=batch.pixel_values, use_cache=True, logits_to_keep=1)
+
+    def hive_llm_side():
+        cache = cache_with_image_key_values(hive, hive_key_values, image_mask)
+        return timed(lambda: hive(input_ids=batch.input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1), device)
+
+    times = {
+        "ttft": interleaved({"hive": lambda: timed(hive_whole, device), "llava": lambda: timed(llava_whole, device), **matmul_tasks}, repeats),
+        "llm_prefill": interleaved(
+            {"hive": hive_llm_side, "llava": lambda: timed(lambda: llava(inputs_embeds=llava_embeds, use_cache=True, logits_to_keep=1), device)},
+            repeats,
+        ),
+        "encoder": interleaved(
+            {
+                "hive": lambda: timed(lambda: hive.model.get_image_features(batch.pixel_values), device),
+                "llava": lambda: timed(lambda: llava.model.vision_tower(batch.pixel_values, output_hidden_states=True), device),
+            },
+            repeats,
+        ),
+        "fusion": interleaved(
+            {
+                "hive": lambda: timed(lambda: hive.model.get_cross_attention_key_values(hive_features), device),
+                "llava": lambda: timed(lambda: llava.model.multi_modal_projector(llava_vision_states), device),
+            },
+            repeats,
+        ),
+    }
+    kv_bytes = {"hive": cache_bytes(hive_whole().past_key_values), "llava": cache_bytes(llava_whole().past_key_values)}
+    return {"times": times, "kv_cache_bytes": kv_bytes}
+
+
+def measure_decode(hive, llava, batch: BenchBatch, images: int, steps: int, repeats: int, device, batch_size: int = 1, recompute: bool = False) -> dict:
+    """(b), and (e) when `recompute`: seconds per decode step after a prefill holding `images` images' worth of tokens.
+
+    Returns per-step times of both models at batch 1 (`hive`, `llava`) and, when `batch_size` > 1, with the same
+    prefilled caches repeated `batch_size` times (`hive_batched`, `llava_batched`). `recompute` adds HIVE at batch 1
+    with its cross-attention keys/values recomputed before every step from kept vision features (`hive_recompute`,
+    against `hive_cached` timed in the same rounds) and from the pixels, encoder included (`hive_recompute_encoder`).
+    """
+    image_mask = torch.ones(batch.input_ids.shape[0], dtype=torch.bool, device=device)
+    hive_features, hive_key_values = hive_image_key_values(hive, batch, images)
+    hive_cache = cache_with_image_key_values(hive, hive_key_values, image_mask)
+    hive_token = hive(input_ids=batch.input_ids, past_key_values=hive_cache, use_cache=True, logits_to_keep=1).logits.argmax(-1)
+    llava_out = llava(inputs_embeds=llava_inputs_embeds(llava, batch, images), use_cache=True, logits_to_keep=1)
+    llava_cache, llava_token = llava_out.past_key_values, llava_out.logits.argmax(-1)
+
+    times = interleaved(
+        {
+            "hive": lambda: decode_run(hive, hive_cache, hive_token, steps, device),
+            "llava": lambda: decode_run(llava, llava_cache, llava_token, steps, device),
+        },
+        repeats,
+    )
+    if recompute:
+        cross_layers = hive_cache.layers[hive.config.text_config.num_hidden_layers :]
+
+        def write_key_values(features):
+            for layer, (key_states, value_states) in zip(cross_layers, hive.model.get_cross_attention_key_values(features)):
+                layer.write(key_states, value_states, layer.image_mask)
+
+        def encode_and_write():
+            write_key_values(tuple(tile_image_tokens(level, images) for level in hive.model.get_image_features(batch.pixel_values)))
+
+        encoder_steps = min(2, steps)  # each step runs the whole encoder: a few are enough for a per-step time
+        times.update(
+            interleaved(
+                {
+                    "hive_cached": lambda: decode_run(hive, hive_cache, hive_token, steps, device),
+                    "hive_recompute": lambda: decode_run(hive, hive_cache, hive_token, steps, device, lambda: write_key_values(hive_features)),
+                    "hive_recompute_encoder": lambda: decode_run(hive, hive_cache, hive_token, encoder_steps, device, encode_and_write),
+                },
+                repeats,
+            )
+        )
+    if batch_size > 1:
+        for cache in (hive_cache, llava_cache):
+            cache.batch_repeat_interleave(batch_size)
+        hive_tokens, llava_tokens = hive_token.repeat_interleave(batch_size, 0), llava_token.repeat_interleave(batch_size, 0)
+        times.update(
+            interleaved(
+                {
+                    "hive_batched": lambda: decode_run(hive, hive_cache, hive_tokens, steps, device),
+                    "llava_batched": lambda: decode_run(llava, llava_cache, llava_tokens, steps, device),
+                },
+                repeats,
+            )
+        )
+    return times
+
+
+def freeze_for_stage2(hive, llava) -> dict:
+    """Stage 2 on both sides: LLM and encoder frozen; HIVE trains projectors and blocks, LLaVA its projector."""
+    hive_counts = hive.set_trainable(vision=False, projector=True, cross_attention=True, llm=False)
+    llava.requires_grad_(False)
+    llava.model.multi_modal_projector.requires_grad_(True)
+    return {
+        "hive": hive_counts["total"]["trainable"],
+        "llava": sum(p.numel() for p in llava.parameters() if p.requires_grad),
+    }
+
+
+def measure_train_step(hive, llava, size: HiveBenchSize, repeats: int, device, dtype, seed: int, matmul_tasks: dict) -> dict:
+    """(c): forward + backward + AdamW step on one batch; time, and peak tensor memory of a warm step."""
+    batch = bench_batch(size, size.train_batch_size, device=device, dtype=dtype, seed=seed + 1)
+    trainable = freeze_for_stage2(hive, llava)
+    hive.train()
+    llava.train()
+    inputs = {
+        "hive": dict(input_ids=batch.input_ids, pixel_values=batch.pixel_values, labels=batch.input_ids),
+        "llava": dict(input_ids=batch.llava_input_ids, pixel_values=batch.pixel_values, labels=batch.llava_labels),
+    }
+    models = {"hive": hive, "llava": llava}
+    optimizers = {name: torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5) for name, model in models.items()}
+
+    def step(name):
+        loss = models[name](**inputs[name]).loss
+        loss.backward()
+        optimizers[name].step()
+        optimizers[name].zero_grad(set_to_none=True)
+
+    times = interleaved({**{name: (lambda name=name: timed(lambda: step(name), device)) for name in models}, **matmul_tasks}, repeats)
+    resident = {name: resident_training_bytes(models[name], optimizers[name]) for name in models}
+    above = {name: peak_allocated_during(lambda name=name: step(name), device) for name in models}
+    with sdpa_kernel([SDPBackend.MATH]), FlopCounterMode(display=False) as counter:  # math attention: matmuls torch can count
+        step("hive")
+    hive.eval()
+    llava.eval()
+    return {
+        "times": times,
+        "resident_bytes": resident,
+        "peak_above_resident_bytes": above,
+        "peak_bytes": {name: resident[name] + above[name] for name in models},
+        "trainable_parameters": trainable,
+        "hive_flops_counted_by_torch": counter.get_total_flops(),
+    }
+
+
+def run_benchmark(size: str | HiveBenchSize = "small", device: str | None = None, dtype: str | None = None, repeats: int = 5, seed: int = 0, threads: int | None = None, log: Callable[[str], None] | None = None) -> dict:
+    """Runs every measure and returns the result: the nine ratio keys at the top level, the raw numbers beside them.
+
+    Args:
+        size: a key of `BENCH_SIZES` ("toy", "small", "base") or a `HiveBenchSize`.
+        device: "cpu" or "cuda" (defaults to cuda when available).
+        dtype: "float32" or "bfloat16" (defaults to bfloat16 on cuda, float32 on cpu).
+        repeats: timed repetitions per measure and model (after one warm-up); medians are reported.
+        seed: seeds the random weights and inputs.
+        threads: CPU threads for torch (`torch.set_num_threads`); None keeps torch's default.
+        log: called with a line as each measure finishes.
+
+    Example:
+        ```python
+        >>> result = run_benchmark("small", device="cpu", repeats=5)
+        >>> result["kv_cache_ratio"]
+        ```
+    """
+    log = log or (lambda line: None)
+    if isinstance(size, str):
+        if size not in BENCH_SIZES:
+            raise ValueError(f"Unknown benchmark size {size!r}; choose one of {sorted(BENCH_SIZES)}.")
+        size = BENCH_SIZES[size]
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but torch sees no CUDA device; use --device cpu.")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu or cuda, got {device}.")
+    dtype_name = dtype or ("bfloat16" if device.type == "cuda" else "float32")
+    if dtype_name not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype_name!r}.")
+    dtype = DTYPES[dtype_name]
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}.")
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}.")
+        torch.set_num_threads(threads)
+
+    started, load_before = time.perf_counter(), os.getloadavg()
+    hive, llava = build_models(size, device, dtype, seed)
+    log(f"built HIVE ({sum(p.numel() for p in hive.parameters()):,} parameters) and LLaVA ({sum(p.numel() for p in llava.parameters()):,}) on {device}, {dtype_name}")
+    batch = bench_batch(size, 1, device=device, dtype=dtype, seed=seed)
+    long_batch_images = size.long_context_images
+    matmul_tasks = matmul_probe_tasks(device, dtype, size.matmul_sizes)
+    with torch.inference_mode():
+        prefill = measure_prefill(hive, llava, batch, repeats, device, matmul_tasks)
+        log("prefill measured")
+        decode_short = measure_decode(hive, llava, batch, 1, size.decode_tokens, repeats, device, size.decode_batch_size, recompute=True)
+        log("decode at one image measured")
+        decode_long = measure_decode(hive, llava, batch, long_batch_images, size.decode_tokens, repeats, device, size.decode_batch_size)
+        log(f"decode at {long_batch_images} images measured")
+        with sdpa_kernel([SDPBackend.MATH]), FlopCounterMode(display=False) as counter:
+            hive(input_ids=batch.input_ids, pixel_values=batch.pixel_values, use_cache=True, logits_to_keep=1)
+    train = measure_train_step(hive, llava, size, repeats, device, dtype, seed, matmul_tasks)
+    log("training step measured")
+
+    matmul = {"prefill": matmul_flops_per_second(prefill["times"]["ttft"]), "train_step": matmul_flops_per_second(train["times"])}
+    times = {
+        **{measure: {name: values for name, values in sides.items() if not name.startswith("matmul_")} for measure, sides in prefill["times"].items()},
+        "decode_step_576": {name: decode_short[name] for name in ("hive", "llava")},
+        "decode_step_2880": {name: decode_long[name] for name in ("hive", "llava")},
+        "decode_step_576_batched": {name: decode_short[f"{name}_batched"] for name in ("hive", "llava") if f"{name}_batched" in decode_short},
+        "decode_step_2880_batched": {name: decode_long[f"{name}_batched"] for name in ("hive", "llava") if f"{name}_batched" in decode_long},
+        "decode_step_cross_kv": {
+            "cached": decode_short["hive_cached"],
+            "recompute": decode_short["hive_recompute"],
+            "recompute_with_encoder": decode_short["hive_recompute_encoder"],
+        },
+        "train_step": {name: train["times"][name] for name in ("hive", "llava")},
+        "matmul": {f"{n}_during_{measure}": sides[f"matmul_{n}"] for measure, sides in (("prefill", prefill["times"]["ttft"]), ("train_step", train["times"])) for n in size.matmul_sizes},
+    }
+    medians = {measure: {name: median(values) for name, values in sides.items()} for measure, sides in times.items()}
+    tokens_per_second = {
+        f"{tokens}{suffix}": {name: batch_size / seconds for name, seconds in medians[f"decode_step_{tokens}{suffix}"].items()}
+        for tokens in ("576", "2880")
+        for suffix, batch_size in (("", 1), ("_batched", size.decode_batch_size))
+        if medians[f"decode_step_{tokens}{suffix}"]
+    }
+    prefill_flops = hive_prefill_flops(hive.config, size.text_tokens)
+    train_flops = hive_stage2_step_flops(hive.config, size.text_tokens, size.train_batch_size)
+    peak = {measure: max(values.values()) for measure, values in matmul.items()}
+    prefill_flops_per_second = sum(prefill_flops.values()) / medians["ttft"]["hive"]
+    train_flops_per_second = sum(train_flops.values()) / medians["train_step"]["hive"]
+    kv_bytes = prefill["kv_cache_bytes"]
+
+    result = {
+        "ttft_ratio": medians["ttft"]["hive"] / medians["ttft"]["llava"],
+        "llm_prefill_ratio": medians["llm_prefill"]["hive"] / medians["llm_prefill"]["llava"],
+        "decode_ratio_576": tokens_per_second["576"]["hive"] / tokens_per_second["576"]["llava"],
+        "decode_ratio_2880": tokens_per_second["2880"]["hive"] / tokens_per_second["2880"]["llava"],
+        "train_step_ratio": medians["train_step"]["hive"] / medians["train_step"]["llava"],
+        "train_memory_ratio": train["peak_bytes"]["hive"] / train["peak_bytes"]["llava"],
+        "kv_cache_ratio": kv_bytes["hive"]["total"] / kv_bytes["llava"]["total"],
+        "cross_kv_cache_speedup": medians["decode_step_cross_kv"]["recompute"] / medians["decode_step_cross_kv"]["cached"],
+        "prefill_flops_fraction_of_peak": prefill_flops_per_second / peak["prefill"],
+        "targets": {key: {"comparison": comparison, "bound": bound, "measure": text} for key, (comparison, bound, text) in TARGETS.items()},
+        "timings_s": times,
+        "medians_s": medians,
+        "decode_tokens_per_s": tokens_per_second,
+        "kv_cache_bytes": kv_bytes,
+        "train_memory_bytes": {key: train[key] for key in ("peak_bytes", "resident_bytes", "peak_above_resident_bytes")},
+        "flops": {
+            "hive_prefill": prefill_flops,
+            "hive_prefill_counted_by_torch": counter.get_total_flops(),
+            "hive_prefill_flops_per_s": prefill_flops_per_second,
+            "matmul_flops_per_s_by_size": {measure: {str(n): value for n, value in values.items()} for measure, values in matmul.items()},
+            "matmul_peak_flops_per_s": peak,
+            "hive_train_step": train_flops,
+            "hive_train_step_counted_by_torch": train["hive_flops_counted_by_torch"],
+            "hive_train_step_flops_per_s": train_flops_per_second,
+            "hive_train_step_fraction_of_peak": train_flops_per_second / peak["train_step"],
+        },
+        "parameters": {
+            "hive": sum(p.numel() for p in hive.parameters()),
+            "llava": sum(p.numel() for p in llava.parameters()),
+            "trainable_stage2": train["trainable_parameters"],
+        },
+        "sizes": {
+            "size": size.name,
+            "image_tokens": size.image_tokens,
+            "long_context_image_tokens": size.long_context_image_tokens,
+            "text_tokens": size.text_tokens,
+            "llava_prompt_tokens": size.text_tokens + size.image_tokens,
+            "decode_tokens": size.decode_tokens,
+            "decode_batch_size": size.decode_batch_size,
+            "train_batch_size": size.train_batch_size,
+            "vision_config": dict(size.vision),
+            "text_config": dict(size.text),
+            "cross_attention_layers": hive.config.cross_attention_layers,
+            "hierarchy_mode": hive.config.hierarchy_mode,
+            "cross_attention_num_key_value_heads": hive.config.cross_attention_num_key_value_heads,
+        },
+        "machine": describe_machine(device),
+        "settings": {
+            "device": str(device),
+            "dtype": dtype_name,
+            "repeats": repeats,
+            "seed": seed,
+            "attn_implementation": {"hive": hive.config._attn_implementation, "llava": llava.config.text_config._attn_implementation},
+            "load_average_before": list(load_before),
+            "load_average_after": list(os.getloadavg()),
+            "elapsed_s": time.perf_counter() - started,
+        },
+    }
+    return result
+
+
+def _milliseconds(seconds: float) -> str:
+    return f"{seconds * 1e3:,.1f} ms"
+
+
+def _mib(nbytes: float) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:,.1f} {unit}"
+    return f"{nbytes:,.0f} B"
+
+
+def format_table(result: dict) -> str:
+    """The nine measures as a fixed-width table: HIVE, LLaVA (or the reference), ratio, target, verdict."""
+    medians, kv, memory, flops = result["medians_s"], result["kv_cache_bytes"], result["train_memory_bytes"], result["flops"]
+    tokens = result["decode_tokens_per_s"]
+    long_tokens = result["sizes"]["long_context_image_tokens"]
+    rows = {
+        "ttft_ratio": (_milliseconds(medians["ttft"]["hive"]), _milliseconds(medians["ttft"]["llava"])),
+        "llm_prefill_ratio": (_milliseconds(medians["llm_prefill"]["hive"]), _milliseconds(medians["llm_prefill"]["llava"])),
+        "decode_ratio_576": (f"{tokens['576']['hive']:,.1f} tok/s", f"{tokens['576']['llava']:,.1f} tok/s"),
+        "decode_ratio_2880": (f"{tokens['2880']['hive']:,.1f} tok/s", f"{tokens['2880']['llava']:,.1f} tok/s"),
+        "train_step_ratio": (_milliseconds(medians["train_step"]["hive"]), _milliseconds(medians["train_step"]["llava"])),
+        "train_memory_ratio": (_mib(memory["peak_bytes"]["hive"]), _mib(memory["peak_bytes"]["llava"])),
+        "kv_cache_ratio": (_mib(kv["hive"]["total"]), _mib(kv["llava"]["total"])),
+        "cross_kv_cache_speedup": (
+            f"cached {_milliseconds(medians['decode_step_cross_kv']['cached'])}/step",
+            f"recompute {_milliseconds(medians['decode_step_cross_kv']['recompute'])}/step",
+        ),
+        "prefill_flops_fraction_of_peak": (
+            f"{flops['hive_prefill_flops_per_s'] / 1e9:,.1f} GFLOP/s",
+            f"peak {flops['matmul_peak_flops_per_s']['prefill'] / 1e9:,.1f} GFLOP/s",
+        ),
+    }
+    labels = {key: text for key, (_, _, text) in TARGETS.items()}
+    labels["decode_ratio_2880"] = labels["decode_ratio_2880"].replace("2,880", f"{long_tokens:,}")
+    labels["decode_ratio_576"] = labels["decode_ratio_576"].replace("576", f"{result['sizes']['image_tokens']:,}")
+    header = ("measure", "HIVE", "LLaVA / reference", "value", "target", "")
+    lines = [header]
+    for key in RESULT_KEYS:
+        comparison, bound, _ = TARGETS[key]
+        value = result[key]
+        lines.append((labels[key], *rows[key], f"{value:.3f}", f"{comparison} {bound:g}", "met" if target_met(key, value) else "MISSED"))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    rendered = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines]
+    rendered.insert(1, "  ".join("-" * width for width in widths))
+    settings, sizes, machine = result["settings"], result["sizes"], result["machine"]
+    rendered.append("")
+    rendered.append(
+        f"size {sizes['size']} | {settings['device']} {settings['dtype']} | {machine['device_name']} | "
+        f"{machine['torch_threads']} threads | repeats {settings['repeats']} | {settings['elapsed_s']:.0f} s"
+    )
+    rendered.append(
+        f"shared encoder {_milliseconds(medians['encoder']['hive'])} (HIVE) / {_milliseconds(medians['encoder']['llava'])} (LLaVA); "
+        f"fusion {_milliseconds(medians['fusion']['hive'])} (HIVE projectors + K/V) / {_milliseconds(medians['fusion']['llava'])} (LLaVA projector)"
+    )
+    if "576_batched" in tokens:
+        rendered.append(
+            f"decode at batch {sizes['decode_batch_size']}: HIVE/LLaVA tokens/s {tokens['576_batched']['hive'] / tokens['576_batched']['llava']:.3f} "
+            f"({sizes['image_tokens']:,} image tokens), {tokens['2880_batched']['hive'] / tokens['2880_batched']['llava']:.3f} ({long_tokens:,})"
+        )
+    rendered.append(
+        f"decode step with the encoder rerun too: {_milliseconds(medians['decode_step_cross_kv']['recompute_with_encoder'])} "
+        f"({medians['decode_step_cross_kv']['recompute_with_encoder'] / medians['decode_step_cross_kv']['cached']:.1f}x the cached step); "
+        f"HIVE stage-2 step at {flops['hive_train_step_fraction_of_peak']:.1%} of the matmul peak"
+    )
+    return "\n".join(rendered)

@@ -1,0 +1,126 @@
+"""`hive bench`: the toy run writes every result key as a number; the measured paths compute what the models compute.
+
+No timing is asserted anywhere: timings depend on the machine.
+"""
+
+import json
+import math
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from hive_vlm.bench.benchmark import RESULT_KEYS, hive_image_key_values, llava_inputs_embeds
+from hive_vlm.bench.flops import hive_prefill_flops, hive_stage2_step_flops
+from hive_vlm.bench.models import bench_batch, build_models, cache_bytes, cache_with_image_key_values
+from hive_vlm.bench.sizes import BENCH_SIZES
+from hive_vlm.cli import main
+
+
+TOY = BENCH_SIZES["toy"]
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread (toy ops are too small to share; the benchmark's --threads sets it too), restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_toy_run_writes_every_result_key_as_a_number(tmp_path, one_thread, capsys):
+    out = tmp_path / "bench" / "toy.json"
+    assert main(["bench", "--size", "toy", "--repeats", "1", "--threads", "1", "--device", "cpu", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+
+    numeric_top_level = {key for key, value in result.items() if not isinstance(value, (dict, list, str))}
+    assert numeric_top_level == set(RESULT_KEYS)
+    for key in RESULT_KEYS:
+        assert is_number(result[key]) and result[key] > 0, (key, result[key])
+    for measure, sides in result["medians_s"].items():
+        assert sides and all(is_number(seconds) and seconds > 0 for seconds in sides.values()), measure
+    for measure, sides in result["timings_s"].items():
+        assert all(len(values) == 1 for values in sides.values()), measure
+    assert set(result["medians_s"]["decode_step_cross_kv"]) == {"cached", "recompute", "recompute_with_encoder"}
+    assert result["sizes"]["image_tokens"] == 16 and result["sizes"]["long_context_image_tokens"] == 80
+    assert result["machine"]["torch"] == torch.__version__ and result["machine"]["torch_threads"] == 1
+    assert result["settings"]["dtype"] == "float32" and result["settings"]["repeats"] == 1
+    assert result["flops"]["hive_prefill_counted_by_torch"] == sum(result["flops"]["hive_prefill"].values())
+    printed = capsys.readouterr().out
+    assert all(label in printed for label in ("time to first token", "KV-cache bytes", "matmul peak", f"wrote {out}"))
+
+
+def test_bad_arguments_are_refused_with_the_field_named(tmp_path, capsys):
+    assert main(["bench", "--size", "toy", "--repeats", "0", "--out", str(tmp_path / "x.json")]) == 2
+    assert "--repeats" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
+    with pytest.raises(SystemExit):
+        main(["bench", "--size", "huge"])
+
+
+def test_bench_imports_neither_datasets_nor_evaluate():
+    code = (
+        "import sys, hive_vlm.bench.cli, hive_vlm.bench.benchmark\n"
+        "print(sorted(name for name in ('datasets', 'evaluate') if name in sys.modules))"
+    )
+    printed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert printed.strip() == "[]"
+
+
+@torch.inference_mode()
+def test_measured_paths_compute_what_the_models_compute(one_thread):
+    hive, llava = build_models(TOY)
+    batch = bench_batch(TOY, 2)
+
+    # Shared backbones: with its gates at 0 HIVE is the bare LLM, and so is LLaVA on a text-only prompt.
+    assert torch.equal(hive(input_ids=batch.input_ids).logits, llava(input_ids=batch.input_ids).logits)
+
+    # LLM-side prefill: HIVE's LLM on precomputed image keys/values equals the whole forward from pixels.
+    whole = hive(input_ids=batch.input_ids, pixel_values=batch.pixel_values, use_cache=True)
+    _, key_values = hive_image_key_values(hive, batch, images=1)
+    cache = cache_with_image_key_values(hive, key_values, torch.ones(2, dtype=torch.bool))
+    llm_side = hive(input_ids=batch.input_ids, past_key_values=cache, use_cache=True)
+    torch.testing.assert_close(llm_side.logits, whole.logits)
+    assert cache_bytes(cache) == cache_bytes(whole.past_key_values)
+
+    # LLaVA's merged embeddings equal what LLaVA builds from input_ids and pixel_values itself.
+    merged = llava(inputs_embeds=llava_inputs_embeds(llava, batch, images=1), use_cache=True)
+    native = llava(input_ids=batch.llava_input_ids, pixel_values=batch.pixel_values, use_cache=True)
+    torch.testing.assert_close(merged.logits, native.logits)
+
+    # The long-context stand-in: HIVE attends to 5 tiles of the image's tokens, LLaVA's prompt holds 5 copies.
+    _, long_key_values = hive_image_key_values(hive, batch, images=5)
+    assert long_key_values[0][0].shape[-2] == 5 * TOY.image_tokens
+    assert llava_inputs_embeds(llava, batch, images=5).shape[1] == TOY.text_tokens + 5 * TOY.image_tokens
+
+    # Cache bytes: HIVE's image layers are counted, and LLaVA's cache grows with the image tokens.
+    hive_bytes, llava_bytes = cache_bytes(whole.past_key_values), cache_bytes(native.past_key_values)
+    assert hive_bytes["cross_attention"] > 0 and llava_bytes["cross_attention"] == 0
+    layers, kv_width = TOY.text["num_hidden_layers"], TOY.text["num_key_value_heads"] * TOY.text["hidden_size"] // TOY.text["num_attention_heads"]
+    assert llava_bytes["total"] == 2 * 2 * layers * (TOY.text_tokens + TOY.image_tokens) * kv_width * 4
+
+
+def test_analytic_flops_equal_torch_flop_counter(one_thread):
+    # 8 LLM layers: the blocks sit at layers 1, 3, 5, 7, so layer 0 is off the gradient path in the training step.
+    size = replace(TOY, text={**TOY.text, "num_hidden_layers": 8})
+    hive, _ = build_models(size)
+    assert min(pair[1] for pair in hive.config.cross_attention_layers) > 0
+    batch = bench_batch(size, 2)
+    with torch.inference_mode(), sdpa_kernel([SDPBackend.MATH]), FlopCounterMode(display=False) as counter:
+        hive(input_ids=batch.input_ids[:1], pixel_values=batch.pixel_values[:1], use_cache=True, logits_to_keep=1)
+    assert counter.get_total_flops() == sum(hive_prefill_flops(hive.config, size.text_tokens).values())
+
+    hive.set_trainable(vision=False, projector=True, cross_attention=True, llm=False)
+    hive.train()
+    with sdpa_kernel([SDPBackend.MATH]), FlopCounterMode(display=False) as counter:
+        hive(input_ids=batch.input_ids, pixel_values=batch.pixel_values, labels=batch.input_ids).loss.backward()
+    assert counter.get_total_flops() == sum(hive_stage2_step_flops(hive.config, size.text_tokens, batch_size=2).values())
