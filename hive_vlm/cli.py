@@ -48,8 +48,12 @@ def main(argv=None) -> int:
         raise
     sub = argparse.ArgumentParser(prog=f"hive {name}", description=help_text)
     module.add_arguments(sub)
-    args = sub.parse_args(argv[1:])
-    return int(module.run(args) or 0)
+    args = sub.parse_intermixed_args(argv[1:])  # `key=value` overrides may come before or after options
+    try:
+        return int(module.run(args) or 0)
+    except (ValueError, FileNotFoundError) as error:  # bad input: one clear line, not a traceback
+        print(f"hive {name}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

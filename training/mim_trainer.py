@@ -52,6 +52,16 @@ class HiveMIMModel(nn.Module):
         self.norm_pix_loss = norm_pix_loss
         self.uses_mask_token = supports_mask_token(encoder)
         self.decoder = nn.Linear(config.hidden_size, self.patch_size**2 * self.num_channels)
+        # Weights the reconstruction never reaches (a pooler, a pooling head) stay frozen rather than "train" unchanged.
+        size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
+        parameters = [p for p in encoder.parameters() if p.requires_grad]
+        probe = torch.zeros(1, self.num_channels, size, size, dtype=parameters[0].dtype)
+        num_patches = (size // self.patch_size) ** 2
+        mask = (torch.arange(num_patches) % 2 == 0)[None]  # half masked, so the mask token is in the graph too
+        extra = {"bool_masked_pos": mask} if self.uses_mask_token else {}
+        gradients = torch.autograd.grad(encoder(pixel_values=probe, **extra).last_hidden_state.sum(), parameters, allow_unused=True)
+        for parameter, gradient in zip(parameters, gradients):
+            parameter.requires_grad_(gradient is not None)
 
     def patchify(self, pixel_values: torch.Tensor) -> torch.Tensor:
         batch, channels, height, width = pixel_values.shape

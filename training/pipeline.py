@@ -17,7 +17,8 @@ from pathlib import Path
 
 import datasets
 import torch
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, ViTImageProcessorPil
+from accelerate import PartialState
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, ViTImageProcessorPil, set_seed
 
 from hive_vlm.data import loaders
 from hive_vlm.data.collators import HiveCaptionCollator, HiveChatCollator, HiveMaskedImageCollator
@@ -27,6 +28,7 @@ from hive_vlm.data.shapes_layouts import SHORT_ANSWER_PROMPT, to_caption_pairs, 
 from hive_vlm.tokenizer import build_tokenizer
 from modeling_hive import HiveForConditionalGeneration, HiveProcessor
 
+from .alignment_config import HiveAlignmentConfig
 from .alignment_trainer import HiveAlignmentTrainer
 from .callbacks import atomic_folder, last_complete_checkpoint
 from .finetune_trainer import HiveFinetuneTrainer, merge_adapter
@@ -60,22 +62,30 @@ class HiveRecipeRun:
         self.resume = resume
         self.report = HiveDataReport()
         self.dtype = getattr(torch, recipe.model.dtype) if recipe.model.dtype else None
+        self.state = PartialState()
 
     # ------------------------------------------------------------------------------------------------ stages
 
     def run(self, stages=(1, 2, 3)) -> str:
         """Runs the chosen stages and writes `final/`; returns its path."""
         stages = sorted(set(stages))
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        processor = self.processor()
+        with self.state.main_process_first():  # under `accelerate launch`, one process prepares the shared folders
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            processor = self.processor()
+            if 1 in stages or 2 in stages:
+                self.vision_source()
+            if 2 in stages:
+                self.text_source()
         last = None
         for stage in stages:
             last = getattr(self, f"run_stage{stage}")(processor)
         if last is not None and stages[-1] > 1:
             final = self.output_dir / "final"
-            with atomic_folder(final) as folder:
-                shutil.copytree(last, folder, dirs_exist_ok=True)
-            logger.info("HIVE model written to %s", final)
+            if self.state.is_main_process:
+                with atomic_folder(final) as folder:
+                    shutil.copytree(last, folder, dirs_exist_ok=True)
+                logger.info("HIVE model written to %s", final)
+            self.state.wait_for_everyone()
             last = final
         summary = self.report.summary()
         if summary:
@@ -98,7 +108,10 @@ class HiveRecipeRun:
         return folder, False
 
     def _train(self, trainer, folder: Path) -> None:
-        checkpoint = last_complete_checkpoint(folder) if self.resume else None
+        checkpoint = None
+        if self.resume:
+            with self.state.main_process_first():
+                checkpoint = last_complete_checkpoint(folder)
         if checkpoint:
             logger.info("resuming from %s", checkpoint)
         trainer.train(resume_from_checkpoint=checkpoint)
@@ -108,6 +121,7 @@ class HiveRecipeRun:
         if done:
             return folder / "model"
         args = self.recipe.stage_arguments(1, str(folder))
+        set_seed(args.seed)
         encoder = load_encoder_for_mim(self.vision_source(), dtype=self.dtype)
         model = HiveMIMModel(encoder, norm_pix_loss=args.norm_pix_loss)
         collator = HiveMaskedImageCollator(
@@ -115,8 +129,10 @@ class HiveRecipeRun:
         )
         trainer = HiveMIMTrainer(model=model, args=args, data_collator=collator, train_dataset=self.dataset(1))
         self._train(trainer, folder)
-        with atomic_folder(folder / "model") as out:
-            trainer.save_encoder(out, processor.image_processor)
+        if self.state.is_main_process:
+            with atomic_folder(folder / "model") as out:
+                trainer.save_encoder(out, processor.image_processor)
+        self.state.wait_for_everyone()
         return folder / "model"
 
     def run_stage2(self, processor) -> Path:
@@ -126,6 +142,7 @@ class HiveRecipeRun:
         args = self.recipe.stage_arguments(2, str(folder))
         stage1 = self.output_dir / "stage1" / "model"
         vision = str(stage1) if stage1.is_dir() else self.vision_source()
+        set_seed(args.seed)  # the new projectors and cross-attention blocks start the same in every process and run
         model = HiveForConditionalGeneration.from_backbones(vision, self.text_source(), torch_dtype=self.dtype, **self.recipe.model.hive)
         if len(processor.tokenizer) > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(len(processor.tokenizer))
@@ -150,17 +167,19 @@ class HiveRecipeRun:
         if trainer.lora_model is not None:
             # The adapter and its base (trained encoder and cross-attention, unadapted LLM) in PEFT's layout, then
             # the merged model, made from those two exactly as a user would.
-            with atomic_folder(folder / "adapter") as out:
-                trainer.save_adapter(out, base_model_name_or_path=str(folder / "base"))
+            if self.state.is_main_process:
+                with atomic_folder(folder / "adapter") as out:
+                    trainer.save_adapter(out, base_model_name_or_path=str(folder / "base"))
             base = self._save_hive(trainer.unload_lora(), processor, folder / "base")
             model = merge_adapter(HiveForConditionalGeneration.from_pretrained(base), folder / "adapter")
         return self._save_hive(model, processor, folder / "model")
 
-    @staticmethod
-    def _save_hive(model, processor, path: Path) -> Path:
-        with atomic_folder(path) as out:
-            model.save_pretrained(out)
-            processor.save_pretrained(out)
+    def _save_hive(self, model, processor, path: Path) -> Path:
+        if self.state.is_main_process:
+            with atomic_folder(path) as out:
+                model.save_pretrained(out)
+                processor.save_pretrained(out)
+        self.state.wait_for_everyone()
         return path
 
     # ------------------------------------------------------------------------------------- backbones & data
@@ -221,7 +240,7 @@ class HiveRecipeRun:
         if self.recipe.data.tokenizer != "shapes":
             raise ValueError(f"data.tokenizer: {self.recipe.data.tokenizer!r} is not supported; use 'shapes' or give a text_model.")
         train = self.shapes()["train"]
-        yield self.recipe.stage_arguments(2, "unused").caption_prompt
+        yield self.recipe.stage2.get("caption_prompt", HiveAlignmentConfig.caption_prompt)
         yield SHORT_ANSWER_PROMPT
         for caption in train["caption"]:
             yield caption

@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import yaml
 
 from .alignment_config import HiveAlignmentConfig
@@ -160,8 +161,11 @@ def parse_recipe(values: dict, where: str = "recipe") -> HiveRecipe:
         raise ValueError(f"{where}.model: give exactly one of text_model (Hub id or folder) or text_config.")
     if model.text_model is None and data.tokenizer is None:
         raise ValueError(f"{where}.data.tokenizer: a text model built from a config has no tokenizer; set tokenizer: shapes.")
+    # Fail at load time, not hours into a run. A GPU recipe read on a CPU-only machine is checked as if use_cpu
+    # were set (its bf16 and the like are verified against the hardware when it runs).
+    hardware = {} if torch.cuda.is_available() else {"use_cpu": True}
     for stage in (1, 2, 3):
-        recipe.stage_arguments(stage, "unused")  # fail at load time, not hours into a run
+        recipe.stage_arguments(stage, "unused", **hardware)
     return recipe
 
 

@@ -1,0 +1,430 @@
+"""Three-stage training (issue 5): recipes, the three trainers, LoRA round trip, resume, DDP, export-vision."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import AutoModel, ViTImageProcessorPil, ViTModel
+
+from hive_vlm.data.collators import HiveCaptionCollator, HiveChatCollator, HiveMaskedImageCollator
+from hive_vlm.tiny import tiny_hive_config, tiny_vision_config
+from hive_vlm.tokenizer import build_tokenizer
+from hive_vlm.training.alignment_config import HiveAlignmentConfig
+from hive_vlm.training.alignment_trainer import HiveAlignmentTrainer
+from hive_vlm.training.callbacks import COMPLETE_MARKER, last_complete_checkpoint
+from hive_vlm.training.export_vision import export_vision
+from hive_vlm.training.finetune_config import HiveFinetuneConfig
+from hive_vlm.training.finetune_trainer import HiveFinetuneTrainer, merge_adapter
+from hive_vlm.training.mim_config import HiveMIMConfig
+from hive_vlm.training.mim_trainer import HiveMIMModel, HiveMIMTrainer
+from hive_vlm.training.recipe import load_recipe, parse_recipe
+from modeling_hive import HiveForConditionalGeneration
+
+
+REPO = Path(__file__).resolve().parents[1]
+WORDS = "a the red blue green small large circle square triangle striped dotted solid is of left right what color shape".split()
+
+
+def processor_for(vocab_words=WORDS):
+    tokenizer = build_tokenizer([" ".join(vocab_words), "describe the image ."])
+    return SimpleNamespace(image_processor=ViTImageProcessorPil(size={"height": 32, "width": 32}), tokenizer=tokenizer)
+
+
+def images(n, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return [Image.fromarray((torch.rand(32, 32, 3, generator=generator) * 255).byte().numpy()) for _ in range(n)]
+
+
+def caption_rows(n=8, seed=0):
+    rng = random.Random(seed)
+    return [{"image": image, "text": " ".join(rng.choice(WORDS) for _ in range(6))} for image in images(n, seed)]
+
+
+def chat_rows(n=8, seed=0):
+    rng = random.Random(seed)
+    rows = []
+    for image in images(n, seed):
+        messages = [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what color is the circle ?"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": rng.choice(["red", "blue", "green"])}]},
+        ]
+        rows.append({"image": image, "messages": messages})
+    return rows
+
+
+def hive_model(processor, seed=0, **kwargs):
+    torch.manual_seed(seed)
+    config = tiny_hive_config("vit", "llama", text_kwargs={"vocab_size": len(processor.tokenizer)}, **kwargs)
+    return HiveForConditionalGeneration(config)
+
+
+def snapshot(model):
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def assert_trainable_changed_and_frozen_identical(model, before):
+    changed, unchanged_trainable = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (changed if not torch.equal(p, before[name]) else unchanged_trainable).append(name)
+        else:
+            assert torch.equal(p, before[name]), f"frozen parameter {name} changed"
+    assert changed and not unchanged_trainable, f"trainable parameters that did not change: {unchanged_trainable}"
+
+
+def args_for(config_class, tmp_path, **kwargs):
+    values = dict(output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=4, learning_rate=5e-3,
+                  report_to="none", use_cpu=True, save_strategy="no", logging_steps=1, seed=0)
+    values.update(kwargs)
+    return config_class(**values)
+
+
+# ------------------------------------------------------------------------------------------------- recipes
+
+
+def test_shipped_recipes_parse_and_build_their_stage_configs():
+    tiny = load_recipe(REPO / "recipes" / "tiny-shapes.yaml")
+    assert tiny.model.hive["cross_attention_layers"] == [[1, 1], [3, 3]]
+    assert tiny.stage_arguments(3, "x").lora_r == 4
+    gpu = load_recipe(REPO / "recipes" / "siglip-qwen2-llava.yaml")
+    assert gpu.model.vision_model.startswith("google/siglip") and gpu.model.text_model.startswith("Qwen/")
+    stage2, stage3 = gpu.stage_arguments(2, "x", use_cpu=True), gpu.stage_arguments(3, "x", use_cpu=True)
+    assert stage2.bf16 and stage2.train_vision is False and stage3.lora_r == 64
+    assert stage3.vision_learning_rate < stage3.learning_rate
+    assert gpu.data.stage3.format == "llava" and gpu.data.stage2.streaming
+    # The HIVE config the GPU recipe asks for is valid for SigLIP-so400m (27 layers) and Qwen2-0.5B (24 layers).
+    from modeling_hive import HiveConfig
+    from transformers import Qwen2Config, SiglipVisionConfig
+
+    HiveConfig(vision_config=SiglipVisionConfig(num_hidden_layers=27, hidden_size=1152, num_attention_heads=16).to_dict(),
+               text_config=Qwen2Config(num_hidden_layers=24, hidden_size=896, num_attention_heads=14, num_key_value_heads=2).to_dict(),
+               **gpu.model.hive)
+
+
+def recipe_values():
+    return yaml.safe_load((REPO / "recipes" / "tiny-shapes.yaml").read_text())
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda v: v.update(colour="red"), "unknown key(s) ['colour']"),
+        (lambda v: v["model"].update(vision_layers=3), "recipe.model: unknown key(s) ['vision_layers']"),
+        (lambda v: v["stage2"].update(max_stepz=3), "stage2: unknown key(s) ['max_stepz']"),
+        (lambda v: v["data"]["stage1"].update(formt="parquet"), "recipe.data.stage1: unknown key(s) ['formt']"),
+        (lambda v: v.update(seed="zero"), "recipe.seed: expected int"),
+        (lambda v: v["data"].update(max_length="long"), "recipe.data.max_length: expected int"),
+        (lambda v: v["data"]["stage2"].update(format="csv"), "recipe.data.stage2.format"),
+        (lambda v: v.pop("output_dir"), "missing required key(s) ['output_dir']"),
+        (lambda v: v["model"].update(vision_model="google/vit"), "exactly one of vision_model"),
+        (lambda v: v["stage3"].update(lora_r=-1), "stage3: lora_r must be 0"),
+    ],
+)
+def test_bad_recipes_fail_at_load_naming_the_key(edit, message):
+    values = recipe_values()
+    edit(values)
+    with pytest.raises(ValueError) as error:
+        parse_recipe(values)
+    assert message in str(error.value)
+
+
+def test_overrides_apply_and_bad_ones_are_named(tmp_path):
+    recipe = load_recipe(REPO / "recipes" / "tiny-shapes.yaml", ["stage2.max_steps=7", "model.hive.hierarchy_mode=all_levels"])
+    assert recipe.stage_arguments(2, "x").max_steps == 7 and recipe.model.hive["hierarchy_mode"] == "all_levels"
+    with pytest.raises(ValueError, match="key=value"):
+        load_recipe(REPO / "recipes" / "tiny-shapes.yaml", ["stage2.max_steps"])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_recipe(tmp_path / "missing.yaml")
+
+
+# ------------------------------------------------------------------------------------------------ stage 1
+
+
+@pytest.mark.parametrize("family", ["vit", "clip"])
+def test_stage1_mim_trains_the_encoder_and_saves_an_automodel_checkpoint(tmp_path, family):
+    torch.manual_seed(0)
+    config = tiny_vision_config(family)
+    encoder = ViTModel(config, use_mask_token=True) if family == "vit" else AutoModel.from_config(config)
+    model = HiveMIMModel(encoder)
+    assert model.uses_mask_token == (family == "vit")  # CLIP has no mask token: pixel-level masking
+    before = snapshot(model)
+    processor = processor_for()
+    collator = HiveMaskedImageCollator(processor, patch_size=8, mask_ratio=0.5)
+    trainer = HiveMIMTrainer(model=model, args=args_for(HiveMIMConfig, tmp_path), data_collator=collator, train_dataset=[{"image": i} for i in images(8)])
+    trainer.train()
+    assert_trainable_changed_and_frozen_identical(model, before)
+    trainer.save_encoder(tmp_path / "encoder", processor.image_processor)
+    loaded = AutoModel.from_pretrained(tmp_path / "encoder")
+    pixel_values = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(pixel_values).last_hidden_state, encoder(pixel_values).last_hidden_state)
+
+
+def test_mim_loss_counts_masked_patches_only():
+    torch.manual_seed(0)
+    model = HiveMIMModel(ViTModel(tiny_vision_config("vit"), use_mask_token=True))
+    pixel_values = torch.randn(2, 3, 32, 32)
+    mask = torch.zeros(2, 16, dtype=torch.bool)
+    mask[:, :4] = True
+    out = model(pixel_values, mask)
+    target = model.patchify(pixel_values)
+    target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
+    expected = (out.reconstruction - target).abs().mean(-1)[:, :4].mean()
+    torch.testing.assert_close(out.loss, expected)
+
+
+# ---------------------------------------------------------------------------------------------- stage 2 & 3
+
+
+def test_stage2_trains_fusion_only_with_the_llm_frozen_and_logs_gates(tmp_path):
+    processor = processor_for()
+    model = hive_model(processor)
+    before = snapshot(model)
+    trainer = HiveAlignmentTrainer(model, args_for(HiveAlignmentConfig, tmp_path), data_collator=HiveCaptionCollator(processor), train_dataset=caption_rows())
+    trainer.train()
+    assert_trainable_changed_and_frozen_identical(model, before)
+    assert not any(p.requires_grad for p in model.model.language_model.parameters())
+    assert not any(p.requires_grad for p in model.model.vision_model.parameters())
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert {"gate/attn_t1_v1", "gate/mlp_t3_v3", "grad_norm", "learning_rate"} <= set(logs[-1])
+    assert logs[0]["trainable/llm"] == 0 and logs[0]["trainable/cross_attention"] > 0
+    assert any(abs(logs[-1][k]) > 0 for k in logs[-1] if k.startswith("gate/"))  # the gates opened
+
+
+def test_stage2_can_train_the_encoder_when_the_recipe_says_so(tmp_path):
+    processor = processor_for()
+    model = hive_model(processor)
+    before = snapshot(model)
+    args = args_for(HiveAlignmentConfig, tmp_path, train_vision=True)
+    HiveAlignmentTrainer(model, args, data_collator=HiveCaptionCollator(processor), train_dataset=caption_rows()).train()
+    assert_trainable_changed_and_frozen_identical(model, before)
+    assert any(p.requires_grad for p in model.model.vision_model.parameters())
+
+
+def test_loss_falls_on_a_batch_the_model_can_memorise(tmp_path):
+    processor = processor_for()
+    model = hive_model(processor, gate_init=0.5)
+    # A random tiny LLM's head (std 0.02 after a final norm) cannot express a confident prediction, whatever feeds it;
+    # a pretrained head can. Give it pretrained-like scale, so the frozen-LLM fusion has something to steer.
+    torch.nn.init.normal_(model.lm_head.weight, std=1.0)
+    rows = caption_rows(1) * 64  # one image-caption pair: memorisable through the fusion alone
+    args = args_for(HiveAlignmentConfig, tmp_path, max_steps=60, learning_rate=1e-2, train_sampling_strategy="sequential")
+    trainer = HiveAlignmentTrainer(model, args, data_collator=HiveCaptionCollator(processor), train_dataset=rows)
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_stage3_lora_trains_encoder_fusion_and_adapters_with_a_lower_encoder_lr(tmp_path):
+    processor = processor_for()
+    model = hive_model(processor, gate_init=0.3)
+    args = args_for(HiveFinetuneConfig, tmp_path, lora_r=4, lora_alpha=8, vision_learning_rate=1e-3, max_steps=5)
+    trainer = HiveFinetuneTrainer(model, args, data_collator=HiveChatCollator(processor), train_dataset=chat_rows())
+    before = snapshot(model)  # LoRA is injected by now
+    lora_names = [n for n, p in model.named_parameters() if "lora_" in n]
+    assert lora_names and all(".language_model." in f".{n}" for n in lora_names)  # LoRA stays inside the LLM
+    trainer.train()
+    for name, p in model.named_parameters():
+        if "lora_" in name or name.startswith(("model.multi_modal_projectors", "model.cross_attention_layers")):
+            assert p.requires_grad and not torch.equal(p, before[name]), name
+        elif name.startswith("model.language_model"):
+            assert not p.requires_grad and torch.equal(p, before[name]), name
+    vision_in_use = {id(p) for p in model.vision_parameters_in_use()}
+    groups = trainer.optimizer.param_groups
+    vision_groups = [g for g in groups if any(id(p) in vision_in_use for p in g["params"])]
+    assert vision_groups and all(g["initial_lr"] == 1e-3 and all(id(p) in vision_in_use for p in g["params"]) for g in vision_groups)
+    assert all(g["initial_lr"] == args.learning_rate for g in groups if g not in vision_groups)
+
+
+def test_stage3_without_lora_keeps_the_llm_frozen(tmp_path):
+    processor = processor_for()
+    model = hive_model(processor, gate_init=0.3)
+    before = snapshot(model)
+    trainer = HiveFinetuneTrainer(model, args_for(HiveFinetuneConfig, tmp_path), data_collator=HiveChatCollator(processor), train_dataset=chat_rows())
+    trainer.train()
+    assert_trainable_changed_and_frozen_identical(model, before)
+    assert trainer.lora_model is None and not any(p.requires_grad for p in model.model.language_model.parameters())
+
+
+def test_lora_outside_the_llm_is_refused(tmp_path):
+    processor = processor_for()
+    args = args_for(HiveFinetuneConfig, tmp_path, lora_r=4, lora_target_modules=r".*\.(q_proj|v_proj)$")
+    with pytest.raises(ValueError, match="LLM modules only"):
+        HiveFinetuneTrainer(hive_model(processor), args, data_collator=HiveChatCollator(processor), train_dataset=chat_rows())
+
+
+def test_lora_adapter_round_trip_reproduces_logits(tmp_path):
+    processor = processor_for()
+    model = hive_model(processor, gate_init=0.3)
+    args = args_for(HiveFinetuneConfig, tmp_path / "run", lora_r=4, lora_alpha=8, max_steps=3)
+    trainer = HiveFinetuneTrainer(model, args, data_collator=HiveChatCollator(processor), train_dataset=chat_rows())
+    trainer.train()
+    batch = HiveChatCollator(processor)(chat_rows(2, seed=1))
+    batch.pop("labels")
+    model.eval()
+    with torch.no_grad():
+        trained = model(**batch).logits
+    trainer.save_adapter(tmp_path / "adapter", base_model_name_or_path=str(tmp_path / "base"))
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= set(os.listdir(tmp_path / "adapter"))
+    trainer.unload_lora().save_pretrained(tmp_path / "base")
+    merged = merge_adapter(HiveForConditionalGeneration.from_pretrained(tmp_path / "base"), tmp_path / "adapter")
+    assert type(merged) is HiveForConditionalGeneration and not any("lora_" in n for n, _ in merged.named_parameters())
+    merged.save_pretrained(tmp_path / "merged")
+    reloaded = HiveForConditionalGeneration.from_pretrained(tmp_path / "merged").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**batch).logits, trained, atol=1e-5, rtol=1e-5)
+    assert (tmp_path / "merged" / "modeling_hive.py").exists()
+
+
+def test_non_finite_loss_stops_training_naming_the_step(tmp_path):
+    processor = processor_for()
+    model = hive_model(processor)
+    before = snapshot(model)
+
+    class Poisoned(HiveCaptionCollator):
+        def __call__(self, examples):
+            batch = super().__call__(examples)
+            batch["pixel_values"] = batch["pixel_values"] * 1e38 * 1e38  # inf pixels -> the model refuses them
+            return batch
+
+    trainer = HiveAlignmentTrainer(model, args_for(HiveAlignmentConfig, tmp_path), data_collator=Poisoned(processor), train_dataset=caption_rows())
+    with pytest.raises(ValueError, match="NaN or inf"):
+        trainer.train()
+    model.model.multi_modal_projectors[0].linear_1.weight.data.fill_(float("nan"))
+    before = snapshot(model)
+    trainer = HiveAlignmentTrainer(model, args_for(HiveAlignmentConfig, tmp_path), data_collator=HiveCaptionCollator(processor), train_dataset=caption_rows())
+    with pytest.raises(FloatingPointError, match="at step 1") as error:
+        trainer.train()
+    assert "component" in str(error.value)
+    for name, p in model.named_parameters():
+        assert torch.equal(p, before[name]) or torch.isnan(before[name]).any(), f"{name} changed after the guard fired"
+
+
+# ------------------------------------------------------------------------------------------ the whole recipe
+
+
+def hive_train(args, cwd=REPO, env=None, wait=True):
+    command = [sys.executable, "-m", "hive_vlm.cli", "train", *args]
+    if not wait:
+        return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+SMALL = ["data.shapes.num_train=64", "stage1.max_steps=3", "stage2.max_steps=3", "stage3.max_steps=3", "stage1.save_steps=2",
+         "stage2.save_steps=2", "stage3.save_steps=2"]
+
+
+@pytest.mark.slow
+def test_hive_train_runs_all_stages_and_final_loads_with_pipeline(tmp_path):
+    hive_train(["--recipe", "recipes/tiny-shapes.yaml", "--output-dir", str(tmp_path / "run"), *SMALL])
+    run = tmp_path / "run"
+    assert AutoModel.from_pretrained(run / "stage1" / "model").config.model_type == "vit"
+    for folder in ("stage2/model", "stage3/model", "stage3/adapter", "stage3/base", "final"):
+        assert (run / folder).is_dir(), folder
+    from transformers import AutoModelForImageTextToText, pipeline
+
+    model = AutoModelForImageTextToText.from_pretrained(run / "final", trust_remote_code=True)
+    assert isinstance(model, HiveForConditionalGeneration)
+    vqa = pipeline("visual-question-answering", model=str(run / "final"), trust_remote_code=True)
+    answer = vqa(image=images(1)[0], question="what color is the circle ?", max_new_tokens=3)
+    assert isinstance(answer[0]["answer"], str)
+    # the encoder of the final model is the stage-1 encoder, trained further in stage 3
+    stage1 = load_file(run / "stage1" / "model" / "model.safetensors")
+    final = load_file(run / "final" / "model.safetensors")
+    assert torch.equal(stage1["encoder.layer.0.attention.attention.query.weight"], load_file(run / "stage2" / "model" / "model.safetensors")["model.vision_model.encoder.layer.0.attention.attention.query.weight"])
+    assert not torch.equal(stage1["encoder.layer.0.attention.attention.query.weight"], final["model.vision_model.encoder.layer.0.attention.attention.query.weight"])
+    # a second run into the same folder is refused unless resumed
+    result = subprocess.run([sys.executable, "-m", "hive_vlm.cli", "train", "--recipe", "recipes/tiny-shapes.yaml", "--output-dir", str(run)], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode != 0 and "--resume" in result.stderr
+
+
+def test_incomplete_checkpoints_are_never_resumed_from(tmp_path):
+    for step, complete in ((2, True), (4, True), (6, False)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"partial")
+        if complete:
+            (folder / COMPLETE_MARKER).write_text(f"{step}\n")
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-4")
+    assert not (tmp_path / "checkpoint-6").exists() and (tmp_path / "incomplete-checkpoint-6").exists()
+
+
+@pytest.mark.slow
+def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path):
+    args = ["--recipe", "recipes/tiny-shapes.yaml", "--stage", "2", "data.shapes.num_train=64", "stage2.max_steps=8",
+            "stage2.save_steps=2", "stage2.per_device_train_batch_size=4"]
+    hive_train([*args, "--output-dir", str(tmp_path / "straight")])
+
+    killed = tmp_path / "killed"
+    rng = random.Random(0)
+    for attempt in range(2):  # kill twice at random moments after a checkpoint began
+        process = hive_train([*args, "--output-dir", str(killed), *(["--resume"] if attempt else [])], wait=False)
+        deadline = time.time() + 300
+        while not list((killed / "stage2").glob("checkpoint-*")) and time.time() < deadline and process.poll() is None:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 1.5))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    hive_train([*args, "--output-dir", str(killed), "--resume"])
+
+    straight = load_file(tmp_path / "straight" / "stage2" / "model" / "model.safetensors")
+    resumed = load_file(killed / "stage2" / "model" / "model.safetensors")
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        torch.testing.assert_close(resumed[name], straight[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_matches_one_process_at_the_same_global_batch(tmp_path):
+    # SGD, not Adam: Adam's first steps move each weight by about lr * sign(grad), so float noise in a near-zero
+    # gradient (closed gates) flips whole steps. Under SGD the update is proportional to the gradient itself.
+    common = ["--recipe", "recipes/tiny-shapes.yaml", "--stage", "2", "data.shapes.num_train=64", "stage2.max_steps=3",
+              "stage2.train_sampling_strategy=sequential", "stage2.save_strategy='no'", "stage2.logging_steps=1",
+              "stage2.optim=sgd", "stage2.learning_rate=0.5", "model.hive.gate_init=0.3"]
+    hive_train([*common, "--output-dir", str(tmp_path / "one"), "stage2.per_device_train_batch_size=8"])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # accelerate's `--cpu` launcher needs mpirun for several processes; its torchrun launcher (`--multi_gpu`) with the
+    # recipe's use_cpu gives DDP over gloo on CPU processes.
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "hive_vlm.cli", "train", *common,
+               "--output-dir", str(tmp_path / "two"), "stage2.per_device_train_batch_size=4"]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one = load_file(tmp_path / "one" / "stage2" / "model" / "model.safetensors")
+    two = load_file(tmp_path / "two" / "stage2" / "model" / "model.safetensors")
+    assert one.keys() == two.keys()
+    # Tolerance: float32 sums reduced in a different order (two half-batches, then an all-reduce) differ by ~1e-7
+    # relative per step; 3 SGD steps at lr 0.5 keep the weights within 1e-5 of each other.
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], atol=1e-5, rtol=1e-4)
+    start = load_file(tmp_path / "one" / "backbones" / "text" / "model.safetensors")
+    assert all(torch.equal(one[f"model.language_model.{k}"], v) for k, v in start.items() if k.startswith("layers."))  # LLM frozen
+    assert "did not find any unused parameters" in result.stderr or "Traceback" not in result.stderr  # DDP ran, cleanly
+
+
+def test_export_vision_reproduces_the_in_model_encoder(tmp_path):
+    processor = processor_for()
+    model = hive_model(processor)
+    model.save_pretrained(tmp_path / "hive")
+    export_vision(str(tmp_path / "hive"), str(tmp_path / "encoder"))
+    assert "auto_map" not in json.loads((tmp_path / "encoder" / "config.json").read_text())
+    encoder = AutoModel.from_pretrained(tmp_path / "encoder")  # no trust_remote_code
+    pixel_values = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        exported = encoder(pixel_values, output_hidden_states=True).hidden_states
+        inside = model.model.vision_model(pixel_values, output_hidden_states=True).hidden_states
+    for a, b in zip(exported, inside):
+        torch.testing.assert_close(a, b)
