@@ -62,6 +62,10 @@ def describe_machine(device: torch.device) -> dict:
             processor = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), processor)
     except OSError:
         pass
+    cuda = {}
+    if device.type == "cuda":
+        properties = torch.cuda.get_device_properties(device)
+        cuda = {"cuda": torch.version.cuda, "device_memory_bytes": properties.total_memory, "device_capability": f"{properties.major}.{properties.minor}"}
     return {
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -73,6 +77,7 @@ def describe_machine(device: torch.device) -> dict:
         "torch_threads": torch.get_num_threads(),
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else processor,
+        **cuda,
     }
 
 
