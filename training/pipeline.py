@@ -25,6 +25,7 @@ from hive_vlm.data.collators import HiveCaptionCollator, HiveChatCollator, HiveM
 from hive_vlm.data.report import HiveDataReport
 from hive_vlm.data.shapes import HiveShapesConfig, generate_shapes
 from hive_vlm.data.shapes_layouts import SHORT_ANSWER_PROMPT, to_caption_pairs, to_conversations
+from hive_vlm.hub.push import hub_settings, push_training_run
 from hive_vlm.tokenizer import build_tokenizer
 from modeling_hive import HiveForConditionalGeneration, HiveProcessor
 
@@ -67,8 +68,13 @@ class HiveRecipeRun:
     # ------------------------------------------------------------------------------------------------ stages
 
     def run(self, stages=(1, 2, 3)) -> str:
-        """Runs the chosen stages and writes `final/`; returns its path."""
+        """Runs the chosen stages and writes `final/` with its model card; returns its path.
+
+        When a stage's arguments set `push_to_hub`, `final/` is uploaded at the end through `hive push`'s allow-list
+        (to that stage's `hub_model_id`); the Trainer's own push, which would upload checkpoints, stays off.
+        """
         stages = sorted(set(stages))
+        hub_settings(self.recipe, stages)  # a missing hub_model_id fails now, not after the last stage
         with self.state.main_process_first():  # under `accelerate launch`, one process prepares the shared folders
             self.output_dir.mkdir(parents=True, exist_ok=True)
             processor = self.processor()
@@ -87,6 +93,8 @@ class HiveRecipeRun:
                 logger.info("HIVE model written to %s", final)
             self.state.wait_for_everyone()
             last = final
+            if self.state.is_main_process:
+                push_training_run(self.recipe, self.output_dir, stages)
         summary = self.report.summary()
         if summary:
             logger.warning("data report: %s", summary)
@@ -120,7 +128,7 @@ class HiveRecipeRun:
         folder, done = self._stage_dir(1)
         if done:
             return folder / "model"
-        args = self.recipe.stage_arguments(1, str(folder))
+        args = self.recipe.stage_arguments(1, str(folder), push_to_hub=False)
         set_seed(args.seed)
         encoder = load_encoder_for_mim(self.vision_source(), dtype=self.dtype)
         model = HiveMIMModel(encoder, norm_pix_loss=args.norm_pix_loss)
@@ -139,7 +147,7 @@ class HiveRecipeRun:
         folder, done = self._stage_dir(2)
         if done:
             return folder / "model"
-        args = self.recipe.stage_arguments(2, str(folder))
+        args = self.recipe.stage_arguments(2, str(folder), push_to_hub=False)
         stage1 = self.output_dir / "stage1" / "model"
         vision = str(stage1) if stage1.is_dir() else self.vision_source()
         set_seed(args.seed)  # the new projectors and cross-attention blocks start the same in every process and run
@@ -158,7 +166,7 @@ class HiveRecipeRun:
         stage2 = self.output_dir / "stage2" / "model"
         if not stage2.is_dir():
             raise ValueError(f"stage 3 starts from stage 2's model, and {stage2} does not exist; run --stage 2 first (or --stage all).")
-        args = self.recipe.stage_arguments(3, str(folder))
+        args = self.recipe.stage_arguments(3, str(folder), push_to_hub=False)
         model = HiveForConditionalGeneration.from_pretrained(stage2, dtype=self.dtype)
         collator = HiveChatCollator(processor, max_length=args.max_length or self.recipe.data.max_length, report=self.report)
         trainer = HiveFinetuneTrainer(model, args, data_collator=collator, train_dataset=self.dataset(3), processing_class=processor)
