@@ -8,8 +8,11 @@ Each function returns `{"matmul": ..., "attention": ...}`; their sum is the tota
 
 Example:
     >>> from hive_vlm.bench.flops import hive_prefill_flops
-    >>> flops = hive_prefill_flops(model.config, text_tokens=48)
-    >>> sum(flops.values())
+    >>> from hive_vlm.bench.models import hive_bench_config
+    >>> from hive_vlm.bench.sizes import BENCH_SIZES
+    >>> flops = hive_prefill_flops(hive_bench_config(BENCH_SIZES["base"]), text_tokens=48)
+    >>> round(sum(flops.values()) / 1e9)
+    567
 """
 
 

@@ -1,8 +1,12 @@
 """Timing, memory and peak-throughput primitives shared by every benchmark measure.
 
 Example:
+    >>> import torch
     >>> from hive_vlm.bench.measures import interleaved, timed
-    >>> times = interleaved({"a": lambda: timed(f, device), "b": lambda: timed(g, device)}, repeats=5)
+    >>> x, cpu = torch.randn(256, 256), torch.device("cpu")
+    >>> times = interleaved({"mm": lambda: timed(lambda: x @ x, cpu), "add": lambda: timed(lambda: x + x, cpu)}, repeats=3)
+    >>> len(times["mm"])
+    3
 """
 
 import contextlib

@@ -3,7 +3,9 @@
 Example:
     >>> from hive_vlm.bench.models import build_models
     >>> from hive_vlm.bench.sizes import BENCH_SIZES
-    >>> hive, llava = build_models(BENCH_SIZES["toy"], device="cpu", dtype=torch.float32)
+    >>> hive, llava = build_models(BENCH_SIZES["toy"])
+    >>> hive.model.language_model.embed_tokens.weight.equal(llava.model.language_model.embed_tokens.weight)
+    True
 """
 
 from dataclasses import dataclass
