@@ -271,7 +271,9 @@ def run_benchmark(size: str | HiveBenchSize = "small", device: str | None = None
         dtype: "float32" or "bfloat16" (defaults to bfloat16 on cuda, float32 on cpu).
         repeats: timed repetitions per measure and model (after one warm-up); medians are reported.
         seed: seeds the random weights and inputs.
-        threads: CPU threads for torch (`torch.set_num_threads`); None keeps torch's default.
+        threads: CPU threads for torch (`torch.set_num_threads`). None: 1 on cpu, where one thread gives stable timings
+            on a shared machine (several threads on oversubscribed cores stall at every parallel region); torch's own
+            choice on cuda. Pass the core count on a dedicated CPU machine.
         log: called with a line as each measure finishes.
 
     Example:
@@ -296,6 +298,8 @@ def run_benchmark(size: str | HiveBenchSize = "small", device: str | None = None
     dtype = DTYPES[dtype_name]
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}.")
+    if threads is None and device.type == "cpu":
+        threads = 1
     if threads is not None:
         if threads < 1:
             raise ValueError(f"threads must be at least 1, got {threads}.")

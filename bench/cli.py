@@ -20,7 +20,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="Default: cuda when available, else cpu.")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="Default: bfloat16 on cuda, float32 on cpu.")
     parser.add_argument("--repeats", type=int, default=5, help="Timed repetitions per measure and model (default: 5).")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's own choice).")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: 1 on cpu, stable on shared machines; torch's choice on cuda).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the random weights and inputs.")
 
 
