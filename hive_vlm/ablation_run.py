@@ -1,0 +1,267 @@
+"""One fusion trained and evaluated with one seed: the unit of `hive ablate`.
+
+Every fusion sees the same batches in the same order (the seed fixes the order; each batch's SHA-256 over its pixels,
+token ids and labels is recorded per step), trains the same numbers of steps with the same optimiser, and is
+evaluated by the same adapters and scorers. The LLM stays frozen in both stages.
+
+    stage 2  the fusion weights train on captions (`HiveCaptionCollator`), encoder frozen
+    stage 3  the fusion weights and the encoder (its own learning rate) train on chats (`HiveChatCollator`)
+
+Example:
+    >>> result = run_fusion({"fusion": "flat", "seed": 0, "shared": "abl/shared", "out": "abl/runs/flat-0",
+    ...                      "settings": settings_dict})  # doctest: +SKIP
+    >>> result["final"]["hive-shapes-test"]["accuracy"]  # doctest: +SKIP
+"""
+
+import hashlib
+import json
+import math
+import resource
+import statistics
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+
+
+LEVEL_TARGETS = {"low": "color", "mid": "shape", "high": "count"}  # linear-probe label per visual level
+
+
+def batch_hash(batch: dict) -> str:
+    """SHA-256 (first 16 hex digits) of a collated batch's pixels, token ids and labels."""
+    digest = hashlib.sha256()
+    for key in ("pixel_values", "input_ids", "labels"):
+        digest.update(key.encode())
+        digest.update(batch[key].detach().contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def batch_order(num_rows: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
+    """Row indices of each step's batch: seeded permutations of the rows, one after another."""
+    generator = torch.Generator().manual_seed(seed)
+    order = []
+    while len(order) < steps * batch_size:
+        order += torch.randperm(num_rows, generator=generator).tolist()
+    return [order[step * batch_size : (step + 1) * batch_size] for step in range(steps)]
+
+
+def schedule(step: int, steps: int) -> float:
+    """Linear warm-up over the first 5% of steps, then cosine decay to 0: the learning-rate factor of `step`."""
+    warmup = max(1, steps // 20)
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size so far, in MiB (`ru_maxrss`: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def predict_answers(fusion, processor, images, prompts, max_new_tokens: int = 16) -> list[str]:
+    """Greedy answers, prompted exactly as `hive_vlm.eval.runner.generate_answers` prompts HIVE (chat template, left
+    padding); inline fusions get their image tokens after the first token, as in training."""
+    texts = [processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}],
+                                           add_generation_prompt=True) for prompt in prompts]  # fmt: skip
+    inputs = processor(images=list(images), text=texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+    inputs = fusion.model_inputs(dict(inputs))
+    fusion.model.eval()
+    with torch.inference_mode():
+        sequences = fusion.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                          pad_token_id=processor.tokenizer.pad_token_id)  # fmt: skip
+    fusion.model.train()
+    new_tokens = sequences[:, inputs["input_ids"].shape[1] :]  # (B, new tokens)
+    return [answer.strip() for answer in processor.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
+def _optimizer(fusion, learning_rate: float, vision_learning_rate: float, weight_decay: float):
+    vision = {id(p) for p in fusion.components["vision"]}
+    groups = [{"params": [p for p in fusion.model.parameters() if p.requires_grad and (id(p) in vision) == is_vision], "lr": lr}
+              for is_vision, lr in ((False, learning_rate), (True, vision_learning_rate))]  # fmt: skip
+    groups = [group for group in groups if group["params"]]
+    for group in groups:
+        group["initial_lr"] = group["lr"]
+    return torch.optim.AdamW(groups, weight_decay=weight_decay)
+
+
+def train_stage(fusion, dataset, collator, stage: dict, seed: int, on_step=None) -> dict:
+    """Trains `stage["steps"]` AdamW steps (gradients clipped at 1.0) over seeded batches of `dataset`.
+
+    Args:
+        fusion (`HiveAblationFusion`): trainable flags already set for this stage.
+        dataset (`datasets.Dataset`): rows the collator reads.
+        collator: turns a list of rows into a batch.
+        stage (`dict`): `steps`, `batch_size`, `learning_rate`, optional `vision_learning_rate`, `weight_decay`.
+        seed (`int`): fixes the batch order.
+        on_step (`Callable[[int], None]`, *optional*): called after every step with the number of steps done.
+
+    Returns:
+        `{"batch_hashes", "losses", "seconds_per_step"}`: seconds per step are the median over steps (robust to the
+        first step's one-time costs and to other processes on a shared machine) and exclude `on_step`.
+    """
+    steps = stage["steps"]
+    optimizer = _optimizer(fusion, stage["learning_rate"], stage.get("vision_learning_rate", stage["learning_rate"]),
+                           stage.get("weight_decay", 0.0))  # fmt: skip
+    trainable = [p for p in fusion.model.parameters() if p.requires_grad]
+    hashes, losses, seconds = [], [], []
+    for step, indices in enumerate(batch_order(len(dataset), stage["batch_size"], steps, seed)):
+        batch = collator([dataset[i] for i in indices])
+        hashes.append(batch_hash(batch))
+        started = time.perf_counter()
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * schedule(step, steps)
+        loss = fusion.loss(batch)
+        if not torch.isfinite(loss):
+            raise ValueError(f"{fusion.name}: non-finite loss at step {step + 1}; lower the learning rate.")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        seconds.append(time.perf_counter() - started)
+        losses.append(round(loss.item(), 4))
+        if on_step is not None:
+            on_step(step + 1)
+    return {"batch_hashes": hashes, "losses": losses, "seconds_per_step": statistics.median(seconds)}
+
+
+def evaluate_fusion(fusion, processor, shared: Path, out: Path, eval_settings: dict, final: bool) -> dict:
+    """hive-shapes accuracy per level (validation at a checkpoint; test, test_compositional and the MME, ScienceQA
+    and OK-VQA views at the end), each through its adapter and official scorer."""
+    from hive_vlm.eval.hive_shapes import HiveShapesBenchmark
+    from hive_vlm.eval.mme import HiveMMEBenchmark
+    from hive_vlm.eval.okvqa import HiveOKVQABenchmark
+    from hive_vlm.eval.runner import evaluate_benchmark
+    from hive_vlm.eval.scienceqa import HiveScienceQABenchmark
+
+    shapes = str(shared / "data" / "shapes")
+    if final:
+        limit = eval_settings.get("limit")
+        jobs = [(f"hive-shapes-{split}", HiveShapesBenchmark(), shapes, split) for split in ("test", "test_compositional")]
+        jobs += [(b.name, b, str(shared / "data" / "views" / b.name), None)
+                 for b in (HiveMMEBenchmark(), HiveScienceQABenchmark(), HiveOKVQABenchmark())]  # fmt: skip
+    else:
+        limit = eval_settings["validation_limit"]
+        jobs = [("hive-shapes-validation", HiveShapesBenchmark(), shapes, "validation")]
+    scores = {}
+    for name, benchmark, data, split in jobs:
+        path = out / f"{name}.json"
+        path.unlink(missing_ok=True)
+        predict = partial(predict_answers, fusion, processor, max_new_tokens=benchmark.max_new_tokens)
+        protocol = "lmms-eval" if benchmark.name == "scienceqa" else None  # the lowercasing tokenizer writes "a", not "A"
+        result = evaluate_benchmark(benchmark, data, predict, path, protocol=protocol, split=split, limit=limit,
+                                    batch_size=eval_settings["batch_size"], progress=False)  # fmt: skip
+        scores[name] = result["scores"]
+    return scores
+
+
+def probe_encoder(encoder, image_processor, shared: Path, epochs: int, limit: int | None = None) -> dict:
+    """Linear-probe top-1 accuracy (MAE protocol, `hive_vlm.eval.classification`) of `encoder`'s mean-pooled last
+    hidden state on one hive-shapes label per level: colour (low), shape (mid), object count (high)."""
+    import datasets
+
+    from hive_vlm.data.shapes_layouts import to_classification
+    from hive_vlm.eval.benchmark import HiveExamples
+    from hive_vlm.eval.classification import extract_features, top_k_accuracy, train_linear_probe
+
+    shapes = datasets.load_from_disk(str(shared / "data" / "shapes"))
+    train, test = shapes["train"], shapes["test"]
+    if limit:
+        train, test = train.select(range(min(limit, len(train)))), test.select(range(min(limit, len(test))))
+    encoder.eval()
+    features = {name: extract_features(encoder, image_processor, HiveExamples(split), progress=False)
+                for name, split in (("train", train), ("test", test))}  # fmt: skip
+    encoder.train()
+    scores = {}
+    for level, target in LEVEL_TARGETS.items():
+        labels = {name: torch.tensor(to_classification(split, target)["label"]) for name, split in (("train", train), ("test", test))}
+        num_classes = len(to_classification(train.select(range(1)), target).features["label"].names)
+        head = train_linear_probe(features["train"], labels["train"], num_classes, epochs=epochs, batch_size=256)
+        with torch.no_grad():
+            scores[level] = round(top_k_accuracy(head(features["test"]), labels["test"], 1), 2)
+    return scores
+
+
+def quiet() -> None:
+    """No progress bars and no loading reports from transformers and datasets (the harness prints its own progress)."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+
+
+def run_fusion(spec: dict) -> dict:
+    """Trains and evaluates one fusion with one seed; writes `spec["out"]/result.json` and returns it.
+
+    Args:
+        spec (`dict`): `fusion`, `seed`, `shared` (the folder `prepare_shared` wrote), `out` (this run's folder) and
+            `settings` (`HiveAblationSettings` as a dict, with `fusion` holding `HiveFusionSettings` fields).
+    """
+    import datasets
+
+    from hive_vlm.data.collators import HiveCaptionCollator, HiveChatCollator
+    from hive_vlm.data.shapes_layouts import to_caption_pairs
+    from hive_vlm.eval.runner import write_json_atomic
+    from modeling_hive import HiveProcessor
+
+    from .ablation_fusions import HiveFusionSettings, build_fusion
+
+    quiet()
+    settings, seed, name = spec["settings"], spec["seed"], spec["fusion"]
+    shared, out = Path(spec["shared"]), Path(spec["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    meta = json.loads((shared / "meta.json").read_text())
+    processor = HiveProcessor.from_pretrained(shared / "processor")
+    train = datasets.load_from_disk(str(shared / "data" / "shapes"))["train"]
+    captions = to_caption_pairs(train)
+    chats = datasets.load_from_disk(str(shared / "data" / "chats"))
+    max_length = settings["data"]["max_length"]
+    baseline_rss = peak_rss_mb()
+    started = time.perf_counter()
+
+    fusion = build_fusion(name, shared / "backbones" / "vision", shared / "backbones" / "text", meta["image_token_id"],
+                          HiveFusionSettings(**settings["fusion"]), seed=seed)  # fmt: skip
+    result = {"fusion": name, "seed": seed, "num_image_tokens": fusion.num_image_tokens, "parameters": {}, "stages": {}}
+
+    result["parameters"]["stage2"] = fusion.set_stage(2)
+    stage2 = train_stage(fusion, captions, HiveCaptionCollator(processor, prompt=meta["caption_prompt"], max_length=max_length),
+                         settings["stage2"], seed * 1000 + 2)  # fmt: skip
+
+    stage3_settings = settings["stage3"]
+    result["parameters"]["stage3"] = fusion.set_stage(3, train_vision=stage3_settings.get("train_vision", True))
+    eval_settings = settings["eval"]
+    checkpoints = sorted({round(stage3_settings["steps"] * k / eval_settings["checkpoints"]) for k in range(eval_settings["checkpoints"] + 1)})
+    curve = []
+
+    def checkpoint(step: int) -> None:
+        if step in checkpoints:
+            scores = evaluate_fusion(fusion, processor, shared, out / "checkpoints" / f"step-{step}", eval_settings, final=False)
+            curve.append({"step": step, **scores["hive-shapes-validation"]})
+
+    checkpoint(0)
+    stage3 = train_stage(fusion, chats, HiveChatCollator(processor, max_length=max_length), stage3_settings, seed * 1000 + 3, checkpoint)
+    train_seconds = time.perf_counter() - started
+    for label, stage in (("stage2", stage2), ("stage3", stage3)):
+        result["stages"][label] = stage
+    result["curve"] = curve
+    result["final"] = evaluate_fusion(fusion, processor, shared, out / "final", eval_settings, final=True)
+    result["linear_probe"] = probe_encoder(fusion.encoder, processor.image_processor, shared, eval_settings["probe_epochs"],
+                                           eval_settings.get("probe_limit"))  # fmt: skip
+    peak = peak_rss_mb()
+    result["timing"] = {"stage2_seconds_per_step": round(stage2["seconds_per_step"], 4),
+                        "stage3_seconds_per_step": round(stage3["seconds_per_step"], 4),
+                        "wall_seconds": round(time.perf_counter() - started, 1), "train_wall_seconds": round(train_seconds, 1)}  # fmt: skip
+    result["memory"] = {"peak_rss_mb": round(peak, 1), "peak_rss_delta_mb": round(peak - baseline_rss, 1),
+                        "baseline_rss_mb": round(baseline_rss, 1), "isolated": bool(spec.get("isolated"))}  # fmt: skip
+    write_json_atomic(out / "result.json", result)
+    return result
+
+
+def run_fusion_in_child(spec: dict) -> None:
+    """Entry point of the subprocess `hive ablate` starts per run, so `ru_maxrss` measures that run alone."""
+    torch.set_num_threads(spec.get("threads") or torch.get_num_threads())
+    run_fusion({**spec, "isolated": True})

@@ -1,0 +1,134 @@
+"""`hive ablate`: quick mode end to end, identical batches for every fusion, honest parameter counts."""
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from hive_vlm.ablate import DEFAULT_RECIPE, load_settings, parse_settings, run_ablation
+from hive_vlm.ablation_fusions import FUSIONS, build_fusion, insert_image_tokens, match_budgets
+from hive_vlm.ablation_report import aggregate, noise_verdicts
+
+
+# Where each fusion's own weights live: the only names stage 2 may train.
+FUSION_PREFIXES = {
+    "hive-paired": ("model.multi_modal_projectors.", "model.cross_attention_layers.", "model.level_embeddings"),
+    "hive-all-levels": ("model.multi_modal_projectors.", "model.cross_attention_layers.", "model.level_embeddings"),
+    "single-level": ("model.multi_modal_projectors.", "model.cross_attention_layers.", "model.level_embeddings"),
+    "flat": ("model.multi_modal_projector.",),
+    "qformer": ("query_tokens", "qformer.", "language_projection."),
+}
+VISION_PREFIXES = {"flat": "model.vision_tower.", "qformer": "vision_model."}
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ablation")
+    settings = load_settings(quick=True)
+    report = run_ablation(settings, out, isolate=False)
+    return out, settings, report
+
+
+def test_quick_mode_runs_every_fusion_and_writes_table_json_and_plots(quick):
+    out, settings, report = quick
+    assert settings.fusions == list(FUSIONS)
+    saved = json.loads((out / "ablation.json").read_text())
+    assert sorted(saved["aggregate"]) == sorted(FUSIONS)
+    for fusion in FUSIONS:
+        row = saved["aggregate"][fusion]
+        for metric in ("test/all", "test_compositional/all", "mme/perception", "scienceqa/accuracy", "okvqa/vqa_accuracy",
+                       "probe/low", "probe/mid", "probe/high", "seconds_per_step/stage2", "memory/peak_rss_delta_mb"):
+            assert metric in row, (fusion, metric)
+        assert row["seconds_per_step/stage3"]["mean"] > 0
+    table = (out / "ablation.md").read_text()
+    for fusion in FUSIONS:
+        assert f"| {fusion} |" in table
+    assert "one seed: cannot tell" in table  # --quick has one seed: no difference may be called real
+    for name in ("accuracy_vs_steps", "accuracy_per_level"):
+        assert (out / "plots" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    steps = [point["step"] for point in saved["runs"][0]["curve"]]
+    assert steps == [0, 2, 4]  # two checkpoints over 4 stage-3 steps, plus the start
+
+
+def test_every_fusion_sees_identical_batches(quick):
+    _, settings, report = quick
+    runs = report["runs"]
+    assert {run["fusion"] for run in runs} == set(FUSIONS)
+    for stage, steps in (("stage2", settings.stage2["steps"]), ("stage3", settings.stage3["steps"])):
+        sequences = {run["fusion"]: run["batch_hashes"][stage] for run in runs}
+        reference = sequences["hive-paired"]
+        assert len(reference) == steps
+        assert len(set(reference)) == steps  # the hashes tell batches apart
+        for fusion, hashes in sequences.items():
+            assert hashes == reference, f"{fusion} saw other {stage} batches than hive-paired"
+
+
+def test_reported_parameter_counts_are_the_weights_that_train(quick):
+    out, settings, report = quick
+    shared = out / "shared"
+    meta = json.loads((shared / "meta.json").read_text())
+    reported = {run["fusion"]: run["parameters"] for run in report["runs"]}
+    for name in FUSIONS:
+        fusion = build_fusion(name, shared / "backbones" / "vision", shared / "backbones" / "text", meta["image_token_id"],
+                              settings.fusion, seed=0)  # fmt: skip
+        for stage in (2, 3):
+            counts = fusion.set_stage(stage)
+            named = list(fusion.model.named_parameters())
+            trainable = {n: p.numel() for n, p in named if p.requires_grad}
+            assert counts["trainable"] == sum(trainable.values()) == reported[name][f"stage{stage}"]["trainable"]
+            in_fusion = sum(size for n, size in trainable.items() if n.startswith(FUSION_PREFIXES[name]))
+            vision_prefix = VISION_PREFIXES.get(name, "model.vision_model.")
+            in_vision = sum(size for n, size in trainable.items() if n.startswith(vision_prefix))
+            assert counts["fusion"]["trainable"] == in_fusion > 0
+            assert counts["vision"]["trainable"] == in_vision
+            assert in_fusion + in_vision == counts["trainable"]  # the LLM never trains
+            assert (in_vision > 0) == (stage == 3)
+    hive = build_fusion("hive-paired", shared / "backbones" / "vision", shared / "backbones" / "text", meta["image_token_id"],
+                        settings.fusion)  # fmt: skip
+    counts = hive.set_stage(3)
+    # HIVE reads encoder layers, not the final norm or the pooler: those never get a gradient, so they are not counted.
+    assert 0 < counts["vision"]["trainable"] < counts["vision"]["total"]
+
+
+def test_match_params_brings_budgets_within_ten_percent(quick):
+    out, settings, _ = quick
+    shared = out / "shared"
+    meta = json.loads((shared / "meta.json").read_text())
+    matched = match_budgets(FUSIONS, "hive-paired", shared / "backbones" / "vision", shared / "backbones" / "text",
+                            meta["image_token_id"], settings.fusion)  # fmt: skip
+    target = matched["hive-paired"]["budget"]
+    for name in FUSIONS:
+        assert abs(matched[name]["budget"] - target) <= 0.10 * target, (name, matched[name])
+    assert matched["flat"]["width"] > 32  # LLaVA's projector had to grow well past the LLM width
+
+
+def test_insert_image_tokens_keeps_padding_and_masks_labels():
+    input_ids = torch.tensor([[0, 0, 1, 7, 8], [1, 5, 6, 7, 8]])  # left padded
+    attention_mask = (input_ids != 0).long()
+    labels = torch.tensor([[-100, -100, -100, 7, 8], [-100, 5, 6, 7, 8]])
+    out = insert_image_tokens(input_ids, attention_mask, labels, 9, 2)
+    assert out["input_ids"].tolist() == [[0, 0, 1, 9, 9, 7, 8], [1, 9, 9, 5, 6, 7, 8]]
+    assert out["attention_mask"].tolist() == [[0, 0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1]]
+    assert out["labels"].tolist() == [[-100, -100, -100, -100, -100, 7, 8], [-100, -100, -100, 5, 6, 7, 8]]
+
+
+def test_noise_rule_needs_a_gap_larger_than_both_stds():
+    runs = [{"fusion": "hive-paired", "metrics": {"test/all": v}} for v in (50.0, 52.0, 54.0)]
+    runs += [{"fusion": "flat", "metrics": {"test/all": v}} for v in (47.0, 49.0, 51.0)]  # 3 points lower, stds 2 + 2
+    runs += [{"fusion": "qformer", "metrics": {"test/all": v}} for v in (40.0, 41.0, 42.0)]  # 11 lower, stds 2 + 1
+    verdicts = {v["fusion"]: v for v in noise_verdicts(aggregate(runs), metrics=("test/all",))}
+    assert verdicts["flat"]["verdict"] == "within seed noise"
+    assert verdicts["flat"]["difference"] == -3.0
+    assert verdicts["qformer"]["verdict"] == "qformer worse beyond seed noise"
+
+
+def test_recipe_errors_name_the_key():
+    values = yaml.safe_load(DEFAULT_RECIPE.read_text())
+    assert parse_settings(values).seeds == [0, 1, 2]
+    with pytest.raises(ValueError, match=r"stage3: unknown key\(s\) \['stepz'\]"):
+        parse_settings({**values, "stage3": {"stepz": 3}})
+    with pytest.raises(ValueError, match="fusions"):
+        parse_settings({**values, "fusions": ["hive-paired", "perceiver"]})
+    with pytest.raises(ValueError, match="unknown fusion 'perceiver'"):
+        build_fusion("perceiver", "v", "t", 5)
