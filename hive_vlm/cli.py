@@ -48,7 +48,10 @@ def main(argv=None) -> int:
         raise
     sub = argparse.ArgumentParser(prog=f"hive {name}", description=help_text)
     module.add_arguments(sub)
-    args = sub.parse_intermixed_args(argv[1:])  # `key=value` overrides may come before or after options
+    if any(isinstance(action, argparse._SubParsersAction) for action in sub._actions):
+        args = sub.parse_args(argv[1:])  # commands with sub-commands (hive data shapes ...) cannot intermix
+    else:
+        args = sub.parse_intermixed_args(argv[1:])  # `key=value` overrides may come before or after options
     try:
         return int(module.run(args) or 0)
     except (ValueError, FileNotFoundError) as error:  # bad input: one clear line, not a traceback
