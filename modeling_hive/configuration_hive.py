@@ -41,7 +41,8 @@ class HiveConfig(PreTrainedConfig):
         cross_attention_num_heads (`int`, *optional*):
             Query heads of the cross-attention blocks. Defaults to the LLM's attention heads.
         cross_attention_num_key_value_heads (`int`, *optional*):
-            Key/value heads (grouped-query attention). Defaults to `cross_attention_num_heads`.
+            Key/value heads (grouped-query attention). Defaults to the LLM's own key/value heads when the query heads
+            are defaulted too, else to `cross_attention_num_heads`.
         cross_attention_intermediate_size (`int`, *optional*):
             Width of the gated MLP inside each block. Defaults to 4 times the LLM width.
         cross_attention_qk_norm (`bool`, *optional*, defaults to `True`):
@@ -89,10 +90,29 @@ class HiveConfig(PreTrainedConfig):
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
+        for key in ("vision_config", "text_config"):
+            value = getattr(self, key)
+            if isinstance(value, dict) and "model_type" not in value:
+                raise ValueError(f"{key} is a dict without a model_type; add one, e.g. {{'model_type': 'vit', ...}}.")
         super().__post_init__(**kwargs)
         # The LLM's own tying decides ours (GPT-2 and small Qwen2 models tie lm_head to the input embeddings).
         self.tie_word_embeddings = bool(getattr(self.text_config, "tie_word_embeddings", False))
         self._validate_hive_fields()
+
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
+        """As `PreTrainedConfig.get_config_dict`, refusing a folder that holds another model type or no sub-configs."""
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        model_type = config_dict.get("model_type")
+        if model_type is not None and model_type != cls.model_type:
+            raise ValueError(
+                f"{pretrained_model_name_or_path} holds a {model_type!r} model, not a HIVE model; build HIVE around it "
+                "with HiveForConditionalGeneration.from_backbones(vision_model, text_model)."
+            )
+        missing = [key for key in ("vision_config", "text_config") if not config_dict.get(key)]
+        if missing:
+            raise ValueError(f"{pretrained_model_name_or_path}: the HIVE config has no {' or '.join(missing)}.")
+        return config_dict, kwargs
 
     @property
     def vision_layers(self) -> list[int]:
@@ -140,6 +160,9 @@ class HiveConfig(PreTrainedConfig):
 
         if self.cross_attention_num_heads is None:
             self.cross_attention_num_heads = self.text_config.num_attention_heads
+            if self.cross_attention_num_key_value_heads is None:
+                # Grouped like the LLM's own attention: the cached image K/V then cost what the LLM's K/V cost.
+                self.cross_attention_num_key_value_heads = getattr(self.text_config, "num_key_value_heads", None)
         if self.cross_attention_num_key_value_heads is None:
             self.cross_attention_num_key_value_heads = self.cross_attention_num_heads
         if self.cross_attention_num_heads < 1 or text_width % self.cross_attention_num_heads:
