@@ -483,6 +483,11 @@ class HiveModel(HivePreTrainedModel):
     def _check_pixel_values(self, pixel_values, batch_size):
         if not isinstance(pixel_values, torch.Tensor):
             raise TypeError(f"pixel_values must be a torch.Tensor of shape (B, C, H, W), got {type(pixel_values).__name__}.")
+        if not torch.is_floating_point(pixel_values):
+            raise TypeError(
+                f"pixel_values must be floating point, normalised as the processor does, got dtype {pixel_values.dtype}. "
+                "Run images through the processor (HiveProcessor) to get pixel_values."
+            )
         channels = getattr(self.config.vision_config, "num_channels", 3)
         if pixel_values.ndim != 4 or pixel_values.shape[1] != channels:
             raise ValueError(
@@ -503,6 +508,8 @@ class HiveModel(HivePreTrainedModel):
         image_mask = torch.as_tensor(image_mask, device=device)
         if image_mask.shape != (batch_size,):
             raise ValueError(f"image_mask must have shape ({batch_size},), one flag per sample; got {tuple(image_mask.shape)}.")
+        if image_mask.dtype != torch.bool and not ((image_mask == 0) | (image_mask == 1)).all():
+            raise ValueError(f"image_mask must hold True/False (or 1/0) per sample, got {image_mask.tolist()}.")
         return image_mask.bool()
 
     def forward(
@@ -544,6 +551,8 @@ class HiveModel(HivePreTrainedModel):
         if input_ids is not None:
             if input_ids.ndim != 2:
                 raise ValueError(f"input_ids must have shape (batch, sequence_length), got {tuple(input_ids.shape)}.")
+            if torch.is_floating_point(input_ids) or input_ids.dtype == torch.bool:
+                raise TypeError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}.")
             if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
                 raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}); pass at least one token per sample.")
             vocab_size = self.language_model.get_input_embeddings().num_embeddings
@@ -555,12 +564,21 @@ class HiveModel(HivePreTrainedModel):
                     )
         batch_size = (input_ids if input_ids is not None else inputs_embeds).shape[0]
         device = (input_ids if input_ids is not None else inputs_embeds).device
-        if isinstance(attention_mask, torch.Tensor) and attention_mask.ndim == 2 and attention_mask.shape[0] != batch_size:
-            raise ValueError(f"attention_mask has batch size {attention_mask.shape[0]} but input has {batch_size}.")
+        seq_len = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        text_width = self.config.text_config.hidden_size
+        if inputs_embeds is not None and (inputs_embeds.ndim != 3 or inputs_embeds.shape[-1] != text_width):
+            raise ValueError(f"inputs_embeds must have shape (batch, sequence_length, {text_width}), got {tuple(inputs_embeds.shape)}.")
+        if isinstance(attention_mask, torch.Tensor) and attention_mask.ndim == 2:
+            if attention_mask.shape[0] != batch_size:
+                raise ValueError(f"attention_mask has batch size {attention_mask.shape[0]} but input has {batch_size}.")
+            if attention_mask.shape[1] < seq_len or (past_key_values is None and attention_mask.shape[1] != seq_len):
+                raise ValueError(
+                    f"attention_mask covers {attention_mask.shape[1]} positions but the input has {seq_len} tokens; pass "
+                    "the mask the tokenizer returned with these input_ids."
+                )
 
         if position_ids is None and isinstance(attention_mask, torch.Tensor) and attention_mask.ndim == 2:
             # Positions count real tokens only, so left-padded samples match their unpadded selves.
-            seq_len = (input_ids if input_ids is not None else inputs_embeds).shape[1]
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -seq_len:]
 
         vision_hidden_states = None
@@ -757,7 +775,18 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         hidden_states = outputs.last_hidden_state
         slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden_states[:, slice_indices, :])
-        loss = causal_lm_loss(logits, labels, num_items_in_batch) if labels is not None else None
+        loss = None
+        if labels is not None:
+            if torch.is_floating_point(labels) or labels.dtype == torch.bool:
+                raise TypeError(f"labels must hold integer token ids (-100 where no loss is taken), got dtype {labels.dtype}.")
+            vocab_size = logits.shape[-1]
+            invalid = (labels != -100) & ((labels < 0) | (labels >= vocab_size))
+            if invalid.any():
+                raise ValueError(
+                    f"labels holds ids outside the vocabulary [0, {vocab_size}) that are not -100, e.g. "
+                    f"{labels[invalid][:5].tolist()}; labels are token ids, -100 where no loss is taken."
+                )
+            loss = causal_lm_loss(logits, labels, num_items_in_batch)
         return HiveCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
