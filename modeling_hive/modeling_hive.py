@@ -316,7 +316,16 @@ class HivePreTrainedModel(PreTrainedModel):
         if kwargs.get("use_safetensors") is False:
             raise ValueError("HIVE loads weights from safetensors only; drop use_safetensors=False.")
         kwargs["use_safetensors"] = True
-        return super().from_pretrained(*args, **kwargs)
+        try:
+            return super().from_pretrained(*args, **kwargs)
+        except Exception as error:
+            # Matched by name: the remote-code files import torch and transformers only, not safetensors.
+            if type(error).__name__ != "SafetensorError":
+                raise
+            source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+            raise ValueError(
+                f"{source}: a safetensors weights file is corrupt or truncated ({error}); save or download the checkpoint again."
+            ) from error
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """As `PreTrainedModel.save_pretrained` (safetensors), with a config whose `auto_map` covers every Auto class."""
