@@ -116,7 +116,7 @@ def decode_run(model, cache, token: torch.Tensor, steps: int, device, before_ste
 def measure_prefill(hive, llava, batch: BenchBatch, repeats: int, device, matmul_tasks: dict) -> dict:
     """(a), (d) and (f): whole prefill (with the matmul probes in the same rounds), LLM-side prefill, the shared
     encoder and each fusion alone; cache bytes."""
-    image_mask = torch.ones(batch.input_ids.shape[0], dtype=torch.bool, device=device)
+    image_mask = None  # every sample has an image: the model then stores no mask either
     hive_features, hive_key_values = hive_image_key_values(hive, batch, images=1)
     llava_embeds = llava_inputs_embeds(llava, batch, images=1)
     llava_vision_states = llava.model.vision_tower(batch.pixel_values, output_hidden_states=True).hidden_states[-2]
@@ -164,7 +164,7 @@ def measure_decode(hive, llava, batch: BenchBatch, images: int, steps: int, repe
     with its cross-attention keys/values recomputed before every step from kept vision features (`hive_recompute`,
     against `hive_cached` timed in the same rounds) and from the pixels, encoder included (`hive_recompute_encoder`).
     """
-    image_mask = torch.ones(batch.input_ids.shape[0], dtype=torch.bool, device=device)
+    image_mask = None  # every sample has an image: the model then stores no mask either
     hive_features, hive_key_values = hive_image_key_values(hive, batch, images)
     hive_cache = cache_with_image_key_values(hive, hive_key_values, image_mask)
     hive_token = hive(input_ids=batch.input_ids, past_key_values=hive_cache, use_cache=True, logits_to_keep=1).logits.argmax(-1)

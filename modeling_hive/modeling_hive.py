@@ -84,7 +84,7 @@ class HiveVisionContext:
     """What the cross-attention hooks read during one LLM forward: per-block image keys/values and the image mask."""
 
     key_values: list[tuple[torch.Tensor, torch.Tensor]]  # per block: (B, kv_heads, num_image_tokens, head_dim) x2
-    image_mask: torch.Tensor  # (B,) bool: which samples have an image
+    image_mask: torch.Tensor | None  # (B,) bool: which samples have an image; None when all of them do
     cross_attentions: dict | None = None  # filled with block index -> weights when requested
 
 
@@ -101,7 +101,7 @@ class HiveCrossAttentionCacheLayer(DynamicLayer):
         super().__init__(**kwargs)
         self.image_mask = None
 
-    def write(self, key_states: torch.Tensor, value_states: torch.Tensor, image_mask: torch.Tensor) -> None:
+    def write(self, key_states: torch.Tensor, value_states: torch.Tensor, image_mask: torch.Tensor | None) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
         self.keys, self.values, self.image_mask = key_states, value_states, image_mask
         self.is_initialized = True
@@ -130,17 +130,21 @@ class HiveCrossAttentionCacheLayer(DynamicLayer):
         if self.is_initialized:
             beam_idx = beam_idx.to(self.keys.device)
             self.keys, self.values = self.keys.index_select(0, beam_idx), self.values.index_select(0, beam_idx)
-            self.image_mask = self.image_mask.index_select(0, beam_idx)
+            if self.image_mask is not None:
+                self.image_mask = self.image_mask.index_select(0, beam_idx)
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         if self.is_initialized:
             self.keys = self.keys.repeat_interleave(repeats, dim=0)
             self.values = self.values.repeat_interleave(repeats, dim=0)
-            self.image_mask = self.image_mask.repeat_interleave(repeats, dim=0)
+            if self.image_mask is not None:
+                self.image_mask = self.image_mask.repeat_interleave(repeats, dim=0)
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         if self.is_initialized:
-            self.keys, self.values, self.image_mask = self.keys[indices], self.values[indices], self.image_mask[indices]
+            self.keys, self.values = self.keys[indices], self.values[indices]
+            if self.image_mask is not None:
+                self.image_mask = self.image_mask[indices]
 
 
 class HiveRMSNorm(nn.Module):
@@ -151,10 +155,8 @@ class HiveRMSNorm(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         input_dtype = hidden_states.dtype
-        hidden_states = hidden_states.to(torch.float32)
-        variance = hidden_states.pow(2).mean(-1, keepdim=True)
-        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
-        return self.weight * hidden_states.to(input_dtype)
+        normed = F.rms_norm(hidden_states.float(), (hidden_states.shape[-1],), eps=self.variance_epsilon)
+        return self.weight * normed.to(input_dtype)
 
 
 class HiveMultiModalProjector(nn.Module):
@@ -264,16 +266,19 @@ class HiveCrossAttentionLayer(GradientCheckpointingLayer):
         self.mlp = HiveCrossAttentionMLP(config)
         self.cross_attn_mlp_gate = nn.Parameter(torch.full((1,), float(config.gate_init)))
 
-    def forward(self, hidden_states, key_states, value_states, image_mask, output_attentions: bool = False):
-        row_mask = image_mask.to(hidden_states.dtype)[:, None, None]  # (B, 1, 1): samples without an image skip the block
-        residual = hidden_states
+    def forward(self, hidden_states, key_states, value_states, image_mask=None, output_attentions: bool = False):
         attn_output, attn_weights = self.cross_attn(
             self.input_layernorm(hidden_states), key_states, value_states, output_attentions=output_attentions
         )
-        hidden_states = residual + self.cross_attn_attn_gate.tanh() * attn_output * row_mask
-        residual = hidden_states
-        hidden_states = residual + self.cross_attn_mlp_gate.tanh() * self.mlp(self.post_attention_layernorm(hidden_states)) * row_mask
-        return hidden_states, attn_weights
+        attn_output = self.cross_attn_attn_gate.tanh() * attn_output
+        if image_mask is not None:  # None: every sample has an image
+            row_mask = image_mask.to(hidden_states.dtype)[:, None, None]  # (B, 1, 1): samples without one skip the block
+            attn_output = attn_output * row_mask
+        hidden_states = hidden_states + attn_output
+        mlp_output = self.cross_attn_mlp_gate.tanh() * self.mlp(self.post_attention_layernorm(hidden_states))
+        if image_mask is not None:
+            mlp_output = mlp_output * row_mask
+        return hidden_states + mlp_output, attn_weights
 
 
 def decoder_layers(language_model: nn.Module, num_layers: int) -> nn.ModuleList:
@@ -512,14 +517,16 @@ class HiveModel(HivePreTrainedModel):
             raise ValueError("pixel_values contains NaN or inf; check the image preprocessing.")
 
     def _check_image_mask(self, image_mask, batch_size, device):
+        """The (B,) image mask, or None when every sample has an image (the blocks then skip the masking)."""
         if image_mask is None:
-            return torch.ones(batch_size, dtype=torch.bool, device=device)
+            return None
         image_mask = torch.as_tensor(image_mask, device=device)
         if image_mask.shape != (batch_size,):
             raise ValueError(f"image_mask must have shape ({batch_size},), one flag per sample; got {tuple(image_mask.shape)}.")
         if image_mask.dtype != torch.bool and not ((image_mask == 0) | (image_mask == 1)).all():
             raise ValueError(f"image_mask must hold True/False (or 1/0) per sample, got {image_mask.tolist()}.")
-        return image_mask.bool()
+        image_mask = image_mask.bool()
+        return None if bool(image_mask.all()) else image_mask  # one check per prefill, none per decode step
 
     def forward(
         self,

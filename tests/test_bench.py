@@ -87,7 +87,7 @@ def test_measured_paths_compute_what_the_models_compute(one_thread):
     # LLM-side prefill: HIVE's LLM on precomputed image keys/values equals the whole forward from pixels.
     whole = hive(input_ids=batch.input_ids, pixel_values=batch.pixel_values, use_cache=True)
     _, key_values = hive_image_key_values(hive, batch, images=1)
-    cache = cache_with_image_key_values(hive, key_values, torch.ones(2, dtype=torch.bool))
+    cache = cache_with_image_key_values(hive, key_values)
     llm_side = hive(input_ids=batch.input_ids, past_key_values=cache, use_cache=True)
     torch.testing.assert_close(llm_side.logits, whole.logits)
     assert cache_bytes(cache) == cache_bytes(whole.past_key_values)

@@ -66,7 +66,12 @@ def test_config_default_pairs_are_spread_over_both_depths():
     )
     assert config.cross_attention_layers == [[2, 5], [5, 11], [8, 17], [11, 23]]
     assert config.vision_layers == [2, 5, 8, 11]
-    assert config.cross_attention_num_heads == 2 and config.cross_attention_num_key_value_heads == 2
+    # heads follow the LLM, grouped like it (the tiny Llama has 2 query heads and 1 key/value head)
+    assert config.cross_attention_num_heads == 2 and config.cross_attention_num_key_value_heads == 1
+    explicit = HiveConfig(vision_config=config.vision_config.to_dict(), text_config=config.text_config.to_dict(), cross_attention_num_heads=4)
+    assert explicit.cross_attention_num_key_value_heads == 4
+    gpt2 = tiny_hive_config("clip", "gpt2")  # GPT-2 has no grouped heads
+    assert gpt2.cross_attention_num_key_value_heads == gpt2.cross_attention_num_heads == 2
     assert config.gate_init == 0.0
 
 
@@ -280,7 +285,7 @@ def test_cross_attention_key_values_are_computed_once_at_prefill():
     cache = out.past_key_values
     vision_layers = cache.layers[model.config.text_config.num_hidden_layers :]
     assert len(vision_layers) == 2 and all(isinstance(layer, HiveCrossAttentionCacheLayer) for layer in vision_layers)
-    assert vision_layers[0].keys.shape == (2, 2, 17, 16)
+    assert vision_layers[0].keys.shape == (2, 1, 17, 16)  # (B, kv_heads, image tokens, head_dim)
 
 
 @pytest.mark.parametrize("pair", PAIRS)
