@@ -36,6 +36,13 @@ def _as_rgb(image, index: int):
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+def _check_batch(examples) -> None:
+    if not isinstance(examples, (list, tuple)):
+        raise TypeError(f"a collator takes a list of examples (dicts), got {type(examples).__name__}.")
+    if not examples:
+        raise ValueError("the batch is empty: a collator needs at least one example.")
+
+
 def _pixel_values(image_processor, images: list) -> tuple[torch.Tensor, torch.Tensor]:
     """(pixel_values (B, C, H, W), image_mask (B,)) with zeros where an image is None."""
     present = [i for i, image in enumerate(images) if image is not None]
@@ -144,6 +151,8 @@ class HiveMaskedImageCollator:
     def __post_init__(self):
         if not 0.0 <= self.mask_ratio <= 1.0:
             raise ValueError(f"mask_ratio must lie in [0, 1], got {self.mask_ratio}.")
+        if not isinstance(self.patch_size, int) or self.patch_size < 1:
+            raise ValueError(f"patch_size must be a positive int (the encoder's patch size), got {self.patch_size!r}.")
         self.mask_patch_size = self.mask_patch_size or self.patch_size
         if self.mask_patch_size % self.patch_size:
             raise ValueError(f"mask_patch_size ({self.mask_patch_size}) must be a multiple of patch_size "
@@ -151,6 +160,7 @@ class HiveMaskedImageCollator:
         self._generator = torch.Generator().manual_seed(self.seed) if self.seed is not None else None
 
     def __call__(self, examples: list) -> dict:
+        _check_batch(examples)
         images = []
         for index, example in enumerate(examples):
             image = _require(example, "image", index)
@@ -207,6 +217,7 @@ class HiveCaptionCollator:
     report: HiveDataReport = field(default_factory=HiveDataReport)
 
     def __call__(self, examples: list) -> dict:
+        _check_batch(examples)
         tokenizer = self.processor.tokenizer
         max_length = _max_length(tokenizer, self.max_length)
         prompt_ids = tokenizer(self.prompt, add_special_tokens=True)["input_ids"]
@@ -290,6 +301,7 @@ class HiveChatCollator:
     report: HiveDataReport = field(default_factory=HiveDataReport)
 
     def __call__(self, examples: list) -> dict:
+        _check_batch(examples)
         tokenizer = self.processor.tokenizer
         max_length = _max_length(tokenizer, self.max_length)
         template = getattr(self.processor, "chat_template", None) or tokenizer.chat_template
@@ -305,6 +317,9 @@ class HiveChatCollator:
             for j, message in enumerate(messages):
                 if not isinstance(message, dict) or "role" not in message or "content" not in message:
                     raise ValueError(f"example {index}: message {j} must have 'role' and 'content', got {message!r}.")
+                if not isinstance(message["content"], (str, list)):
+                    raise TypeError(f"example {index}: message {j} 'content' must be a string or a list of parts, "
+                                    f"got {type(message['content']).__name__}.")
                 plain.append({"role": message["role"], "content": message_text(message)})
             if not any(message["role"] == "assistant" for message in plain):
                 raise ValueError(f"example {index}: no assistant message, so nothing to learn from.")
