@@ -23,6 +23,8 @@ import torch
 from PIL import Image
 from transformers.utils.chat_template_utils import render_jinja_template
 
+from modeling_hive.processing_hive import load_rgb_image
+
 from .report import HiveDataReport
 from .schema import message_text
 
@@ -31,9 +33,10 @@ _GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
 
 def _as_rgb(image, index: int):
+    """RGB exactly as HiveProcessor converts at inference (alpha over white, 16-bit and float images scaled)."""
     if not isinstance(image, Image.Image):
         raise TypeError(f"example {index}: 'image' must be a PIL image or None, got {type(image).__name__}.")
-    return image if image.mode == "RGB" else image.convert("RGB")
+    return load_rgb_image(image, where=f"example {index}: 'image'")
 
 
 def _check_batch(examples) -> None:
