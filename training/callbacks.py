@@ -63,7 +63,10 @@ def last_complete_checkpoint(output_dir) -> str | None:
             if (folder / COMPLETE_MARKER).exists():
                 steps.append((int(match.group(1)), folder))
             else:
-                folder.rename(folder.with_name(f"incomplete-{folder.name}"))
+                target, attempt = folder.with_name(f"incomplete-{folder.name}"), 1
+                while target.exists():  # the same step was cut short before, in an earlier kill
+                    target, attempt = folder.with_name(f"incomplete-{folder.name}.{attempt}"), attempt + 1
+                folder.rename(target)
     return str(max(steps)[1]) if steps else None
 
 
