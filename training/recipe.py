@@ -177,5 +177,5 @@ def load_recipe(path, overrides: list[str] | None = None) -> HiveRecipe:
     try:
         values = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
-        raise ValueError(f"recipe {str(path)!r} is not valid YAML: {error}") from error
+        raise ValueError(f"recipe {str(path)!r} is not valid YAML: {' '.join(str(error).split())}") from error
     return parse_recipe(apply_overrides(values, overrides or []), where=path.name)
