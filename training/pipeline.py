@@ -11,6 +11,7 @@ Layout of `output_dir`:
 Every `model/`, `base/`, `adapter/` and `final/` folder appears whole or not at all (written aside, then renamed).
 """
 
+import glob
 import logging
 import shutil
 from pathlib import Path
@@ -75,6 +76,7 @@ class HiveRecipeRun:
         """
         stages = sorted(set(stages))
         hub_settings(self.recipe, stages)  # a missing hub_model_id fails now, not after the last stage
+        self.check_data(stages)
         with self.state.main_process_first():  # under `accelerate launch`, one process prepares the shared folders
             self.output_dir.mkdir(parents=True, exist_ok=True)
             processor = self.processor()
@@ -99,6 +101,17 @@ class HiveRecipeRun:
         if summary:
             logger.warning("data report: %s", summary)
         return str(last) if last is not None else ""
+
+    def check_data(self, stages) -> None:
+        """Fails before any work when a chosen stage's data path does not exist, not when that stage starts."""
+        for stage in stages:
+            source = getattr(self.recipe.data, f"stage{stage}")
+            if source is None or "shapes" in (source.source, source.format):
+                continue
+            if not (Path(source.source).exists() or glob.glob(source.source)):
+                raise ValueError(f"data.stage{stage}.source: {source.source!r} does not exist (no file or folder matches it).")
+            if source.image_root is not None and not Path(source.image_root).is_dir():
+                raise ValueError(f"data.stage{stage}.image_root: {source.image_root!r} is not a folder.")
 
     def _stage_dir(self, stage: int) -> tuple[Path, bool]:
         """The stage folder, and whether the stage already finished (its model/ exists)."""
