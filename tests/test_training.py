@@ -428,3 +428,18 @@ def test_export_vision_reproduces_the_in_model_encoder(tmp_path):
         inside = model.model.vision_model(pixel_values, output_hidden_states=True).hidden_states
     for a, b in zip(exported, inside):
         torch.testing.assert_close(a, b)
+
+
+def test_report_to_tensorboard_writes_loss_and_gate_scalars(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    processor = processor_for()
+    model = hive_model(processor)
+    args = args_for(HiveAlignmentConfig, tmp_path, report_to="tensorboard")
+    HiveAlignmentTrainer(model, args, data_collator=HiveCaptionCollator(processor), train_dataset=caption_rows()).train()
+    events = sorted(tmp_path.rglob("events.out.tfevents.*"))
+    assert events, "no TensorBoard event file written"
+    accumulator = EventAccumulator(str(events[0].parent))
+    accumulator.Reload()
+    tags = set(accumulator.Tags()["scalars"])
+    assert {"train/loss", "train/gate/attn_t1_v1", "train/gate/mlp_t3_v3", "train/trainable/cross_attention"} <= tags, tags
