@@ -257,8 +257,12 @@ def prepare_shared(settings: HiveAblationSettings, folder) -> dict:
     from .ablation_run import probe_encoder
 
     folder = Path(folder)
+    recipe = {key: getattr(settings, key) for key in ("model", "data", "pretrain", "mim")}
     if (folder / "meta.json").is_file():
-        return json.loads((folder / "meta.json").read_text())
+        meta = json.loads((folder / "meta.json").read_text())
+        if meta.get("recipe") != json.loads(json.dumps(recipe)):
+            raise ValueError(f"{folder} was built from other model/data/pretrain/mim settings; pass a new --out.")
+        return meta
     started = time.perf_counter()
     data = settings.data
     vision_config = {"model_type": "vit", "image_size": data["image_size"], "patch_size": 8, "hidden_size": 64, "num_hidden_layers": 4,
@@ -318,7 +322,7 @@ def prepare_shared(settings: HiveAblationSettings, folder) -> dict:
         tokenizer.save_pretrained(out)
 
     encoder = AutoModel.from_pretrained(folder / "backbones" / "vision")
-    meta = {"image_token_id": image_token_id, "caption_prompt": CAPTION_PROMPT, "vocab_size": len(tokenizer),
+    meta = {"recipe": recipe, "image_token_id": image_token_id, "caption_prompt": CAPTION_PROMPT, "vocab_size": len(tokenizer),
             "vision_config": vision_config, "text_config": text_config, "pretrain_sequences": len(sequences),
             "linear_probe_before": probe_encoder(encoder, processor.image_processor, folder, settings.eval["probe_epochs"],
                                                  settings.eval["probe_limit"]),
@@ -379,12 +383,15 @@ def run_ablation(settings: HiveAblationSettings, out, isolate: bool = True) -> d
     for seed in settings.seeds:
         for name in settings.fusions:
             run_dir = out / "runs" / f"{name}-seed{seed}"
+            spec = {"fusion": name, "seed": seed, "shared": str(out / "shared"), "out": str(run_dir), "settings": asdict(settings)}
             if (run_dir / "result.json").is_file():
+                kept = json.loads((run_dir / "result.json").read_text())
+                if kept.get("settings") != json.loads(json.dumps(spec["settings"])):
+                    raise ValueError(f"{run_dir} holds a run with other settings; pass a new --out (or delete that folder).")
                 print(f"[ablate] {name} seed {seed}: kept from an earlier run", flush=True)
-                runs.append(json.loads((run_dir / "result.json").read_text()))
+                runs.append(kept)
                 continue
             print(f"[ablate] {name} seed {seed} (t={time.perf_counter() - started:.0f}s)", flush=True)
-            spec = {"fusion": name, "seed": seed, "shared": str(out / "shared"), "out": str(run_dir), "settings": asdict(settings)}
             result = run_one(spec, isolate)
             runs.append(result)
             print(f"[ablate] {name} seed {seed}: test accuracy {result['final']['hive-shapes-test']['accuracy']:.1f}, "

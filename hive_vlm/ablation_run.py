@@ -225,7 +225,7 @@ def run_fusion(spec: dict) -> dict:
 
     fusion = build_fusion(name, shared / "backbones" / "vision", shared / "backbones" / "text", meta["image_token_id"],
                           HiveFusionSettings(**settings["fusion"]), seed=seed)  # fmt: skip
-    result = {"fusion": name, "seed": seed, "num_image_tokens": fusion.num_image_tokens, "parameters": {}, "stages": {}}
+    result = {"fusion": name, "seed": seed, "settings": settings, "num_image_tokens": fusion.num_image_tokens, "parameters": {}, "stages": {}}
 
     result["parameters"]["stage2"] = fusion.set_stage(2)
     stage2 = train_stage(fusion, captions, HiveCaptionCollator(processor, prompt=meta["caption_prompt"], max_length=max_length),
