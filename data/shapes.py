@@ -243,6 +243,9 @@ def generate_shapes(seed: int = 0, num_train: int = 20_000, num_validation: int 
     """
     sizes = {"train": num_train, "validation": num_validation, "test": num_test,
              "test_compositional": num_test_compositional}
+    for split, size in sizes.items():
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ValueError(f"num_{split} must be a number of scenes, 0 or more; got {size!r}.")
     return datasets.DatasetDict({split: generate_split(split, sizes[split], seed, config) for split in SPLITS})
 
 
