@@ -17,6 +17,8 @@ from .callbacks import atomic_folder
 
 def export_vision(model_dir: str, out_dir: str) -> str:
     """Writes `model.vision_model` (and the image processor, when the folder has one) to `out_dir`."""
+    if not (Path(model_dir) / "config.json").is_file():
+        raise ValueError(f"{model_dir} has no config.json; pass the folder of a saved HIVE model (e.g. <run>/final).")
     model = HiveForConditionalGeneration.from_pretrained(model_dir)
     with atomic_folder(Path(out_dir)) as out:
         model.model.vision_model.save_pretrained(out)
