@@ -9,6 +9,7 @@ Example:
 
 import copy
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,10 +78,33 @@ class HiveRecipe:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"stage{stage}: unknown key(s) {unknown}; {config_class.__name__} has no such field.")
+        types = {f.name: f.type for f in dataclasses.fields(config_class)}
+        for key, value in values.items():
+            _check_scalar(f"stage{stage}.{key}", value, types[key])
         try:
             return config_class(output_dir=output_dir, **values)
         except (TypeError, ValueError) as error:
             raise ValueError(f"stage{stage}: {error}") from error
+
+
+_SCALARS = (bool, int, float, str)
+
+
+def _check_scalar(where: str, value, annotation) -> None:
+    """Raises naming `where` when `value` does not fit a plain bool/int/float/str field (others are left to the class)."""
+    allowed = [t for t in (typing.get_args(annotation) or (annotation,)) if t is not type(None)]
+    if value is None or not allowed or not all(t in _SCALARS for t in allowed):
+        return
+    fits = (
+        (bool in allowed and isinstance(value, bool))
+        or (int in allowed and isinstance(value, int) and not isinstance(value, bool))
+        or (float in allowed and isinstance(value, (int, float)) and not isinstance(value, bool))
+        or (str in allowed and isinstance(value, str))
+    )
+    if not fits:
+        hint = " (YAML reads 1e-3 as text: write 1.0e-3)" if isinstance(value, str) and float in allowed else ""
+        names = " or ".join(t.__name__ for t in allowed)
+        raise ValueError(f"{where}: expected {names}, got {type(value).__name__} ({value!r}){hint}.")
 
 
 def _build(cls, values, where: str):
