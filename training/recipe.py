@@ -15,6 +15,9 @@ from pathlib import Path
 
 import torch
 import yaml
+from huggingface_hub.errors import StrictDataclassError
+
+from modeling_hive import HiveConfig
 
 from .alignment_config import HiveAlignmentConfig
 from .finetune_config import HiveFinetuneConfig
@@ -148,6 +151,19 @@ _TYPES = {
 }
 
 
+def _check_hive_fields(model: HiveModelRecipe, where: str) -> None:
+    """Unknown HiveConfig keys raise (HiveConfig keeps them silently); with both backbones given as configs, so do bad values."""
+    known = {f.name for f in dataclasses.fields(HiveConfig)} - {"vision_config", "text_config"}
+    unknown = sorted(set(model.hive) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; HiveConfig has no such field.")
+    if model.vision_config is not None and model.text_config is not None:
+        try:
+            HiveConfig(vision_config=model.vision_config, text_config=model.text_config, **model.hive)
+        except (ValueError, TypeError, StrictDataclassError) as error:
+            raise ValueError(f"{where}: {' '.join(str(error).split())}") from error
+
+
 def apply_overrides(values: dict, overrides: list[str]) -> dict:
     """Applies `dotted.key=value` overrides (values parsed as YAML) to a recipe mapping."""
     values = copy.deepcopy(values)
@@ -185,6 +201,7 @@ def parse_recipe(values: dict, where: str = "recipe") -> HiveRecipe:
         raise ValueError(f"{where}.model: give exactly one of text_model (Hub id or folder) or text_config.")
     if model.text_model is None and data.tokenizer is None:
         raise ValueError(f"{where}.data.tokenizer: a text model built from a config has no tokenizer; set tokenizer: shapes.")
+    _check_hive_fields(model, f"{where}.model.hive")
     # Fail at load time, not hours into a run. A GPU recipe read on a CPU-only machine is checked as if use_cpu
     # were set (its bf16 and the like are verified against the hardware when it runs).
     hardware = {} if torch.cuda.is_available() else {"use_cpu": True}
