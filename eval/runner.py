@@ -3,12 +3,13 @@
 import hashlib
 import json
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import PIL.Image
+
+from hive_vlm.files import write_atomically
 
 from .benchmark import HiveBenchmark
 
@@ -240,25 +241,9 @@ def _read_sidecar(sidecar: Path, header: dict) -> dict:
             "or pass another --out."
         )
     if len(records) != len(lines):
-        write_text_atomic(sidecar, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
+        write_atomically(sidecar, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
     return {record["id"]: record for record in records[1:]}
 
 
-def write_text_atomic(path, text: str) -> None:
-    """Write `text` to a temporary file next to `path`, fsync it, then move it over `path`."""
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-
-
 def write_json_atomic(path, payload: dict) -> None:
-    write_text_atomic(path, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+    write_atomically(path, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")

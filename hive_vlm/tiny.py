@@ -64,9 +64,20 @@ def tiny_text_config(family: str, vocab_size: int = 128, hidden_size: int = 32, 
     raise ValueError(f"Unknown text family {family!r}; choose llama, qwen2, mistral or gpt2.")
 
 
-def tiny_hive_config(vision_family: str = "vit", text_family: str = "llama", vision_kwargs=None, text_kwargs=None, **hive_kwargs):
-    """A tiny HIVE config; `hive_kwargs` are HiveConfig fields (default pairs: [[1, 1], [3, 3]])."""
+def tiny_hive_config(vision_family: str = "vit", text_family: str = "llama", vision_kwargs=None, text_kwargs=None, tokenizer=None, **hive_kwargs):
+    """A tiny HIVE config; `hive_kwargs` are HiveConfig fields (default pairs: [[1, 1], [3, 3]]).
+
+    With `tokenizer`, the LLM's vocabulary size and pad/bos/eos ids are the tokenizer's.
+    """
     hive_kwargs.setdefault("cross_attention_layers", [[1, 1], [3, 3]])
+    if tokenizer is not None:
+        text_kwargs = {
+            "vocab_size": len(tokenizer),
+            "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            **(text_kwargs or {}),
+        }
     return HiveConfig(
         vision_config=tiny_vision_config(vision_family, **(vision_kwargs or {})).to_dict(),
         text_config=tiny_text_config(text_family, **(text_kwargs or {})).to_dict(),

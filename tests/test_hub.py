@@ -59,15 +59,8 @@ def processor():
 
 @pytest.fixture(scope="module")
 def model(processor):
-    tokenizer = processor.tokenizer
-    text_kwargs = dict(
-        vocab_size=len(tokenizer),
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
     torch.manual_seed(0)
-    config = tiny_hive_config("vit", "llama", text_kwargs=text_kwargs, gate_init=0.5, cross_attention_layers=[[1, 2], [3, 3]])
+    config = tiny_hive_config("vit", "llama", tokenizer=processor.tokenizer, gate_init=0.5, cross_attention_layers=[[1, 2], [3, 3]])
     return HiveForConditionalGeneration(config).eval()
 
 

@@ -65,7 +65,7 @@ def chat_rows(n=8, seed=0):
 
 def hive_model(processor, seed=0, **kwargs):
     torch.manual_seed(seed)
-    config = tiny_hive_config("vit", "llama", text_kwargs={"vocab_size": len(processor.tokenizer)}, **kwargs)
+    config = tiny_hive_config("vit", "llama", tokenizer=processor.tokenizer, **kwargs)
     return HiveForConditionalGeneration(config)
 
 

@@ -1,41 +1,16 @@
 """Callbacks every HIVE stage runs with: completed-checkpoint markers and the non-finite gradient guard."""
 
-import os
 import re
-import shutil
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from hive_vlm.files import write_atomically
+
 
 COMPLETE_MARKER = "hive_checkpoint_complete"
-
-
-def write_atomically(path, text: str) -> None:
-    """Writes a small text file so that it either exists whole or not at all."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
-@contextmanager
-def atomic_folder(path):
-    """Yields a temporary folder that replaces `path` only once the block finished without error."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.partial")
-    shutil.rmtree(temporary, ignore_errors=True)
-    temporary.mkdir(parents=True)
-    yield temporary
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(temporary, path)
 
 
 class HiveCheckpointMarkerCallback(TrainerCallback):

@@ -10,9 +10,8 @@ from pathlib import Path
 
 from transformers import AutoImageProcessor
 
+from hive_vlm.files import atomic_folder
 from modeling_hive import HiveForConditionalGeneration
-
-from .callbacks import atomic_folder
 
 
 def export_vision(model_dir: str, out_dir: str) -> str:

@@ -26,13 +26,14 @@ from hive_vlm.data.collators import HiveCaptionCollator, HiveChatCollator, HiveM
 from hive_vlm.data.report import HiveDataReport
 from hive_vlm.data.shapes import HiveShapesConfig, generate_shapes
 from hive_vlm.data.shapes_layouts import SHORT_ANSWER_PROMPT, to_caption_pairs, to_conversations
+from hive_vlm.files import atomic_folder
 from hive_vlm.hub.push import hub_settings, push_training_run
 from hive_vlm.tokenizer import build_tokenizer
 from modeling_hive import HiveForConditionalGeneration, HiveProcessor
 
 from .alignment_config import HiveAlignmentConfig
 from .alignment_trainer import HiveAlignmentTrainer
-from .callbacks import atomic_folder, last_complete_checkpoint
+from .callbacks import last_complete_checkpoint
 from .finetune_trainer import HiveFinetuneTrainer, merge_adapter
 from .mim_trainer import HiveMIMModel, HiveMIMTrainer, load_encoder_for_mim
 from .recipe import HiveRecipe

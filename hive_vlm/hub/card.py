@@ -11,10 +11,11 @@ import logging
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from hive_vlm.files import write_atomically
 
 
 logger = logging.getLogger(__name__)
@@ -192,7 +193,7 @@ def write_training_record(run_dir, recipe) -> Path:
         },
     }
     path = Path(run_dir) / PROVENANCE_NAME
-    _write_text_atomic(path, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+    write_atomically(path, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
     return path
 
 
@@ -463,23 +464,8 @@ def write_model_card(model_dir, results=(), **kwargs) -> Path:
     text = str(build_model_card(model_dir, results, **kwargs))
     path = Path(model_dir) / CARD_NAME
     if not path.is_file() or path.read_text(encoding="utf-8") != text:
-        _write_text_atomic(path, text)
+        write_atomically(path, text)
     return path
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(temporary, 0o644)  # mkstemp creates 0600
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
 
 
 # --- command line -----------------------------------------------------------------------------------------------
