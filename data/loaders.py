@@ -153,11 +153,14 @@ def _load_raw(source, format, split, streaming, cache_dir):
         path = os.fspath(source)
         if not os.path.isdir(path):
             raise ValueError(f"save_to_disk folder {path!r} does not exist.")
+        index = os.path.join(path, "dataset_dict.json")
+        if os.path.isfile(index):  # one split of a DatasetDict, read alone: an empty sibling split breaks load_from_disk
+            with open(index, encoding="utf-8") as handle:
+                splits = json.load(handle)["splits"]
+            if split not in splits:
+                raise ValueError(f"split {split!r} is not in {path!r}; it has {sorted(splits)}.")
+            path = os.path.join(path, split)
         dataset = datasets.load_from_disk(path)
-        if isinstance(dataset, datasets.DatasetDict):
-            if split not in dataset:
-                raise ValueError(f"split {split!r} is not in {path!r}; it has {sorted(dataset)}.")
-            dataset = dataset[split]
         return (dataset.to_iterable_dataset() if streaming else dataset), kind
     if kind == "imagefolder":
         path = os.fspath(source)
