@@ -25,7 +25,7 @@ from .mim_config import HiveMIMConfig
 
 
 STAGE_CONFIGS = {1: HiveMIMConfig, 2: HiveAlignmentConfig, 3: HiveFinetuneConfig}
-DATA_FORMATS = ("shapes", "save_to_disk", "parquet", "imagefolder", "webdataset", "llava", None)
+DATA_FORMATS = ("shapes", "disk", "parquet", "imagefolder", "webdataset", "llava", None)
 
 
 @dataclass
