@@ -462,7 +462,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         model = build(("siglip", "qwen2"), gate=0.5)
         model.train()
         if checkpointing:
-            model.gradient_checkpointing_enable()
+            model.activation_checkpointing_enable()
             assert model.model.cross_attention_layers[0].gradient_checkpointing
         model(input_ids=input_ids, pixel_values=pixel_values, labels=input_ids).loss.backward()
         return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
