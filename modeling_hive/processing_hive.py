@@ -145,6 +145,8 @@ def _pil_to_rgb(image: PIL.Image.Image, where: str) -> PIL.Image.Image:
         return _flatten_alpha(image)
     if image.mode in _SIXTEEN_BIT_MODES:
         array = np.asarray(image).astype(np.int64)
+        if array.min() < 0:
+            raise ValueError(f"{where}: integer image values must not be negative, got a minimum of {array.min()}.")
         return _array_to_rgb(np.clip(array, 0, 65535).astype(np.uint16), channels_first=False, where=where)
     if image.mode == "F":
         return _array_to_rgb(np.asarray(image), channels_first=False, where=where)
