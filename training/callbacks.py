@@ -48,6 +48,9 @@ def last_complete_checkpoint(output_dir) -> str | None:
 class HiveNonFiniteGuardCallback(TrainerCallback):
     """Stops training before the optimizer step when a gradient is NaN or inf, naming the step and the component.
 
+    The component named is the one whose gradient was non-finite as backward wrote it: gradient clipping, which runs
+    before the optimizer step, multiplies every gradient by the same NaN factor and would blame them all.
+
     Args:
         components: `{component name: [parameters]}`, e.g. `model.component_parameters()`.
     """
@@ -55,14 +58,23 @@ class HiveNonFiniteGuardCallback(TrainerCallback):
     def __init__(self, components: dict):
         self.component_of = {id(p): name for name, params in components.items() for p in params}
         self.parameters = {id(p): p for params in components.values() for p in params}
+        self.finite_after_backward = {}  # id(p) -> 0-d bool tensor, read only when a step goes wrong (no sync per step)
+        for p in self.parameters.values():
+            if p.requires_grad:
+                p.register_post_accumulate_grad_hook(self._record)
+
+    def _record(self, parameter):
+        self.finite_after_backward[id(parameter)] = torch.isfinite(parameter.grad).all()
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         bad = sorted(
             {self.component_of[key] for key, p in self.parameters.items() if p.grad is not None and not torch.isfinite(p.grad).all()}
         )
+        after_backward, self.finite_after_backward = self.finite_after_backward, {}
         if bad:
+            origin = sorted({self.component_of[key] for key, finite in after_backward.items() if not finite})
             raise FloatingPointError(
-                f"non-finite gradient at step {state.global_step + 1} in component(s) {bad}; the optimizer step was "
+                f"non-finite gradient at step {state.global_step + 1} in component(s) {origin or bad}; the optimizer step was "
                 "skipped and the weights are unchanged. Lower the learning rate, enable max_grad_norm or check the data."
             )
 
