@@ -251,7 +251,7 @@ def prepare_shared(settings: HiveAblationSettings, folder) -> dict:
     from hive_vlm.data.shapes_layouts import SHORT_ANSWER_PROMPT, to_mme, to_okvqa, to_scienceqa
     from hive_vlm.eval.runner import write_json_atomic
     from hive_vlm.tokenizer import build_tokenizer
-    from hive_vlm.training.callbacks import atomic_folder
+    from hive_vlm.files import atomic_folder
     from modeling_hive import HiveProcessor
 
     from .ablation_run import probe_encoder
@@ -331,6 +331,11 @@ def prepare_shared(settings: HiveAblationSettings, folder) -> dict:
     return meta
 
 
+def _run_settings(settings: dict | None) -> dict | None:
+    """What one run depends on: everything but the lists of fusions and seeds (so a study can grow or shrink)."""
+    return None if settings is None else {key: value for key, value in settings.items() if key not in ("fusions", "seeds")}
+
+
 def run_one(spec: dict, isolate: bool) -> dict:
     """One fusion and seed: in a fresh spawned process when `isolate` (peak memory is then that run's own)."""
     from .ablation_run import run_fusion, run_fusion_in_child
@@ -386,7 +391,7 @@ def run_ablation(settings: HiveAblationSettings, out, isolate: bool = True) -> d
             spec = {"fusion": name, "seed": seed, "shared": str(out / "shared"), "out": str(run_dir), "settings": asdict(settings)}
             if (run_dir / "result.json").is_file():
                 kept = json.loads((run_dir / "result.json").read_text())
-                if kept.get("settings") != json.loads(json.dumps(spec["settings"])):
+                if _run_settings(kept.get("settings")) != _run_settings(json.loads(json.dumps(spec["settings"]))):
                     raise ValueError(f"{run_dir} holds a run with other settings; pass a new --out (or delete that folder).")
                 print(f"[ablate] {name} seed {seed}: kept from an earlier run", flush=True)
                 runs.append(kept)

@@ -201,7 +201,8 @@ def write_report(out, settings, meta: dict, runs: list[dict], matched: dict | No
     """
     from dataclasses import asdict
 
-    from hive_vlm.eval.runner import write_json_atomic, write_text_atomic
+    from hive_vlm.eval.runner import write_json_atomic
+    from hive_vlm.files import write_atomically
 
     out = Path(out)
     flat = [{"fusion": run["fusion"], "seed": run["seed"], "metrics": run_metrics(run)} for run in runs]
@@ -222,5 +223,5 @@ def write_report(out, settings, meta: dict, runs: list[dict], matched: dict | No
         "plots": plots,
     }  # fmt: skip
     write_json_atomic(out / "ablation.json", report)
-    write_text_atomic(out / "ablation.md", markdown(settings, meta, table, verdicts, matched, plots))
+    write_atomically(out / "ablation.md", markdown(settings, meta, table, verdicts, matched, plots))
     return report
