@@ -193,15 +193,22 @@ def _column_names(dataset):
     return list(dataset.features or next(iter(dataset)).keys())
 
 
+def _name(source):
+    """A source as the user wrote it: paths as strings, lists of paths as lists of strings."""
+    if isinstance(source, (list, tuple)):
+        return [os.fspath(item) if isinstance(item, os.PathLike) else item for item in source]
+    return os.fspath(source) if isinstance(source, os.PathLike) else source
+
+
 def _pick_column(columns, requested, candidates, what, source):
     if requested is not None:
         if requested not in columns:
-            raise ValueError(f"{what} column {requested!r} is not in {source!r}; its columns are {columns}.")
+            raise ValueError(f"{what} column {requested!r} is not in {_name(source)!r}; its columns are {columns}.")
         return requested
     for name in candidates:
         if name in columns:
             return name
-    raise ValueError(f"no {what} column in {source!r}: looked for {list(candidates)}, found {columns}. "
+    raise ValueError(f"no {what} column in {_name(source)!r}: looked for {list(candidates)}, found {columns}. "
                      f"Pass {what}_column=.")
 
 

@@ -159,6 +159,8 @@ def evaluate_benchmark(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     sidecar = out.with_name(out.name + ".predictions.jsonl")
+    for stale in out.parent.glob(f".{out.name}.*.tmp"):  # left by a run killed mid-write; never read, now gone
+        stale.unlink(missing_ok=True)
     header = {
         "benchmark": benchmark.name,
         "data": str(data),

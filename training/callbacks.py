@@ -1,5 +1,6 @@
 """Callbacks every HIVE stage runs with: completed-checkpoint markers and the non-finite gradient guard."""
 
+import os
 import re
 from pathlib import Path
 
@@ -23,6 +24,14 @@ class HiveCheckpointMarkerCallback(TrainerCallback):
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
             if folder.is_dir():
+                # The Trainer's files reach the disk before the marker does, so a power loss cannot leave a
+                # marked checkpoint whose weights were still in the page cache.
+                for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+                    descriptor = os.open(path, os.O_RDONLY)
+                    try:
+                        os.fsync(descriptor)
+                    finally:
+                        os.close(descriptor)
                 write_atomically(folder / COMPLETE_MARKER, f"{state.global_step}\n")
 
 
