@@ -6,7 +6,7 @@ can be told apart, and the report says so.
 
 Example:
     >>> aggregate([{"fusion": "flat", "metrics": {"test/all": 40.0}}, {"fusion": "flat", "metrics": {"test/all": 44.0}}])
-    {'flat': {'test/all': {'mean': 42.0, 'std': 2.83, 'n': 2}}}
+    {'flat': {'test/all': {'mean': 42.0, 'std': 2.8284, 'n': 2}}}
 """
 
 import statistics
@@ -49,7 +49,7 @@ def aggregate(runs: list[dict]) -> dict:
     for run in runs:
         for metric, value in run["metrics"].items():
             values.setdefault(run["fusion"], {}).setdefault(metric, []).append(value)
-    return {fusion: {metric: {"mean": round(statistics.fmean(v), 2), "std": round(statistics.stdev(v), 2) if len(v) > 1 else 0.0,
+    return {fusion: {metric: {"mean": round(statistics.fmean(v), 4), "std": round(statistics.stdev(v), 4) if len(v) > 1 else 0.0,
                               "n": len(v)} for metric, v in metrics.items()}
             for fusion, metrics in values.items()}  # fmt: skip
 

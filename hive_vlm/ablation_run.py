@@ -55,8 +55,34 @@ def schedule(step: int, steps: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident set size so far, in MiB (`ru_maxrss`: KiB on Linux, bytes on macOS)."""
+def _status_mb(field: str) -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        return None
+    return None
+
+
+def reset_peak_rss() -> tuple[str, float]:
+    """Starts a peak-memory window: on Linux the kernel's peak-RSS counter is reset (`/proc/self/clear_refs` "5") and
+    the current RSS returned; elsewhere `ru_maxrss` so far is the baseline. Returns `(method, baseline MiB)`."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        current = _status_mb("VmRSS")
+        if current is not None:
+            return "VmHWM", current
+    except OSError:
+        pass
+    return "ru_maxrss", peak_rss_mb("ru_maxrss")
+
+
+def peak_rss_mb(method: str) -> float:
+    """Peak resident set size in MiB: since the last `reset_peak_rss` ("VmHWM"), or of the whole process ("ru_maxrss":
+    KiB on Linux, bytes on macOS)."""
+    if method == "VmHWM":
+        return _status_mb("VmHWM")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
@@ -220,7 +246,7 @@ def run_fusion(spec: dict) -> dict:
     captions = to_caption_pairs(train)
     chats = datasets.load_from_disk(str(shared / "data" / "chats"))
     max_length = settings["data"]["max_length"]
-    baseline_rss = peak_rss_mb()
+    memory_method, baseline_rss = reset_peak_rss()
     started = time.perf_counter()
 
     fusion = build_fusion(name, shared / "backbones" / "vision", shared / "backbones" / "text", meta["image_token_id"],
@@ -251,12 +277,13 @@ def run_fusion(spec: dict) -> dict:
     result["final"] = evaluate_fusion(fusion, processor, shared, out / "final", eval_settings, final=True)
     result["linear_probe"] = probe_encoder(fusion.encoder, processor.image_processor, shared, eval_settings["probe_epochs"],
                                            eval_settings.get("probe_limit"))  # fmt: skip
-    peak = peak_rss_mb()
+    peak = peak_rss_mb(memory_method)
     result["timing"] = {"stage2_seconds_per_step": round(stage2["seconds_per_step"], 4),
                         "stage3_seconds_per_step": round(stage3["seconds_per_step"], 4),
                         "wall_seconds": round(time.perf_counter() - started, 1), "train_wall_seconds": round(train_seconds, 1)}  # fmt: skip
     result["memory"] = {"peak_rss_mb": round(peak, 1), "peak_rss_delta_mb": round(peak - baseline_rss, 1),
-                        "baseline_rss_mb": round(baseline_rss, 1), "isolated": bool(spec.get("isolated"))}  # fmt: skip
+                        "baseline_rss_mb": round(baseline_rss, 1), "method": memory_method,
+                        "isolated": bool(spec.get("isolated"))}  # fmt: skip
     write_json_atomic(out / "result.json", result)
     return result
 

@@ -132,3 +132,13 @@ def test_recipe_errors_name_the_key():
         parse_settings({**values, "fusions": ["hive-paired", "perceiver"]})
     with pytest.raises(ValueError, match="unknown fusion 'perceiver'"):
         build_fusion("perceiver", "v", "t", 5)
+
+
+def test_peak_memory_window_sees_an_allocation_made_inside_it():
+    from hive_vlm.ablation_run import peak_rss_mb, reset_peak_rss
+
+    method, baseline = reset_peak_rss()
+    block = torch.ones(200 * 2**20, dtype=torch.uint8)  # 200 MiB, touched
+    peak = peak_rss_mb(method)
+    del block
+    assert peak - baseline >= 180, (method, baseline, peak)
