@@ -353,7 +353,7 @@ def run_one(spec: dict, isolate: bool) -> dict:
     return json.loads(path.read_text())
 
 
-def run_ablation(settings: HiveAblationSettings, out, isolate: bool = True) -> dict:
+def run_ablation(settings: HiveAblationSettings, out, isolate: bool = True, threads: int | None = None) -> dict:
     """Prepares the shared backbones and data, runs every fusion with every seed (finished runs are kept and
     reused), and writes the report. Returns the report's JSON content.
 
@@ -361,6 +361,8 @@ def run_ablation(settings: HiveAblationSettings, out, isolate: bool = True) -> d
         settings (`HiveAblationSettings`): what to run.
         out (`str` or `os.PathLike`): the study's folder (`shared/`, `runs/`, `ablation.md`, `ablation.json`, `plots/`).
         isolate (`bool`): one process per run (honest per-run peak memory); False runs everything in this process.
+        threads (`int`, *optional*): torch threads per run (torch's default when unset). On a machine shared with
+            other jobs, 1 avoids oversubscribed threads spinning against each other (several times slower).
 
     Example:
         >>> report = run_ablation(load_settings(quick=True), "/tmp/ablation-quick")  # doctest: +SKIP
@@ -372,6 +374,10 @@ def run_ablation(settings: HiveAblationSettings, out, isolate: bool = True) -> d
     from .ablation_run import quiet
 
     quiet()
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -388,7 +394,8 @@ def run_ablation(settings: HiveAblationSettings, out, isolate: bool = True) -> d
     for seed in settings.seeds:
         for name in settings.fusions:
             run_dir = out / "runs" / f"{name}-seed{seed}"
-            spec = {"fusion": name, "seed": seed, "shared": str(out / "shared"), "out": str(run_dir), "settings": asdict(settings)}
+            spec = {"fusion": name, "seed": seed, "shared": str(out / "shared"), "out": str(run_dir), "settings": asdict(settings),
+                    "threads": threads}
             if (run_dir / "result.json").is_file():
                 kept = json.loads((run_dir / "result.json").read_text())
                 if _run_settings(kept.get("settings")) != _run_settings(json.loads(json.dumps(spec["settings"]))):
@@ -418,6 +425,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="Tiny sizes and a few steps: every output in minutes (numbers mean nothing).")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="Override a recipe value, e.g. --set stage3.steps=400 (repeatable).")  # fmt: skip
+    parser.add_argument("--threads", type=int, help="Torch threads per run (default: torch's); 1 on a machine shared with other jobs.")
     parser.add_argument("--no-isolate", action="store_true", help="Run every fusion in this process (peak memory is then cumulative).")
 
 
@@ -431,5 +439,7 @@ def run(args) -> int:
     if args.match_params:
         overrides.append("match_params=true")
     settings = load_settings(args.recipe, quick=args.quick, overrides=overrides)
-    run_ablation(settings, args.out, isolate=not args.no_isolate)
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {args.threads}.")
+    run_ablation(settings, args.out, isolate=not args.no_isolate, threads=args.threads)
     return 0

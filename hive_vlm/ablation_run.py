@@ -289,6 +289,6 @@ def run_fusion(spec: dict) -> dict:
 
 
 def run_fusion_in_child(spec: dict) -> None:
-    """Entry point of the subprocess `hive ablate` starts per run, so `ru_maxrss` measures that run alone."""
+    """Entry point of the subprocess `hive ablate` starts per run, so the peak memory it reports is that run's alone."""
     torch.set_num_threads(spec.get("threads") or torch.get_num_threads())
     run_fusion({**spec, "isolated": True})
