@@ -44,7 +44,7 @@ SECTIONS = {
     "mim": {"steps": 50, "batch_size": 32, "learning_rate": 1e-3, "mask_ratio": 0.5},
     "stage2": {"steps": 100, "batch_size": 16, "learning_rate": 1e-3, "weight_decay": 0.0},
     "stage3": {"steps": 200, "batch_size": 16, "learning_rate": 1e-3, "vision_learning_rate": 1e-4, "weight_decay": 0.0,
-               "train_vision": True},
+               "train_vision": True, "train_llm": False},
     "eval": {"checkpoints": 4, "validation_limit": 64, "batch_size": 32, "limit": None, "probe_epochs": 30,
              "probe_limit": None},
 }  # fmt: skip
@@ -333,7 +333,10 @@ def prepare_shared(settings: HiveAblationSettings, folder) -> dict:
 
 def _run_settings(settings: dict | None) -> dict | None:
     """What one run depends on: everything but the lists of fusions and seeds (so a study can grow or shrink)."""
-    return None if settings is None else {key: value for key, value in settings.items() if key not in ("fusions", "seeds")}
+    if settings is None:
+        return None
+    kept = {key: value for key, value in settings.items() if key not in ("fusions", "seeds")}
+    return {**kept, **{section: {**defaults, **(kept.get(section) or {})} for section, defaults in SECTIONS.items()}}
 
 
 def run_one(spec: dict, isolate: bool) -> dict:
@@ -426,7 +429,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="Override a recipe value, e.g. --set stage3.steps=400 (repeatable).")  # fmt: skip
     parser.add_argument("--threads", type=int, help="Torch threads per run (default: torch's); 1 on a machine shared with other jobs.")
-    parser.add_argument("--no-isolate", action="store_true", help="Run every fusion in this process (peak memory is then cumulative).")
+    parser.add_argument("--no-isolate", action="store_true", help="Run every fusion in this process (faster to start; memory then shares one process).")
 
 
 def run(args) -> int:

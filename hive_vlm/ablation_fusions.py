@@ -101,10 +101,11 @@ class HiveAblationFusion:
     def loss(self, batch: dict) -> torch.Tensor:
         return self.model(**self.model_inputs(batch)).loss
 
-    def set_stage(self, stage: int, train_vision: bool = True) -> dict:
-        """Freezes everything but what `stage` trains (2: the fusion; 3: the fusion and, with `train_vision`, the
-        encoder); parameters the loss never reaches (found by one probe backward) stay frozen. Returns the counts."""
-        wanted = {"vision": stage == 3 and train_vision, "fusion": True, "llm": False}
+    def set_stage(self, stage: int, train_vision: bool = True, train_llm: bool = False) -> dict:
+        """Freezes everything but what `stage` trains (2: the fusion; 3: the fusion, the encoder with `train_vision`
+        and the whole LLM with `train_llm`); parameters the loss never reaches (found by one probe backward) stay
+        frozen. Returns the counts."""
+        wanted = {"vision": stage == 3 and train_vision, "fusion": True, "llm": stage == 3 and train_llm}
         for name, params in self.components.items():
             for parameter in params:
                 parameter.requires_grad_(wanted[name])

@@ -102,7 +102,8 @@ def markdown(settings, meta: dict, table: dict, verdicts: list[dict], matched: d
     lines = [f"# Ablation: {settings.name}", "",
              f"Fusions: {', '.join(fusions)}. Seeds: {seeds} (mean ± sample std over seeds). Stage 2: {settings.stage2['steps']} steps "
              f"× {settings.stage2['batch_size']}; stage 3: {settings.stage3['steps']} steps × {settings.stage3['batch_size']} "
-             f"(encoder {'trained' if settings.stage3['train_vision'] else 'frozen'}); LLM frozen throughout. "
+             f"(encoder {'trained' if settings.stage3['train_vision'] else 'frozen'}); LLM "
+             f"{'trained in stage 3' if settings.stage3['train_llm'] else 'frozen throughout'}. "
              f"hive-shapes: {settings.data['num_train']} train scenes, {settings.data['num_test']} test and "
              f"{settings.data['num_test_compositional']} compositional test scenes of {settings.data['image_size']} px.", ""]  # fmt: skip
     if matched:

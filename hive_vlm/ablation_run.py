@@ -2,10 +2,11 @@
 
 Every fusion sees the same batches in the same order (the seed fixes the order; each batch's SHA-256 over its pixels,
 token ids and labels is recorded per step), trains the same numbers of steps with the same optimiser, and is
-evaluated by the same adapters and scorers. The LLM stays frozen in both stages.
+evaluated by the same adapters and scorers. The LLM stays frozen unless `stage3.train_llm` is set.
 
     stage 2  the fusion weights train on captions (`HiveCaptionCollator`), encoder frozen
-    stage 3  the fusion weights and the encoder (its own learning rate) train on chats (`HiveChatCollator`)
+    stage 3  the fusion weights and the encoder (its own learning rate) train on chats (`HiveChatCollator`); the
+             LLM too with `stage3.train_llm` (at the fusion's learning rate)
 
 Example:
     >>> result = run_fusion({"fusion": "flat", "seed": 0, "shared": "abl/shared", "out": "abl/runs/flat-0",
@@ -258,7 +259,8 @@ def run_fusion(spec: dict) -> dict:
                          settings["stage2"], seed * 1000 + 2)  # fmt: skip
 
     stage3_settings = settings["stage3"]
-    result["parameters"]["stage3"] = fusion.set_stage(3, train_vision=stage3_settings.get("train_vision", True))
+    result["parameters"]["stage3"] = fusion.set_stage(3, train_vision=stage3_settings.get("train_vision", True),
+                                                      train_llm=stage3_settings.get("train_llm", False))  # fmt: skip
     eval_settings = settings["eval"]
     checkpoints = sorted({round(stage3_settings["steps"] * k / eval_settings["checkpoints"]) for k in range(eval_settings["checkpoints"] + 1)})
     curve = []

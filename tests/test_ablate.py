@@ -89,6 +89,8 @@ def test_reported_parameter_counts_are_the_weights_that_train(quick):
     counts = hive.set_stage(3)
     # HIVE reads encoder layers, not the final norm or the pooler: those never get a gradient, so they are not counted.
     assert 0 < counts["vision"]["trainable"] < counts["vision"]["total"]
+    counts = hive.set_stage(3, train_llm=True)
+    assert counts["llm"]["trainable"] == sum(p.numel() for p in hive.components["llm"] if p.requires_grad) > 0
 
 
 def test_match_params_brings_budgets_within_ten_percent(quick):
