@@ -1,0 +1,621 @@
+"""`hive demo`: the whole HIVE method end to end on one machine, offline, in minutes on a CPU.
+
+Phases (each prints its progress):
+    1. data       hive-shapes generated from a seed; a word-level tokenizer built from its text
+    2. backbones  a tiny ViT and a tiny Llama-style LLM built from configs
+    3. stage 0    the LLM pretrained on the synthetic text (captions and question-answer chats): HIVE assumes a
+                  pretrained LLM, and none can be downloaded here
+    4. stages 1-3 masked image modelling, hierarchical alignment, joint fine-tuning (`HiveRecipeRun`)
+    5. eval       hive-shapes test and test_compositional per level next to the majority-answer baseline, and the
+                  MME-, ScienceQA- and OK-VQA-layout views, each scored by its official scorer
+    6. hub folder the final model, its card and its results, ready for `hive push`
+    7. pipeline   that folder loaded back with `pipeline("visual-question-answering", trust_remote_code=True)`,
+                  asked about a freshly generated image
+    8. figure     per-level cross-attention maps and gates (`hive visualize`)
+
+Layout of `--out`:
+    run/        the training run (processor/, data/, backbones/, stage1-3/, final/; see hive_vlm.training.pipeline)
+    model/      the Hub-ready folder
+    results/    one results JSON per evaluation, baselines.json and summary.json
+    fresh_scene.png, attention.png
+
+Example:
+    $ hive demo --out hive-demo
+    $ hive demo --out /tmp/demo --fast
+    $ hive demo --text-model Qwen/Qwen2-0.5B --vision-model google/siglip-base-patch16-224
+"""
+
+import argparse
+import dataclasses
+import logging
+import os
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+from transformers import ViTImageProcessorPil
+
+from hive_vlm.data.schema import message_text
+from hive_vlm.data.shapes import LEVELS, HiveShapesConfig, generate_scene
+from hive_vlm.data.shapes_layouts import SHORT_ANSWER_PROMPT, to_mme, to_okvqa, to_scienceqa
+from hive_vlm.files import atomic_folder
+from hive_vlm.training.pipeline import HiveRecipeRun
+from hive_vlm.training.recipe import HiveRecipe, parse_recipe
+from modeling_hive import HiveProcessor
+
+
+@dataclass
+class HiveDemoSettings:
+    """Sizes, data and schedules of one demo run.
+
+    Args:
+        image_size, patch_size: hive-shapes image side and the ViT's patch side, in pixels.
+        vision_hidden_size, vision_layers, text_hidden_size, text_layers: backbone sizes (4 heads each).
+        text_initializer_range: the tiny LLM's `initializer_range`, about 1/sqrt(width) rather than the 0.02 made for
+            wide models. HIVE's own blocks and projectors are initialised with it too (HiveConfig takes the LLM's).
+        cross_attention_layers: `[vision_layer, text_layer]` pairs, one per level of the hierarchy.
+        hierarchy_mode, cross_attention_intermediate_size, gate_init: as in `HiveConfig`.
+        num_train, num_test: hive-shapes scenes in train and in each of test and test_compositional.
+        pretrain_steps, pretrain_batch_size, pretrain_learning_rate: stage 0, the LLM's causal-LM pretraining.
+        turns_per_chat: question-answer turns per stage-3 chat (see `demo_conversations`).
+        stage1, stage2, stage3: the recipe's `TrainingArguments` fields of each stage.
+        eval_batch_size: prompts per `generate()` call during evaluation.
+    """
+
+    image_size: int = 64
+    patch_size: int = 8
+    vision_hidden_size: int = 64
+    vision_layers: int = 4
+    text_hidden_size: int = 64
+    text_layers: int = 4
+    text_initializer_range: float = 0.1
+    cross_attention_layers: list = field(default_factory=lambda: [[0, 1], [1, 2], [3, 3]])
+    hierarchy_mode: str = "paired"
+    cross_attention_intermediate_size: int | None = 128
+    gate_init: float = 0.1
+    num_train: int = 4000
+    num_test: int = 200
+    pretrain_steps: int = 150
+    pretrain_batch_size: int = 32
+    pretrain_learning_rate: float = 3e-3
+    turns_per_chat: int = 3
+    stage1: dict = field(default_factory=lambda: {"max_steps": 30, "per_device_train_batch_size": 32, "learning_rate": 1e-3,
+                                                  "mask_ratio": 0.5})
+    stage2: dict = field(default_factory=lambda: {"max_steps": 900, "per_device_train_batch_size": 32, "learning_rate": 2e-3,
+                                                  "train_vision": True})
+    stage3: dict = field(default_factory=lambda: {"max_steps": 1200, "per_device_train_batch_size": 16, "learning_rate": 2e-3,
+                                                  "vision_learning_rate": 1e-3, "lora_r": 16, "lora_alpha": 32})
+    eval_batch_size: int = 32
+
+
+FULL = HiveDemoSettings()
+FAST = HiveDemoSettings(
+    image_size=32, patch_size=8, vision_hidden_size=32, vision_layers=4, text_hidden_size=32, text_layers=4,
+    cross_attention_layers=[[0, 1], [1, 2], [3, 3]], num_train=64, num_test=8,
+    pretrain_steps=10, pretrain_batch_size=16,
+    stage1={"max_steps": 3, "per_device_train_batch_size": 16, "learning_rate": 1e-3, "mask_ratio": 0.5},
+    stage2={"max_steps": 3, "per_device_train_batch_size": 8, "learning_rate": 1e-3},
+    stage3={"max_steps": 3, "per_device_train_batch_size": 8, "learning_rate": 1e-3, "vision_learning_rate": 1e-4,
+            "lora_r": 4, "lora_alpha": 8},
+    eval_batch_size=16,
+)  # fmt: skip
+CAPTION_PROMPT = "Describe the image."
+EVAL_SPLITS = ("test", "test_compositional")
+# The shapes tokenizer lowercases, so answers come out as "a", not "A": LLaVA's ScienceQA parser is case-sensitive,
+# lmms-eval's is not.
+PROTOCOLS = {"scienceqa": "lmms-eval"}
+
+
+MAX_LENGTH = 384
+
+
+class HiveDemoProgress:
+    """Prints numbered phases with the time each took."""
+
+    def __init__(self, num_phases: int):
+        self.num_phases = num_phases
+        self.index = 0
+        self.start = time.perf_counter()
+        self.times = {}
+        self._current = None
+
+    def phase(self, name: str, what: str) -> None:
+        self.finish()
+        self.index += 1
+        self._current = (name, time.perf_counter())
+        print(f"\n[{self.index}/{self.num_phases}] {what}  (t={self.elapsed():.0f}s)", flush=True)
+
+    def finish(self) -> None:
+        if self._current is not None:
+            name, started = self._current
+            self.times[name] = round(time.perf_counter() - started, 1)
+            print(f"[{self.index}/{self.num_phases}] {name} done in {self.times[name]:.1f}s", flush=True)
+            self._current = None
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def demo_conversations(scenes, seed: int = 0, turns_per_chat: int = 3):
+    """Stage-3 chats: per scene, its questions in the short-answer layout, its yes/no pair in MME's layout and one
+    question in ScienceQA's multiple-choice layout, shuffled per scene and cut into chats of `turns_per_chat` turns,
+    each with the scene's image in its first turn. Short chats keep sequences (and attention) short on a CPU.
+
+    Args:
+        scenes (`datasets.Dataset`): hive-shapes scenes (one row per scene).
+        seed (`int`): seeds the per-scene turn order and the multiple-choice question.
+        turns_per_chat (`int`): question-answer turns per chat (the last chat of a scene may have fewer).
+
+    Returns:
+        `datasets.Dataset` with `image` and `messages` (`hive_vlm.data.schema.chat_features`).
+
+    Example:
+        >>> from hive_vlm.data.shapes import generate_shapes
+        >>> scenes = generate_shapes(num_train=2, num_validation=0, num_test=0, num_test_compositional=0)["train"]
+        >>> chats = demo_conversations(scenes)  # 6 questions, 2 yes/no, 1 multiple choice: 9 turns, 3 chats per scene
+        >>> len(chats), len(chats[0]["messages"])
+        (6, 6)
+    """
+    import datasets
+    import numpy as np
+
+    from hive_vlm.data.schema import chat_features, text_message
+    from hive_vlm.eval.mme import HiveMMEBenchmark
+    from hive_vlm.eval.scienceqa import HiveScienceQABenchmark
+
+    if turns_per_chat < 1:
+        raise ValueError(f"turns_per_chat must be at least 1, got {turns_per_chat}.")
+    mme, scienceqa = HiveMMEBenchmark(), HiveScienceQABenchmark()
+
+    def convert(batch, indices):
+        rows = {"image": [], "messages": []}
+        for index, image, questions, yes_no in zip(indices, batch["image"], batch["questions"], batch["yes_no"]):
+            rng = np.random.default_rng([seed, index])
+            turns = [(q["question"] + SHORT_ANSWER_PROMPT, q["answer"]) for q in questions]
+            turns += [(mme.build_prompt(pair), pair["answer"]) for pair in yes_no]
+            asked = questions[int(rng.integers(len(questions)))]
+            choice = {"hint": "", "question": asked["question"], "choices": asked["choices"]}
+            turns.append((scienceqa.build_prompt(choice), chr(ord("A") + asked["choices"].index(asked["answer"]))))
+            order = rng.permutation(len(turns))
+            for start in range(0, len(order), turns_per_chat):
+                messages = []
+                for rank, turn in enumerate(order[start : start + turns_per_chat]):
+                    prompt, answer = turns[turn]
+                    messages.append(text_message("user", prompt, with_image=rank == 0))
+                    messages.append(text_message("assistant", answer))
+                rows["image"].append(image)
+                rows["messages"].append(messages)
+        return rows
+
+    raw = scenes.cast_column("image", datasets.Image(decode=False))
+    return raw.map(convert, batched=True, with_indices=True, remove_columns=raw.column_names, features=chat_features(),
+                   desc="demo conversations")  # fmt: skip
+
+
+class HiveDemoRun(HiveRecipeRun):
+    """The demo's training run: stage 3 trains on `demo_conversations`, and the shapes tokenizer also learns the
+    words of the MME and ScienceQA layouts. Everything else is `HiveRecipeRun`.
+
+    Example:
+        >>> run = HiveDemoRun(demo_recipe(FAST, "runs/demo", text_model="runs/demo/backbones/text-pretrained"))  # doctest: +SKIP
+        >>> run.run(stages=[1, 2, 3])  # doctest: +SKIP
+        'runs/demo/final'
+    """
+
+    def __init__(self, recipe: HiveRecipe, output_dir=None, resume: bool = False, turns_per_chat: int = 3):
+        super().__init__(recipe, output_dir, resume)
+        self.turns_per_chat = turns_per_chat
+        self._conversations = None
+
+    def conversations(self):
+        """The stage-3 chats of the train split, built once."""
+        if self._conversations is None:
+            self._conversations = demo_conversations(self.shapes()["train"], self.recipe.seed, self.turns_per_chat)
+        return self._conversations
+
+    def tokenizer_corpus(self):
+        yield from super().tokenizer_corpus()
+        for messages in self.conversations()["messages"]:
+            for message in messages:
+                yield message_text(message)
+
+    def dataset(self, stage: int):
+        source = self.recipe.data.stage3
+        if stage == 3 and source is not None and source.source == "shapes":
+            return self.conversations()
+        return super().dataset(stage)
+
+    def processor(self) -> HiveProcessor:
+        """The shapes tokenizer for an LLM the demo pretrains; the backbones' own processors for a given LLM."""
+        path = self.output_dir / "processor"
+        if path.is_dir() or self.recipe.data.tokenizer == "shapes" or self.recipe.model.vision_model:
+            return super().processor()
+        vision = self.vision_source()
+        if not (Path(vision) / "preprocessor_config.json").exists():
+            size = self.recipe.model.vision_config.get("image_size", 224)
+            ViTImageProcessorPil(size={"height": size, "width": size}).save_pretrained(vision)
+        processor = HiveProcessor.from_backbones(vision, self.recipe.model.text_model)
+        with atomic_folder(path) as out:
+            processor.save_pretrained(out)
+        return processor
+
+
+def demo_recipe(settings: HiveDemoSettings, output_dir, text_model: str, vision_model: str | None = None,
+                cross_attention_layers=None, seed: int = 0, shapes_tokenizer: bool = True) -> HiveRecipe:
+    """The demo's `HiveRecipe`: `settings` for sizes and schedules, `text_model` the (pretrained) LLM's folder or id.
+
+    Args:
+        settings (`HiveDemoSettings`): sizes, data and schedules.
+        output_dir (`str`): the run's folder.
+        text_model (`str`): the LLM: the folder stage 0 writes, or a user's Hub id or folder.
+        vision_model (`str`, *optional*): an encoder's Hub id or folder; a tiny ViT is built from `settings` when unset.
+        cross_attention_layers (`list`, *optional*): the layer pairs; `settings.cross_attention_layers` when unset.
+        seed (`int`): the run's seed (data, initialisation, data order).
+        shapes_tokenizer (`bool`): build the tokenizer from hive-shapes (for an LLM pretrained on it).
+    """
+    model = {"text_model": str(text_model), "hive": {
+        "cross_attention_layers": cross_attention_layers or settings.cross_attention_layers,
+        "hierarchy_mode": settings.hierarchy_mode, "gate_init": settings.gate_init,
+    }}  # fmt: skip
+    if settings.cross_attention_intermediate_size:
+        model["hive"]["cross_attention_intermediate_size"] = settings.cross_attention_intermediate_size
+    if vision_model:
+        model["vision_model"] = str(vision_model)
+    else:
+        model["vision_config"] = vision_config(settings)
+    # One checkpoint, at the last step: its trainer_state.json gives the card each stage's step count and loss.
+    common = {"logging_steps": 50, "report_to": "none", "save_total_limit": 1}
+    values = {
+        "name": "demo-shapes",
+        "output_dir": str(output_dir),
+        "seed": seed,
+        "model": model,
+        "data": {
+            "tokenizer": "shapes" if shapes_tokenizer else None,
+            "max_length": MAX_LENGTH,
+            "shapes": {"seed": seed, "image_size": settings.image_size, "num_train": settings.num_train,
+                       "num_validation": 8, "num_test": settings.num_test,
+                       "num_test_compositional": settings.num_test},
+            "stage1": {"source": "shapes"},
+            "stage2": {"source": "shapes"},
+            "stage3": {"source": "shapes"},
+        },
+        "stage1": {**common, "save_steps": settings.stage1["max_steps"], **settings.stage1},
+        "stage2": {**common, "save_steps": settings.stage2["max_steps"], "caption_prompt": CAPTION_PROMPT, **settings.stage2},
+        "stage3": {**common, "save_steps": settings.stage3["max_steps"], **settings.stage3},
+    }  # fmt: skip
+    return parse_recipe(values, where="demo recipe")
+
+
+def vision_config(settings: HiveDemoSettings) -> dict:
+    """The tiny ViT's config (4 heads)."""
+    return {"model_type": "vit", "image_size": settings.image_size, "patch_size": settings.patch_size,
+            "hidden_size": settings.vision_hidden_size, "num_hidden_layers": settings.vision_layers,
+            "num_attention_heads": 4, "intermediate_size": 2 * settings.vision_hidden_size}  # fmt: skip
+
+
+def text_config(settings: HiveDemoSettings, tokenizer) -> dict:
+    """The tiny Llama-style LLM's config, sized to `tokenizer` (4 heads, 2 key/value heads)."""
+    return {"model_type": "llama", "vocab_size": len(tokenizer), "hidden_size": settings.text_hidden_size,
+            "num_hidden_layers": settings.text_layers, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "intermediate_size": 2 * settings.text_hidden_size, "max_position_embeddings": MAX_LENGTH,
+            "initializer_range": settings.text_initializer_range,
+            "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id}  # fmt: skip
+
+
+def pretraining_texts(scenes, conversations, tokenizer, chat_template: str) -> list[list[int]]:
+    """Stage 0's token sequences: every caption as stage 2 sees it (prompt, caption, eos) and every stage-3 chat
+    rendered by the chat template, images left out."""
+    prompt = tokenizer(CAPTION_PROMPT)["input_ids"]
+    sequences = [prompt + tokenizer(caption, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+                 for caption in scenes["caption"]]  # fmt: skip
+    for messages in conversations["messages"]:
+        plain = [{"role": m["role"], "content": message_text(m)} for m in messages]
+        text = tokenizer.apply_chat_template(plain, tokenize=False, chat_template=chat_template)
+        sequences.append(tokenizer(text, add_special_tokens=False)["input_ids"][:MAX_LENGTH])
+    return sequences
+
+
+def pretrain_text_model(config: dict, tokenizer, sequences: list[list[int]], settings: HiveDemoSettings, output_dir,
+                        seed: int = 0) -> str:
+    """Stage 0: a causal LM built from `config` and trained on `sequences` with a plain `Trainer`; written, with its
+    tokenizer, to `output_dir/model` (a folder `AutoModelForCausalLM` loads). Returns that folder."""
+    import datasets
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, DataCollatorForLanguageModeling, Trainer, TrainingArguments
+
+    folder = Path(output_dir) / "model"
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config))
+    args = TrainingArguments(
+        output_dir=str(output_dir), max_steps=settings.pretrain_steps, per_device_train_batch_size=settings.pretrain_batch_size,
+        learning_rate=settings.pretrain_learning_rate, lr_scheduler_type="cosine", warmup_steps=max(1, settings.pretrain_steps // 20),
+        weight_decay=0.01, logging_steps=50, save_strategy="no", report_to="none", seed=seed,
+    )  # fmt: skip
+    trainer = Trainer(
+        model=model, args=args, train_dataset=datasets.Dataset.from_dict({"input_ids": sequences}),
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+    )  # fmt: skip
+    trainer.train()
+    with atomic_folder(folder) as out:
+        trainer.model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+    return str(folder)
+
+
+def majority_answers(scenes) -> dict[str, str]:
+    """The most frequent answer of each question type among `scenes` (the majority-answer baseline's table)."""
+    counts = {}
+    for questions in scenes["questions"]:
+        for question in questions:
+            counts.setdefault(question["type"], Counter())[question["answer"]] += 1
+    return {qtype: counter.most_common(1)[0][0] for qtype, counter in counts.items()}
+
+
+def baseline_scores(benchmark, data, majority: dict[str, str], split: str | None = None) -> dict:
+    """The majority-answer baseline on a benchmark's data, scored by the benchmark's own scorer.
+
+    hive-shapes and OK-VQA questions get the majority answer of their type; a ScienceQA question the letter of that
+    answer among its choices (A when it is not one); an MME question "Yes" (each image has one Yes and one No).
+
+    Args:
+        benchmark (`HiveBenchmark`): `HiveShapesBenchmark`, `HiveOKVQABenchmark`, `HiveScienceQABenchmark` or
+            `HiveMMEBenchmark`.
+        data (`str`): hive-shapes scenes (for hive-shapes) or the benchmark's layout (`save_to_disk` folder).
+        majority (`dict[str, str]`): question type -> answer, from `majority_answers`.
+        split (`str`, *optional*): the split of `data`.
+    """
+    if benchmark.name == "hive-shapes":
+        from hive_vlm.eval.benchmark import load_published
+
+        scenes = load_published(data, split=split)
+        rows = [question for questions in scenes["questions"] for question in questions]
+    else:
+        examples = benchmark.load(data, split=split)
+        rows = examples.rows.remove_columns(["image"]).to_list()
+    predictions = []
+    for row in rows:
+        if benchmark.name == "hive-shapes":
+            predictions.append(majority[row["type"]])
+        elif benchmark.name == "okvqa":
+            predictions.append(majority[row["question_type"]])
+        elif benchmark.name == "scienceqa":
+            answer = majority[row["category"]]
+            predictions.append(chr(ord("A") + row["choices"].index(answer)) if answer in row["choices"] else "A")
+        else:
+            predictions.append("Yes")
+    references = [benchmark.reference(row) for row in rows]
+    return benchmark.score(predictions, references, benchmark.resolve_protocol(PROTOCOLS.get(benchmark.name)))
+
+
+def write_views(scenes, folder) -> dict[str, str]:
+    """The MME, ScienceQA and OK-VQA layouts of `scenes`, each saved under `folder/<benchmark>`; name -> folder."""
+    paths = {}
+    for name, view in (("mme", to_mme), ("scienceqa", to_scienceqa), ("okvqa", to_okvqa)):
+        path = Path(folder) / name
+        with atomic_folder(path) as out:
+            view(scenes).save_to_disk(str(out))
+        paths[name] = str(path)
+    return paths
+
+
+def evaluate_demo(model_dir, shapes_dir, views: dict[str, str], results_dir, majority: dict[str, str],
+                  batch_size: int = 32) -> dict:
+    """Scores the model on hive-shapes (`EVAL_SPLITS`) and the benchmark views, next to the majority baseline.
+
+    Every model result is written by `evaluate_benchmark` to `results_dir/<name>.json` (the file `hive card` reads);
+    the baselines go to `results_dir/baselines.json`. Returns name -> {"file", "protocol", "scores", "baseline"}.
+    """
+    from hive_vlm.eval.hive_shapes import HiveShapesBenchmark
+    from hive_vlm.eval.mme import HiveMMEBenchmark
+    from hive_vlm.eval.okvqa import HiveOKVQABenchmark
+    from hive_vlm.eval.runner import evaluate_benchmark, generate_answers, load_model, model_identity, write_json_atomic
+    from hive_vlm.eval.scienceqa import HiveScienceQABenchmark
+
+    model, processor = load_model(model_dir)
+    identity = model_identity(model_dir)
+    jobs = [(f"hive-shapes-{split}", HiveShapesBenchmark(), str(shapes_dir), split) for split in EVAL_SPLITS]
+    jobs += [(b.name, b, views[b.name], None) for b in (HiveMMEBenchmark(), HiveScienceQABenchmark(), HiveOKVQABenchmark())]
+    results = {}
+    for name, benchmark, data, split in jobs:
+        out = Path(results_dir) / f"{name}.json"
+        predict = partial(generate_answers, model, processor, max_new_tokens=benchmark.max_new_tokens)
+        result = evaluate_benchmark(benchmark, data, predict, out, protocol=PROTOCOLS.get(benchmark.name), split=split,
+                                    batch_size=batch_size, model=identity)  # fmt: skip
+        baseline = baseline_scores(benchmark, data, majority, split=split)
+        results[name] = {"file": str(out), "protocol": result["protocol"], "scores": result["scores"], "baseline": baseline}
+        print(f"      {name}: {_headline(name, result['scores'])} (majority baseline {_headline(name, baseline)})", flush=True)
+    write_json_atomic(Path(results_dir) / "baselines.json", {
+        "description": "majority answer per question type, computed on the train split, scored by each benchmark's scorer",
+        "majority_answers": majority, "scores": {name: entry["baseline"] for name, entry in results.items()},
+    })  # fmt: skip
+    return results
+
+
+def _headline(name: str, scores: dict) -> str:
+    if name.startswith("hive-shapes"):
+        return " ".join(f"{level} {scores[level]:.1f}" for level in LEVELS if level in scores)
+    if name == "mme":
+        return f"perception {scores['perception']:.1f}"
+    if name == "okvqa":
+        return f"VQA accuracy {scores['vqa_accuracy']:.1f}"
+    return f"accuracy {scores['accuracy']:.1f}"
+
+
+def ask_fresh_scene(model_dir, scene) -> list[dict]:
+    """Loads `model_dir` through `pipeline("visual-question-answering", trust_remote_code=True)` and asks one question
+    per level about `scene`; returns {"level", "question", "answer", "truth"} per question."""
+    from transformers import pipeline
+
+    vqa = pipeline("visual-question-answering", model=str(model_dir), trust_remote_code=True)
+    picked = [next(q for q in scene.questions if q["level"] == level) for level in LEVELS
+              if any(q["level"] == level for q in scene.questions)]  # fmt: skip
+    outputs = vqa([{"image": scene.image, "question": q["question"] + SHORT_ANSWER_PROMPT} for q in picked])
+    return [{"level": q["level"], "question": q["question"], "answer": output[0]["answer"], "truth": q["answer"]}
+            for q, output in zip(picked, outputs)]  # fmt: skip
+
+
+def real_backbone_pairs(settings: HiveDemoSettings, vision_model: str | None, text_model: str | None) -> list:
+    """Three layer pairs spread over the depths of the given backbones (the tiny ones' depths otherwise)."""
+    from transformers import AutoConfig
+
+    from modeling_hive.configuration_hive import spread_layer_pairs
+
+    vision_depth, text_depth = settings.vision_layers, settings.text_layers
+    if vision_model:
+        config = AutoConfig.from_pretrained(vision_model)
+        vision_depth = (getattr(config, "vision_config", None) or config).num_hidden_layers
+    if text_model:
+        text_depth = AutoConfig.from_pretrained(text_model).get_text_config(decoder=True).num_hidden_layers
+    return spread_layer_pairs(len(settings.cross_attention_layers), vision_depth, text_depth)
+
+
+def run_demo(out, settings: HiveDemoSettings = FULL, text_model: str | None = None, vision_model: str | None = None,
+             seed: int = 0) -> dict:
+    """Runs the whole demo into `out` (see the module docstring) and returns its summary (also in results/summary.json).
+
+    Args:
+        out (`str` or `os.PathLike`): a new or empty folder.
+        settings (`HiveDemoSettings`): `FULL` (the README's figures) or `FAST` (tiny, for tests).
+        text_model (`str`, *optional*): an LLM's Hub id or folder; stage 0 is then skipped and its tokenizer used.
+        vision_model (`str`, *optional*): an encoder's Hub id or folder, instead of the tiny ViT.
+        seed (`int`): seeds the data, the initialisations and the training order.
+
+    Example:
+        >>> from hive_vlm.demo import FAST, run_demo
+        >>> summary = run_demo("/tmp/hive-demo", FAST)  # doctest: +SKIP
+        >>> sorted(summary["results"])  # doctest: +SKIP
+        ['hive-shapes-test', 'hive-shapes-test_compositional', 'mme', 'okvqa', 'scienceqa']
+    """
+    from hive_vlm.eval.runner import write_json_atomic
+    from hive_vlm.visualize import visualize
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"{out} is not empty; pass a new folder to --out (or delete this one).")
+    run_dir, results_dir = out / "run", out / "results"
+    results_dir.mkdir(parents=True, exist_ok=True)
+    pretrain = text_model is None
+    pairs = real_backbone_pairs(settings, vision_model, text_model) if (text_model or vision_model) else None
+    text_source = text_model or str(run_dir / "backbones" / "text-pretrained" / "model")
+    recipe = demo_recipe(settings, run_dir, text_source, vision_model, pairs, seed=seed, shapes_tokenizer=pretrain)
+    run = HiveDemoRun(recipe, run_dir, turns_per_chat=settings.turns_per_chat)
+    progress = HiveDemoProgress(8)
+
+    progress.phase("data", f"hive-shapes: {settings.num_train} train scenes, {settings.num_test} test and "
+                           f"{settings.num_test} compositional test scenes of {settings.image_size}px; evaluation views")
+    shapes = run.shapes()
+    views = write_views(shapes["test"], run_dir / "data" / "views")
+    majority = majority_answers(shapes["train"])
+
+    progress.phase("backbones", "tokenizer, processor and backbones")
+    processor = run.processor()
+    vision = run.vision_source()
+    print(f"      vision: {vision}\n      tokenizer: {len(processor.tokenizer)} tokens; layer pairs "
+          f"{recipe.model.hive['cross_attention_layers']} ({settings.hierarchy_mode})", flush=True)
+
+    progress.phase("stage0", "stage 0: pretraining the LLM on the synthetic text" if pretrain else
+                   f"stage 0 skipped: the LLM is {text_model}")
+    if pretrain:
+        tokenizer = processor.tokenizer
+        sequences = pretraining_texts(shapes["train"], run.conversations(), tokenizer, processor.chat_template)
+        print(f"      {len(sequences)} sequences, {sum(map(len, sequences))} tokens", flush=True)
+        pretrain_text_model(text_config(settings, tokenizer), tokenizer, sequences, settings,
+                            run_dir / "backbones" / "text-pretrained", seed=seed)  # fmt: skip
+
+    progress.phase("stages1-3", "stages 1-3: masked image modelling, hierarchical alignment, joint fine-tuning")
+    final = run.run([1, 2, 3])
+
+    progress.phase("eval", "evaluation: hive-shapes per level and the MME, ScienceQA and OK-VQA views")
+    results = evaluate_demo(final, run_dir / "data" / "shapes", views, results_dir, majority, settings.eval_batch_size)
+
+    progress.phase("hub", "Hub-ready folder with its model card")
+    model_dir = out / "model"
+    write_hub_folder(final, model_dir, [entry["file"] for entry in results.values()])
+
+    progress.phase("pipeline", "pipeline('visual-question-answering') on a freshly generated image")
+    scene = generate_scene(seed, "test", settings.num_test, HiveShapesConfig(image_size=settings.image_size))
+    scene.image.save(out / "fresh_scene.png")
+    answers = ask_fresh_scene(model_dir, scene)
+    for item in answers:
+        mark = "right" if item["answer"].strip().lower() == item["truth"].lower() else "wrong"
+        print(f"      [{item['level']}] {item['question']}\n            answer: {item['answer']!r}  truth: "
+              f"{item['truth']!r}  ({mark})", flush=True)
+
+    progress.phase("figure", "cross-attention maps and gates (hive visualize)")
+    figure = visualize(model_dir, out / "fresh_scene.png", answers[0]["question"] + SHORT_ANSWER_PROMPT,
+                       out / "attention.png")
+    print(f"      {figure.path}: {figure.num_level_panels} level panels", flush=True)
+    progress.finish()
+
+    summary = {
+        "seed": seed, "settings": dataclasses.asdict(settings), "text_model": text_model, "vision_model": vision_model,
+        "layer_pairs": recipe.model.hive["cross_attention_layers"], "seconds": round(progress.elapsed(), 1),
+        "phase_seconds": progress.times, "cpu_count": os.cpu_count(),
+        "results": {name: {key: entry[key] for key in ("protocol", "scores", "baseline")} for name, entry in results.items()},
+        "fresh_scene": {"scene_id": scene.scene_id, "answers": answers}, "model": str(model_dir),
+        "figure": str(figure.path),
+    }  # fmt: skip
+    write_json_atomic(results_dir / "summary.json", summary)
+    print(summary_table(summary), flush=True)
+    return summary
+
+
+def write_hub_folder(final, folder, result_files: list[str]) -> Path:
+    """`final` with its model card (evaluation results as a model-index), copied whole to `folder` (atomically).
+
+    The card is written in `final` first, where `hive card` finds the run's stage folders next to it.
+    """
+    from hive_vlm.hub.card import write_model_card
+
+    write_model_card(final, result_files)
+    with atomic_folder(folder) as out:
+        shutil.copytree(final, out, dirs_exist_ok=True)
+    return Path(folder)
+
+
+def summary_table(summary: dict) -> str:
+    """The demo's results as a plain-text table (the README's Demo section shows the full run's)."""
+    results = summary["results"]
+    lines = ["", "=" * 78, f"HIVE demo summary: {summary['seconds'] / 60:.1f} min on {summary['cpu_count']} CPU cores, "
+             f"seed {summary['seed']}, layer pairs {summary['layer_pairs']}", "=" * 78]  # fmt: skip
+    lines.append(f"{'hive-shapes accuracy (%)':<40}{'low':>8}{'mid':>8}{'high':>8}{'all':>8}")
+    for split in EVAL_SPLITS:
+        entry = results[f"hive-shapes-{split}"]
+        for label, scores in (("HIVE", entry["scores"]), ("majority baseline", entry["baseline"])):
+            row = "".join(f"{scores.get(key, float('nan')):>8.1f}" for key in (*LEVELS, "accuracy"))
+            lines.append(f"  {split if label == 'HIVE' else '':<20}{label:<18}{row}")
+    lines.append(f"\n{'benchmark views of hive-shapes test':<52}{'HIVE':>12}{'majority':>12}")
+    views = (("mme", "perception", "MME layout: perception score (max 800)"),
+             ("scienceqa", "accuracy", "ScienceQA layout: accuracy (%)"),
+             ("okvqa", "vqa_accuracy", "OK-VQA layout: VQA accuracy (%)"))  # fmt: skip
+    for name, key, label in views:
+        entry = results[name]
+        lines.append(f"  {label + ' [' + entry['protocol'] + ']':<50}{entry['scores'][key]:>12.1f}{entry['baseline'][key]:>12.1f}")
+    lines.append("\nfresh image (pipeline('visual-question-answering') on the saved folder):")
+    for item in summary["fresh_scene"]["answers"]:
+        lines.append(f"  [{item['level']}] {item['question']}  answer: {item['answer']!r}, truth: {item['truth']!r}")
+    lines.append("\nphase times (s): " + ", ".join(f"{name} {seconds:.0f}" for name, seconds in summary["phase_seconds"].items()))
+    lines.append(f"model: {summary['model']}\nfigure: {summary['figure']}")
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = __doc__.split("\n\n")[0]
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = __doc__.split("\n\n", 1)[1]
+    parser.add_argument("--out", default="hive-demo", help="A new or empty folder for everything the demo writes (default hive-demo).")
+    parser.add_argument("--fast", action="store_true", help="Tiny sizes and a few steps (under 2 minutes; the accuracy means nothing).")
+    parser.add_argument("--text-model", help="An LLM's Hub id or folder instead of the tiny one (stage 0 is then skipped).")
+    parser.add_argument("--vision-model", help="A vision encoder's Hub id or folder instead of the tiny ViT.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the data, the initialisations and the training order.")
+
+
+def run(args) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    run_demo(args.out, FAST if args.fast else FULL, text_model=args.text_model, vision_model=args.vision_model, seed=args.seed)
+    return 0

@@ -1,0 +1,208 @@
+"""`hive demo`: the fast run writes every artefact and each one loads; the demo's pieces do what they claim."""
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from isolated import run_isolated
+from PIL import Image
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from hive_vlm.data.shapes import LEVELS, generate_shapes
+from hive_vlm.demo import (
+    FAST,
+    EVAL_SPLITS,
+    HiveDemoSettings,
+    baseline_scores,
+    demo_conversations,
+    demo_recipe,
+    majority_answers,
+    pretrain_text_model,
+    run_demo,
+)
+from hive_vlm.eval.hive_shapes import HiveShapesBenchmark
+from hive_vlm.eval.okvqa import HiveOKVQABenchmark
+from hive_vlm.tokenizer import build_tokenizer
+
+
+RESULT_NAMES = [f"hive-shapes-{split}" for split in EVAL_SPLITS] + ["mme", "scienceqa", "okvqa"]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def fast_demo(tmp_path_factory):
+    """`hive demo --fast` run once, as a user runs it: a fresh process, offline."""
+    out = tmp_path_factory.mktemp("demo") / "out"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run(
+        [sys.executable, "-m", "hive_vlm.cli", "demo", "--fast", "--out", str(out)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    return out, result.stdout
+
+
+@pytest.mark.slow
+def test_fast_demo_reports_every_phase_and_the_summary(fast_demo):
+    out, stdout = fast_demo
+    for index in range(1, 9):
+        assert f"[{index}/8]" in stdout
+    assert "majority baseline" in stdout and "MME layout" in stdout and "OK-VQA layout" in stdout
+    summary = json.loads((out / "results" / "summary.json").read_text())
+    assert sorted(summary["results"]) == sorted(RESULT_NAMES)
+    assert set(summary["phase_seconds"]) == {"data", "backbones", "stage0", "stages1-3", "eval", "hub", "pipeline", "figure"}
+    assert [item["level"] for item in summary["fresh_scene"]["answers"]] == list(LEVELS)
+
+
+@pytest.mark.slow
+def test_fast_demo_results_are_scored_next_to_the_baseline(fast_demo):
+    out, _ = fast_demo
+    summary = json.loads((out / "results" / "summary.json").read_text())
+    for name in RESULT_NAMES:
+        results = json.loads((out / "results" / f"{name}.json").read_text())
+        assert results["scores"] == summary["results"][name]["scores"]
+        assert results["num_examples"] == len(results["samples"]) > 0
+    for split in EVAL_SPLITS:
+        entry = summary["results"][f"hive-shapes-{split}"]
+        assert set(LEVELS) <= set(entry["scores"]) and set(LEVELS) <= set(entry["baseline"])
+        assert json.loads((out / "results" / f"hive-shapes-{split}.json").read_text())["num_examples"] == 6 * FAST.num_test
+    baselines = json.loads((out / "results" / "baselines.json").read_text())
+    assert set(baselines["majority_answers"]) == {"color", "texture", "shape", "size", "count", "position", "comparison"}
+    assert summary["results"]["scienceqa"]["protocol"] == "lmms-eval"
+
+
+@pytest.mark.slow
+def test_fast_demo_artefacts_load(fast_demo, tmp_path):
+    out, _ = fast_demo
+    for stage in (1, 2, 3):
+        assert (out / "run" / f"stage{stage}" / "model" / "config.json").is_file()
+    llm = AutoModelForCausalLM.from_pretrained(out / "run" / "backbones" / "text-pretrained" / "model")
+    assert llm.config.hidden_size == FAST.text_hidden_size
+    assert (out / "attention.png").read_bytes()[:8] == PNG_SIGNATURE
+    assert Image.open(out / "fresh_scene.png").size == (FAST.image_size, FAST.image_size)
+
+    card = ModelCard.load(out / "model" / "README.md")
+    datasets_in_card = {(result.dataset_name, result.dataset_split) for result in card.data.eval_results}
+    assert ("hive-shapes", "test") in datasets_in_card and ("hive-shapes", "test_compositional") in datasets_in_card
+    assert {"MME", "ScienceQA-IMG", "OK-VQA"} <= {name for name, _ in datasets_in_card}
+
+    loaded = run_isolated(
+        f"""
+        import json
+        from PIL import Image
+        from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
+        folder = {str(out / "model")!r}
+        model = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True)
+        processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+        vqa = pipeline("visual-question-answering", model=folder, trust_remote_code=True)
+        answer = vqa(image=Image.open({str(out / "fresh_scene.png")!r}), question="What color is the object?", max_new_tokens=3)
+        print(json.dumps({{"model": type(model).__name__, "processor": type(processor).__name__, "answer": answer}}))
+        """,
+        str(tmp_path),
+    )
+    assert loaded["model"] == "HiveForConditionalGeneration"
+    assert loaded["processor"] == "HiveProcessor"
+    assert isinstance(loaded["answer"][0]["answer"], str)
+
+
+def test_demo_refuses_a_folder_that_is_not_empty(tmp_path):
+    (tmp_path / "something.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="not empty"):
+        run_demo(tmp_path, FAST)
+    assert (tmp_path / "something.txt").read_text() == "keep me"
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    return generate_shapes(seed=3, num_train=12, num_validation=1, num_test=6, num_test_compositional=1)
+
+
+def test_majority_answers_count_each_question_type(scenes):
+    counts = {}
+    for questions in scenes["train"]["questions"]:
+        for question in questions:
+            counts.setdefault(question["type"], Counter())[question["answer"]] += 1
+    majority = majority_answers(scenes["train"])
+    for qtype, counter in counts.items():
+        assert counter[majority[qtype]] == max(counter.values())
+
+
+def test_baseline_answers_the_majority_of_each_type(scenes, tmp_path):
+    from hive_vlm.data.shapes_layouts import to_okvqa
+
+    scenes.save_to_disk(str(tmp_path / "shapes"))
+    to_okvqa(scenes["test"]).save_to_disk(str(tmp_path / "okvqa"))
+    questions = [question for qs in scenes["test"]["questions"] for question in qs]
+    majority = {question["type"]: "red" for question in questions}
+    majority["count"] = "1"
+
+    scores = baseline_scores(HiveShapesBenchmark(), str(tmp_path / "shapes"), majority, split="test")
+
+    for level in LEVELS:
+        asked = [q for q in questions if q["level"] == level]
+        right = [q for q in asked if q["answer"] == majority[q["type"]]]
+        assert scores[level] == pytest.approx(100 * len(right) / len(asked))
+    okvqa = baseline_scores(HiveOKVQABenchmark(), str(tmp_path / "okvqa"), majority)
+    right = sum(q["answer"] == majority[q["type"]] for q in questions)
+    assert okvqa["vqa_accuracy"] == pytest.approx(100 * right / len(questions))
+
+
+def test_conversations_ask_every_question_in_each_layout(scenes):
+    train = scenes["train"]
+    chats = demo_conversations(train, seed=0, turns_per_chat=4)
+    assert len(chats) == 3 * len(train)  # 9 turns per scene: chats of 4, 4 and 1 turns
+    for scene_index in range(len(train)):
+        turns = []
+        for chat in chats.select(range(3 * scene_index, 3 * scene_index + 3))["messages"]:
+            assert chat[0]["content"][0]["type"] == "image"
+            assert all(part["type"] == "text" for message in chat[1:] for part in message["content"])
+            turns += [(chat[i]["content"][-1]["text"], chat[i + 1]["content"][0]["text"]) for i in range(0, len(chat), 2)]
+        short = {prompt.split("\n")[0]: answer for prompt, answer in turns if prompt.endswith("single word or phrase.")}
+        for question in train[scene_index]["questions"]:
+            assert short.pop(question["question"]) == question["answer"]
+        for pair in train[scene_index]["yes_no"]:
+            assert short.pop(pair["question"].replace(" Please answer yes or no.", "")) == pair["answer"]
+        assert not short
+        (choice_prompt, letter), = [(p, a) for p, a in turns if p.endswith("choices directly.")]
+        options = dict(line.split(". ", 1) for line in choice_prompt.split("\n")[1:-1])
+        asked = next(q for q in train[scene_index]["questions"] if choice_prompt.startswith(q["question"] + "\n"))
+        assert options[letter] == asked["answer"]
+
+
+def test_recipe_carries_the_settings(tmp_path):
+    settings = HiveDemoSettings(cross_attention_layers=[[0, 1], [3, 3]], gate_init=0.25, num_train=10, num_test=4)
+    recipe = demo_recipe(settings, tmp_path, text_model="llm-folder", seed=7)
+    assert recipe.model.text_model == "llm-folder"
+    assert recipe.model.hive == {"cross_attention_layers": [[0, 1], [3, 3]], "hierarchy_mode": "paired", "gate_init": 0.25,
+                                 "cross_attention_intermediate_size": settings.cross_attention_intermediate_size}
+    assert recipe.model.vision_config["image_size"] == settings.image_size
+    assert recipe.data.shapes["num_train"] == 10 and recipe.data.shapes["seed"] == 7
+    assert recipe.stage_arguments(3, "x").max_steps == settings.stage3["max_steps"]
+
+
+def test_pretraining_lowers_the_loss_on_the_synthetic_text(tmp_path):
+    texts = ["a large red circle in the center .", "what color is the circle ? red", "how many objects ? 2"] * 4
+    tokenizer = build_tokenizer(texts)
+    sequences = [tokenizer(text)["input_ids"] + [tokenizer.eos_token_id] for text in texts]
+    config = {"model_type": "llama", "vocab_size": len(tokenizer), "hidden_size": 32, "num_hidden_layers": 2,
+              "num_attention_heads": 2, "num_key_value_heads": 1, "intermediate_size": 64,
+              "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
+              "eos_token_id": tokenizer.eos_token_id}  # fmt: skip
+    settings = HiveDemoSettings(pretrain_steps=30, pretrain_batch_size=4, pretrain_learning_rate=1e-2)
+
+    def loss(model):
+        batch = torch.tensor([sequences[0]])
+        with torch.no_grad():
+            return model(input_ids=batch, labels=batch).loss.item()
+
+    torch.manual_seed(0)  # pretrain_text_model(seed=0) starts from this same initialisation
+    before = loss(AutoModelForCausalLM.from_config(AutoConfig.for_model(**config)))
+    folder = pretrain_text_model(config, tokenizer, sequences, settings, tmp_path / "stage0")
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    assert loss(model) < 0.5 * before
+    assert (tmp_path / "stage0" / "model" / "tokenizer.json").is_file()
