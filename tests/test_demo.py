@@ -11,12 +11,13 @@ import torch
 from huggingface_hub import ModelCard
 from isolated import run_isolated
 from PIL import Image
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from hive_vlm.data.shapes import LEVELS, generate_shapes
 from hive_vlm.demo import (
-    FAST,
     EVAL_SPLITS,
+    FAST,
+    HiveDemoRun,
     HiveDemoSettings,
     baseline_scores,
     demo_conversations,
@@ -24,6 +25,7 @@ from hive_vlm.demo import (
     majority_answers,
     pretrain_text_model,
     run_demo,
+    sincos_position_embeddings,
 )
 from hive_vlm.eval.hive_shapes import HiveShapesBenchmark
 from hive_vlm.eval.okvqa import HiveOKVQABenchmark
@@ -71,6 +73,11 @@ def test_fast_demo_results_are_scored_next_to_the_baseline(fast_demo):
         entry = summary["results"][f"hive-shapes-{split}"]
         assert set(LEVELS) <= set(entry["scores"]) and set(LEVELS) <= set(entry["baseline"])
         assert json.loads((out / "results" / f"hive-shapes-{split}.json").read_text())["num_examples"] == 6 * FAST.num_test
+    blank = json.loads((out / "results" / "hive-shapes-test-blank-image.json").read_text())
+    assert summary["results"]["hive-shapes-test"]["blank_image"] == blank["scores"]
+    assert {sample["id"] for sample in blank["samples"]} == {
+        sample["id"] for sample in json.loads((out / "results" / "hive-shapes-test.json").read_text())["samples"]
+    }
     baselines = json.loads((out / "results" / "baselines.json").read_text())
     assert set(baselines["majority_answers"]) == {"color", "texture", "shape", "size", "count", "position", "comparison"}
     assert summary["results"]["scienceqa"]["protocol"] == "lmms-eval"
@@ -88,8 +95,10 @@ def test_fast_demo_artefacts_load(fast_demo, tmp_path):
 
     card = ModelCard.load(out / "model" / "README.md")
     datasets_in_card = {(result.dataset_name, result.dataset_split) for result in card.data.eval_results}
-    assert ("hive-shapes", "test") in datasets_in_card and ("hive-shapes", "test_compositional") in datasets_in_card
-    assert {"MME", "ScienceQA-IMG", "OK-VQA"} <= {name for name, _ in datasets_in_card}
+    assert datasets_in_card == {("hive-shapes", "test"), ("hive-shapes", "test_compositional")}  # not the real MME etc.
+    test_scores = json.loads((out / "results" / "hive-shapes-test.json").read_text())["scores"]
+    in_card = {r.metric_type: r.metric_value for r in card.data.eval_results if r.dataset_split == "test"}
+    assert in_card == pytest.approx(test_scores)
 
     loaded = run_isolated(
         f"""
@@ -206,3 +215,27 @@ def test_pretraining_lowers_the_loss_on_the_synthetic_text(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(folder)
     assert loss(model) < 0.5 * before
     assert (tmp_path / "stage0" / "model" / "tokenizer.json").is_file()
+
+
+def test_sincos_table_encodes_row_and_column():
+    table = sincos_position_embeddings(4, 16)  # half the channels for the row, half for the column
+    assert table.shape == (16, 16)
+    rows, columns = table[:, :8], table[:, 8:]
+    for index in range(16):
+        row, column = divmod(index, 4)
+        assert torch.equal(rows[index], rows[4 * row])  # same row, same first half
+        assert torch.equal(columns[index], columns[column])  # same column, same second half
+    assert len({tuple(vector.tolist()) for vector in table}) == 16
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_position_embeddings(4, 18)
+
+
+def test_tiny_vit_starts_from_the_sincos_table(tmp_path):
+    settings = HiveDemoSettings(image_size=32, patch_size=8, vision_hidden_size=32, num_train=4, num_test=2)
+    run = HiveDemoRun(demo_recipe(settings, tmp_path, text_model="unused"), tmp_path)
+
+    encoder = AutoModel.from_pretrained(run.vision_source())
+
+    embeddings = encoder.embeddings.position_embeddings[0]  # (1 + 16, 32): CLS, then the 4x4 patches
+    assert torch.equal(embeddings[0], torch.zeros(32))
+    assert torch.allclose(embeddings[1:], sincos_position_embeddings(4, 32))
