@@ -31,18 +31,19 @@ from pathlib import Path
 import yaml
 
 from .ablation_fusions import FUSIONS, HiveFusionSettings
+from .shapes_text import CAPTION_PROMPT, pretraining_sequences, shapes_conversations
 
 
 logger = logging.getLogger(__name__)
 IMAGE_TOKEN = "<image>"
-CAPTION_PROMPT = "Describe the image."
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "ablation-shapes.yaml"
 SECTIONS = {
     "data": {"seed": 0, "image_size": 32, "num_train": 1000, "num_validation": 64, "num_test": 200,
              "num_test_compositional": 200, "max_length": 256, "turns_per_chat": 3},
     "pretrain": {"steps": 300, "batch_size": 32, "learning_rate": 3e-3},
     "mim": {"steps": 50, "batch_size": 32, "learning_rate": 1e-3, "mask_ratio": 0.5},
-    "stage2": {"steps": 100, "batch_size": 16, "learning_rate": 1e-3, "weight_decay": 0.0},
+    "stage2": {"steps": 100, "batch_size": 16, "learning_rate": 1e-3, "vision_learning_rate": 1e-4, "weight_decay": 0.0,
+               "train_vision": False},
     "stage3": {"steps": 200, "batch_size": 16, "learning_rate": 1e-3, "vision_learning_rate": 1e-4, "weight_decay": 0.0,
                "train_vision": True, "train_llm": False},
     "eval": {"checkpoints": 4, "validation_limit": 64, "batch_size": 32, "limit": None, "probe_epochs": 30,
@@ -151,43 +152,6 @@ def load_settings(path=None, quick: bool = False, overrides: list[str] | None = 
     return parse_settings(apply_overrides(values, overrides or []), where=str(path))
 
 
-def ablation_conversations(scenes, seed: int = 0, turns_per_chat: int = 3):
-    """Stage-3 chats: per scene, its questions in the short-answer layout, its yes/no pair in MME's layout and one
-    question in ScienceQA's multiple-choice layout, shuffled per scene and cut into chats of `turns_per_chat` turns
-    (the image in each chat's first turn), so every benchmark view's prompt format is seen in training."""
-    import datasets
-    import numpy as np
-
-    from hive_vlm.data.schema import chat_features, text_message
-    from hive_vlm.data.shapes_layouts import SHORT_ANSWER_PROMPT
-    from hive_vlm.eval.mme import HiveMMEBenchmark
-    from hive_vlm.eval.scienceqa import HiveScienceQABenchmark
-
-    mme, scienceqa = HiveMMEBenchmark(), HiveScienceQABenchmark()
-
-    def convert(batch, indices):
-        rows = {"image": [], "messages": []}
-        for index, image, questions, yes_no in zip(indices, batch["image"], batch["questions"], batch["yes_no"]):
-            rng = np.random.default_rng([seed, index])
-            turns = [(q["question"] + SHORT_ANSWER_PROMPT, q["answer"]) for q in questions]
-            turns += [(mme.build_prompt(pair), pair["answer"]) for pair in yes_no]
-            asked = questions[int(rng.integers(len(questions)))]
-            choice = {"hint": "", "question": asked["question"], "choices": asked["choices"]}
-            turns.append((scienceqa.build_prompt(choice), chr(ord("A") + asked["choices"].index(asked["answer"]))))
-            order = rng.permutation(len(turns))
-            for start in range(0, len(order), turns_per_chat):
-                messages = []
-                for rank, turn in enumerate(order[start : start + turns_per_chat]):
-                    prompt, answer = turns[turn]
-                    messages += [text_message("user", prompt, with_image=rank == 0), text_message("assistant", answer)]
-                rows["image"].append(image)
-                rows["messages"].append(messages)
-        return rows
-
-    raw = scenes.cast_column("image", datasets.Image(decode=False))
-    return raw.map(convert, batched=True, with_indices=True, remove_columns=raw.column_names, features=chat_features())
-
-
 def pretrain_text_model(config: dict, sequences: list[list[int]], pad_token_id: int, settings: dict, out, seed: int = 0) -> None:
     """Stage 0: a causal LM built from `config`, trained on `sequences` (AdamW, cosine schedule) and saved to `out`.
     HIVE assumes a pretrained LLM; a random one cannot express confident answers through a frozen head."""
@@ -279,7 +243,7 @@ def prepare_shared(settings: HiveAblationSettings, folder) -> dict:
     for name, view in (("mme", to_mme), ("scienceqa", to_scienceqa), ("okvqa", to_okvqa)):
         with atomic_folder(folder / "data" / "views" / name) as out:
             view(shapes["test"]).save_to_disk(str(out))
-    chats = ablation_conversations(shapes["train"], data["seed"], data["turns_per_chat"])
+    chats = shapes_conversations(shapes["train"], data["seed"], data["turns_per_chat"])
     with atomic_folder(folder / "data" / "chats") as out:
         chats.save_to_disk(str(out))
     chats = datasets.load_from_disk(str(folder / "data" / "chats"))
@@ -310,13 +274,7 @@ def prepare_shared(settings: HiveAblationSettings, folder) -> dict:
                    "intermediate_size": 128, "max_position_embeddings": 2 * data["max_length"], **settings.model["text_config"],
                    "vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
                    "eos_token_id": tokenizer.eos_token_id}  # fmt: skip
-    prompt = tokenizer(CAPTION_PROMPT)["input_ids"]
-    sequences = [prompt + tokenizer(caption, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-                 for caption in shapes["train"]["caption"]]  # fmt: skip
-    for messages in chats["messages"]:
-        plain = [{"role": m["role"], "content": message_text(m)} for m in messages]
-        text = tokenizer.apply_chat_template(plain, tokenize=False, chat_template=processor.chat_template)
-        sequences.append(tokenizer(text, add_special_tokens=False)["input_ids"][: data["max_length"]])
+    sequences = pretraining_sequences(shapes["train"], chats, tokenizer, processor.chat_template, data["max_length"])
     with atomic_folder(folder / "backbones" / "text") as out:
         pretrain_text_model(text_config, sequences, tokenizer.pad_token_id, settings.pretrain, out, data["seed"])
         tokenizer.save_pretrained(out)

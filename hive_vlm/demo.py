@@ -42,6 +42,7 @@ from hive_vlm.data.schema import message_text
 from hive_vlm.data.shapes import LEVELS, HiveShapesConfig, generate_scene
 from hive_vlm.data.shapes_layouts import SHORT_ANSWER_PROMPT, to_mme, to_okvqa, to_scienceqa
 from hive_vlm.files import atomic_folder
+from hive_vlm.shapes_text import CAPTION_PROMPT, pretraining_sequences, shapes_conversations
 from hive_vlm.training.pipeline import HiveRecipeRun
 from hive_vlm.training.recipe import HiveRecipe, parse_recipe
 from modeling_hive import HiveProcessor
@@ -60,7 +61,7 @@ class HiveDemoSettings:
         hierarchy_mode, cross_attention_intermediate_size, gate_init: as in `HiveConfig`.
         num_train, num_test: hive-shapes scenes in train and in each of test and test_compositional.
         pretrain_steps, pretrain_batch_size, pretrain_learning_rate: stage 0, the LLM's causal-LM pretraining.
-        turns_per_chat: question-answer turns per stage-3 chat (see `demo_conversations`).
+        turns_per_chat: question-answer turns per stage-3 chat (see `hive_vlm.shapes_text.shapes_conversations`).
         stage1, stage2, stage3: the recipe's `TrainingArguments` fields of each stage.
         eval_batch_size: prompts per `generate()` call during evaluation.
     """
@@ -102,7 +103,6 @@ FAST = HiveDemoSettings(
             "lora_r": 4, "lora_alpha": 8},
     eval_batch_size=16,
 )  # fmt: skip
-CAPTION_PROMPT = "Describe the image."
 EVAL_SPLITS = ("test", "test_compositional")
 # The shapes tokenizer lowercases, so answers come out as "a", not "A": LLaVA's ScienceQA parser is case-sensitive,
 # lmms-eval's is not.
@@ -139,64 +139,8 @@ class HiveDemoProgress:
         return time.perf_counter() - self.start
 
 
-def demo_conversations(scenes, seed: int = 0, turns_per_chat: int = 3):
-    """Stage-3 chats: per scene, its questions in the short-answer layout, its yes/no pair in MME's layout and one
-    question in ScienceQA's multiple-choice layout, shuffled per scene and cut into chats of `turns_per_chat` turns,
-    each with the scene's image in its first turn. Short chats keep sequences (and attention) short on a CPU.
-
-    Args:
-        scenes (`datasets.Dataset`): hive-shapes scenes (one row per scene).
-        seed (`int`): seeds the per-scene turn order and the multiple-choice question.
-        turns_per_chat (`int`): question-answer turns per chat (the last chat of a scene may have fewer).
-
-    Returns:
-        `datasets.Dataset` with `image` and `messages` (`hive_vlm.data.schema.chat_features`).
-
-    Example:
-        >>> from hive_vlm.data.shapes import generate_shapes
-        >>> scenes = generate_shapes(num_train=2, num_validation=0, num_test=0, num_test_compositional=0)["train"]
-        >>> chats = demo_conversations(scenes)  # 6 questions, 2 yes/no, 1 multiple choice: 9 turns, 3 chats per scene
-        >>> len(chats), len(chats[0]["messages"])
-        (6, 6)
-    """
-    import datasets
-    import numpy as np
-
-    from hive_vlm.data.schema import chat_features, text_message
-    from hive_vlm.eval.mme import HiveMMEBenchmark
-    from hive_vlm.eval.scienceqa import HiveScienceQABenchmark
-
-    if turns_per_chat < 1:
-        raise ValueError(f"turns_per_chat must be at least 1, got {turns_per_chat}.")
-    mme, scienceqa = HiveMMEBenchmark(), HiveScienceQABenchmark()
-
-    def convert(batch, indices):
-        rows = {"image": [], "messages": []}
-        for index, image, questions, yes_no in zip(indices, batch["image"], batch["questions"], batch["yes_no"]):
-            rng = np.random.default_rng([seed, index])
-            turns = [(q["question"] + SHORT_ANSWER_PROMPT, q["answer"]) for q in questions]
-            turns += [(mme.build_prompt(pair), pair["answer"]) for pair in yes_no]
-            asked = questions[int(rng.integers(len(questions)))]
-            choice = {"hint": "", "question": asked["question"], "choices": asked["choices"]}
-            turns.append((scienceqa.build_prompt(choice), chr(ord("A") + asked["choices"].index(asked["answer"]))))
-            order = rng.permutation(len(turns))
-            for start in range(0, len(order), turns_per_chat):
-                messages = []
-                for rank, turn in enumerate(order[start : start + turns_per_chat]):
-                    prompt, answer = turns[turn]
-                    messages.append(text_message("user", prompt, with_image=rank == 0))
-                    messages.append(text_message("assistant", answer))
-                rows["image"].append(image)
-                rows["messages"].append(messages)
-        return rows
-
-    raw = scenes.cast_column("image", datasets.Image(decode=False))
-    return raw.map(convert, batched=True, with_indices=True, remove_columns=raw.column_names, features=chat_features(),
-                   desc="demo conversations")  # fmt: skip
-
-
 class HiveDemoRun(HiveRecipeRun):
-    """The demo's training run: stage 3 trains on `demo_conversations`, and the shapes tokenizer also learns the
+    """The demo's training run: stage 3 trains on `shapes_conversations`, and the shapes tokenizer also learns the
     words of the MME and ScienceQA layouts. Everything else is `HiveRecipeRun`.
 
     Example:
@@ -213,7 +157,7 @@ class HiveDemoRun(HiveRecipeRun):
     def conversations(self):
         """The stage-3 chats of the train split, built once."""
         if self._conversations is None:
-            self._conversations = demo_conversations(self.shapes()["train"], self.recipe.seed, self.turns_per_chat)
+            self._conversations = shapes_conversations(self.shapes()["train"], self.recipe.seed, self.turns_per_chat)
         return self._conversations
 
     def tokenizer_corpus(self):
@@ -354,19 +298,6 @@ def text_config(settings: HiveDemoSettings, tokenizer) -> dict:
             "initializer_range": settings.text_initializer_range,
             "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
             "eos_token_id": tokenizer.eos_token_id}  # fmt: skip
-
-
-def pretraining_texts(scenes, conversations, tokenizer, chat_template: str) -> list[list[int]]:
-    """Stage 0's token sequences: every caption as stage 2 sees it (prompt, caption, eos) and every stage-3 chat
-    rendered by the chat template, images left out."""
-    prompt = tokenizer(CAPTION_PROMPT)["input_ids"]
-    sequences = [prompt + tokenizer(caption, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-                 for caption in scenes["caption"]]  # fmt: skip
-    for messages in conversations["messages"]:
-        plain = [{"role": m["role"], "content": message_text(m)} for m in messages]
-        text = tokenizer.apply_chat_template(plain, tokenize=False, chat_template=chat_template)
-        sequences.append(tokenizer(text, add_special_tokens=False)["input_ids"][:MAX_LENGTH])
-    return sequences
 
 
 def pretrain_text_model(config: dict, tokenizer, sequences: list[list[int]], settings: HiveDemoSettings, output_dir,
@@ -586,7 +517,7 @@ def run_demo(out, settings: HiveDemoSettings = FULL, text_model: str | None = No
                    f"stage 0 skipped: the LLM is {text_model}")
     if pretrain:
         tokenizer = processor.tokenizer
-        sequences = pretraining_texts(shapes["train"], run.conversations(), tokenizer, processor.chat_template)
+        sequences = pretraining_sequences(shapes["train"], run.conversations(), tokenizer, processor.chat_template, MAX_LENGTH)
         print(f"      {len(sequences)} sequences, {sum(map(len, sequences))} tokens", flush=True)
         pretrain_text_model(text_config(settings, tokenizer), tokenizer, sequences, settings,
                             run_dir / "backbones" / "text-pretrained", seed=seed)  # fmt: skip

@@ -20,7 +20,6 @@ from hive_vlm.demo import (
     HiveDemoRun,
     HiveDemoSettings,
     baseline_scores,
-    demo_conversations,
     demo_recipe,
     majority_answers,
     pretrain_text_model,
@@ -29,6 +28,7 @@ from hive_vlm.demo import (
 )
 from hive_vlm.eval.hive_shapes import HiveShapesBenchmark
 from hive_vlm.eval.okvqa import HiveOKVQABenchmark
+from hive_vlm.shapes_text import shapes_conversations
 from hive_vlm.tokenizer import build_tokenizer
 
 
@@ -163,7 +163,7 @@ def test_baseline_answers_the_majority_of_each_type(scenes, tmp_path):
 
 def test_conversations_ask_every_question_in_each_layout(scenes):
     train = scenes["train"]
-    chats = demo_conversations(train, seed=0, turns_per_chat=4)
+    chats = shapes_conversations(train, seed=0, turns_per_chat=4)
     assert len(chats) == 3 * len(train)  # 9 turns per scene: chats of 4, 4 and 1 turns
     for scene_index in range(len(train)):
         turns = []
