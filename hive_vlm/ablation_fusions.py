@@ -51,6 +51,8 @@ class HiveFusionSettings:
         flat_projector_hidden_size: width of LLaVA's projector MLP (the LLM width when unset, LLaVA's own design).
         qformer_num_query_tokens, qformer_num_hidden_layers, qformer_intermediate_size: the Q-Former's shape; its
             width is the LLM's and its heads the LLM's attention heads.
+        gate_init: the starting value of the HIVE fusions' tanh gates (`HiveConfig.gate_init`; 0.0, Flamingo's
+            choice, makes every block start as the identity).
         intermediate_sizes: per fusion, a width override (`--match-params` fills it): the cross-attention MLP for
             the HIVE fusions, the projector for flat, the Q-Former MLP for qformer.
     """
@@ -63,6 +65,7 @@ class HiveFusionSettings:
     qformer_num_query_tokens: int = 8
     qformer_num_hidden_layers: int = 2
     qformer_intermediate_size: int | None = None
+    gate_init: float = 0.0
     intermediate_sizes: dict = field(default_factory=dict)
 
 
@@ -101,11 +104,12 @@ class HiveAblationFusion:
     def loss(self, batch: dict) -> torch.Tensor:
         return self.model(**self.model_inputs(batch)).loss
 
-    def set_stage(self, stage: int, train_vision: bool = True, train_llm: bool = False) -> dict:
-        """Freezes everything but what `stage` trains (2: the fusion; 3: the fusion, the encoder with `train_vision`
-        and the whole LLM with `train_llm`); parameters the loss never reaches (found by one probe backward) stay
-        frozen. Returns the counts."""
-        wanted = {"vision": stage == 3 and train_vision, "fusion": True, "llm": stage == 3 and train_llm}
+    def set_stage(self, stage: int, train_vision: bool | None = None, train_llm: bool = False) -> dict:
+        """Freezes everything but what `stage` trains: the fusion, the encoder with `train_vision` (default: in stage
+        3 only) and, in stage 3, the whole LLM with `train_llm`. Parameters the loss never reaches (found by one probe
+        backward) stay frozen. Returns the counts."""
+        train_vision = stage == 3 if train_vision is None else train_vision
+        wanted = {"vision": train_vision, "fusion": True, "llm": stage == 3 and train_llm}
         for name, params in self.components.items():
             for parameter in params:
                 parameter.requires_grad_(wanted[name])
@@ -177,7 +181,7 @@ def _hive(name, vision_dir, text_dir, settings: HiveFusionSettings, image_token_
         last = AutoConfig.from_pretrained(vision_dir).num_hidden_layers - 1
         text_layers = settings.single_level_text_layers or [text for _, text in pairs]
         pairs = [[last, text] for text in text_layers]
-    kwargs = {"cross_attention_layers": pairs, "hierarchy_mode": mode}
+    kwargs = {"cross_attention_layers": pairs, "hierarchy_mode": mode, "gate_init": settings.gate_init}
     width = settings.intermediate_sizes.get(name) or settings.cross_attention_intermediate_size
     if width:
         kwargs["cross_attention_intermediate_size"] = int(width)

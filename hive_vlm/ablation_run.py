@@ -254,7 +254,7 @@ def run_fusion(spec: dict) -> dict:
                           HiveFusionSettings(**settings["fusion"]), seed=seed)  # fmt: skip
     result = {"fusion": name, "seed": seed, "settings": settings, "num_image_tokens": fusion.num_image_tokens, "parameters": {}, "stages": {}}
 
-    result["parameters"]["stage2"] = fusion.set_stage(2)
+    result["parameters"]["stage2"] = fusion.set_stage(2, train_vision=settings["stage2"].get("train_vision", False))
     stage2 = train_stage(fusion, captions, HiveCaptionCollator(processor, prompt=meta["caption_prompt"], max_length=max_length),
                          settings["stage2"], seed * 1000 + 2)  # fmt: skip
 

@@ -1,5 +1,6 @@
 """`hive ablate`: quick mode end to end, identical batches for every fusion, honest parameter counts."""
 
+import dataclasses
 import json
 
 import pytest
@@ -91,6 +92,21 @@ def test_reported_parameter_counts_are_the_weights_that_train(quick):
     assert 0 < counts["vision"]["trainable"] < counts["vision"]["total"]
     counts = hive.set_stage(3, train_llm=True)
     assert counts["llm"]["trainable"] == sum(p.numel() for p in hive.components["llm"] if p.requires_grad) > 0
+    # stage2.train_vision: the encoder trains with the fusion in stage 2, the LLM still does not.
+    counts = hive.set_stage(2, train_vision=True)
+    assert counts["vision"]["trainable"] > 0 and counts["llm"]["trainable"] == 0
+
+
+def test_gate_init_reaches_the_hive_fusions(quick):
+    out, settings, _ = quick
+    shared = out / "shared"
+    meta = json.loads((shared / "meta.json").read_text())
+    fusion_settings = dataclasses.replace(settings.fusion, gate_init=0.25)
+    for name in ("hive-paired", "hive-all-levels", "single-level"):
+        fusion = build_fusion(name, shared / "backbones" / "vision", shared / "backbones" / "text", meta["image_token_id"],
+                              fusion_settings)  # fmt: skip
+        gates = [p for n, p in fusion.model.named_parameters() if n.endswith("_gate")]
+        assert gates and all(torch.all(gate == 0.25) for gate in gates), name
 
 
 def test_match_params_brings_budgets_within_ten_percent(quick):
@@ -134,6 +150,14 @@ def test_recipe_errors_name_the_key():
         parse_settings({**values, "fusions": ["hive-paired", "perceiver"]})
     with pytest.raises(ValueError, match="unknown fusion 'perceiver'"):
         build_fusion("perceiver", "v", "t", 5)
+
+
+def test_shipped_ablation_recipes_parse():
+    learning = load_settings(DEFAULT_RECIPE.parent / "ablation-shapes-learning.yaml")
+    assert learning.stage2["train_vision"] and learning.fusion.gate_init == 0.1
+    assert learning.model["vision_config"]["image_size"] == learning.data["image_size"]
+    default = load_settings(DEFAULT_RECIPE)
+    assert not default.stage2["train_vision"] and default.fusion.gate_init == 0.0
 
 
 def test_peak_memory_window_sees_an_allocation_made_inside_it():
