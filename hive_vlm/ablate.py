@@ -99,24 +99,11 @@ def _merge(base: dict, update: dict) -> dict:
     return merged
 
 
-def _check_type(where: str, value, default) -> None:
-    """Raises naming `where` when `value` is not of the kind its default is (a number, a flag); None defaults take
-    anything a later check accepts."""
-    if isinstance(default, bool):
-        fits, kind = isinstance(value, bool), "true or false"
-    elif isinstance(default, int):
-        fits, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
-    elif isinstance(default, float):
-        fits, kind = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
-    else:
-        return
-    if not fits:
-        hint = " (YAML reads 1e-3 as text: write 1.0e-3)" if isinstance(value, str) and kind == "a number" else ""
-        raise ValueError(f"{where}: expected {kind}, got {type(value).__name__} ({value!r}){hint}.")
-
-
 def parse_settings(values: dict, where: str = "recipe") -> HiveAblationSettings:
-    """Validates a recipe mapping (unknown keys raise, naming the section and the allowed keys) and fills defaults."""
+    """Validates a recipe mapping (unknown keys raise, naming the section and the allowed keys; a value of another
+    kind than its default raises, naming the key) and fills defaults."""
+    from hive_vlm.training.recipe import check_scalar
+
     if not isinstance(values, dict):
         raise ValueError(f"{where}: expected a mapping, got {type(values).__name__}.")
     allowed = set(HiveAblationSettings.__dataclass_fields__)
@@ -130,7 +117,7 @@ def parse_settings(values: dict, where: str = "recipe") -> HiveAblationSettings:
         if extra:
             raise ValueError(f"{where}.{section}: unknown key(s) {extra}; allowed: {sorted(defaults)}.")
         for key, value in given.items():
-            _check_type(f"{where}.{section}.{key}", value, defaults[key])
+            check_scalar(f"{where}.{section}.{key}", value, type(defaults[key]))  # a None default takes anything
         sections[section] = {**defaults, **given}
     fusion_values = values.get("fusion") or {}
     extra = sorted(set(fusion_values) - set(HiveFusionSettings.__dataclass_fields__))

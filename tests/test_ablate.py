@@ -146,9 +146,9 @@ def test_recipe_errors_name_the_key():
     assert parse_settings(values).seeds == [0, 1, 2]
     with pytest.raises(ValueError, match=r"stage3: unknown key\(s\) \['stepz'\]"):
         parse_settings({**values, "stage3": {"stepz": 3}})
-    with pytest.raises(ValueError, match=r"stage2.learning_rate: expected a number, got str \('1e-3'\) \(YAML reads 1e-3 as text"):
+    with pytest.raises(ValueError, match=r"stage2.learning_rate: expected float, got str \('1e-3'\) \(YAML reads 1e-3 as text"):
         load_settings(DEFAULT_RECIPE, overrides=["stage2.learning_rate=1e-3"])
-    with pytest.raises(ValueError, match=r"stage3.train_vision: expected true or false"):
+    with pytest.raises(ValueError, match=r"stage3.train_vision: expected bool, got str"):
         parse_settings({**values, "stage3": {"train_vision": "yes please"}})
     assert load_settings(DEFAULT_RECIPE, overrides=["stage2.learning_rate=1.0e-3"]).stage2["learning_rate"] == 1e-3
     with pytest.raises(ValueError, match="fusions"):

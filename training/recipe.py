@@ -83,7 +83,7 @@ class HiveRecipe:
             raise ValueError(f"stage{stage}: unknown key(s) {unknown}; {config_class.__name__} has no such field.")
         types = {f.name: f.type for f in dataclasses.fields(config_class)}
         for key, value in values.items():
-            _check_scalar(f"stage{stage}.{key}", value, types[key])
+            check_scalar(f"stage{stage}.{key}", value, types[key])
         try:
             return config_class(output_dir=output_dir, **values)
         except (TypeError, ValueError) as error:
@@ -93,7 +93,7 @@ class HiveRecipe:
 _SCALARS = (bool, int, float, str)
 
 
-def _check_scalar(where: str, value, annotation) -> None:
+def check_scalar(where: str, value, annotation) -> None:
     """Raises naming `where` when `value` does not fit a plain bool/int/float/str field (others are left to the class)."""
     allowed = [t for t in (typing.get_args(annotation) or (annotation,)) if t is not type(None)]
     if value is None or not allowed or not all(t in _SCALARS for t in allowed):
