@@ -4,7 +4,8 @@ Every fusion sees the same batches in the same order (the seed fixes the order; 
 token ids and labels is recorded per step), trains the same numbers of steps with the same optimiser, and is
 evaluated by the same adapters and scorers. The LLM stays frozen unless `stage3.train_llm` is set.
 
-    stage 2  the fusion weights train on captions (`HiveCaptionCollator`), encoder frozen
+    stage 2  the fusion weights train on captions (`HiveCaptionCollator`); the encoder too with
+             `stage2.train_vision` (frozen by default, as in the paper)
     stage 3  the fusion weights and the encoder (its own learning rate) train on chats (`HiveChatCollator`); the
              LLM too with `stage3.train_llm` (at the fusion's learning rate)
 
