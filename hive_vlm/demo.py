@@ -39,7 +39,7 @@ from pathlib import Path
 from transformers import ViTImageProcessorPil
 
 from hive_vlm.data.schema import message_text
-from hive_vlm.data.shapes import LEVELS, HiveShapesConfig, generate_scene
+from hive_vlm.data.shapes import LEVELS, QUESTION_TYPES, HiveShapesConfig, generate_scene
 from hive_vlm.data.shapes_layouts import SHORT_ANSWER_PROMPT, to_mme, to_okvqa, to_scienceqa
 from hive_vlm.files import atomic_folder
 from hive_vlm.shapes_text import CAPTION_PROMPT, pretraining_sequences, shapes_conversations
@@ -377,6 +377,39 @@ def baseline_scores(benchmark, data, majority: dict[str, str], split: str | None
     return benchmark.score(predictions, references, benchmark.resolve_protocol(PROTOCOLS.get(benchmark.name)))
 
 
+def scores_by_type(scenes, predictions: dict[str, str]) -> dict:
+    """Accuracy (%) per question type of hive-shapes answers, scored by the benchmark's own scorer.
+
+    The levels average question types that the model reads very differently (a blank image answers "comparison"
+    as well as an image does), and attribute questions about a scene's only object need no selection of the
+    object the question names. So next to each type this gives `attributes, only object` and `attributes, one of
+    several`: colour, texture, shape and size questions split by the number of objects in the scene.
+
+    Args:
+        scenes: hive-shapes scenes (`scene_id`, `objects`, `questions`), as `hive data shapes` writes them.
+        predictions (`dict[str, str]`): question id (`{scene_id}/{rank}`, as `HiveShapesBenchmark` names it) ->
+            answer. Questions without an answer are left out.
+    """
+    from hive_vlm.eval.benchmark import load_metric
+
+    groups = {}
+    for scene_id, objects, questions in zip(scenes["scene_id"], scenes["objects"], scenes["questions"]):
+        for rank, question in enumerate(questions):
+            prediction = predictions.get(f"{scene_id}/{rank}")
+            if prediction is None:
+                continue
+            names = [question["type"]]
+            if question["level"] in ("low", "mid"):
+                names.append("attributes, only object" if len(objects) == 1 else "attributes, one of several")
+            for name in names:
+                groups.setdefault(name, []).append((prediction, question["answer"], question["level"]))
+    metric = load_metric("hive_shapes_accuracy")
+    order = [qtype for level in LEVELS for qtype in QUESTION_TYPES[level]] + ["attributes, only object", "attributes, one of several"]
+    return {name: metric.compute(predictions=[p for p, _, _ in groups[name]], references=[a for _, a, _ in groups[name]],
+                                 levels=[level for _, _, level in groups[name]])["accuracy"]
+            for name in order if name in groups}  # fmt: skip
+
+
 def write_views(scenes, folder) -> dict[str, str]:
     """The MME, ScienceQA and OK-VQA layouts of `scenes`, each saved under `folder/<benchmark>`; name -> folder."""
     paths = {}
@@ -395,8 +428,11 @@ def evaluate_demo(model_dir, shapes_dir, views: dict[str, str], results_dir, maj
     Every model result is written by `evaluate_benchmark` to `results_dir/<name>.json` (the file `hive card` reads);
     the baselines go to `results_dir/baselines.json`. The hive-shapes test split is also answered with every image
     replaced by a blank grey one (`hive-shapes-test-blank-image.json`): what the trained model gets from the
-    question alone. Returns name -> {"file", "protocol", "scores", "baseline"}, plus "blank_image" on the test entry.
+    question alone. Returns name -> {"file", "protocol", "scores", "baseline"}, plus "blank_image" on the test entry
+    and, on each hive-shapes entry, "by_type": `scores_by_type` of the model, the majority baseline and (on test)
+    the blank image.
     """
+    from hive_vlm.eval.benchmark import load_published
     from hive_vlm.eval.hive_shapes import HiveShapesBenchmark
     from hive_vlm.eval.mme import HiveMMEBenchmark
     from hive_vlm.eval.okvqa import HiveOKVQABenchmark
@@ -415,6 +451,15 @@ def evaluate_demo(model_dir, shapes_dir, views: dict[str, str], results_dir, maj
                                     batch_size=batch_size, model=identity)  # fmt: skip
         baseline = baseline_scores(benchmark, data, majority, split=split)
         results[name] = {"file": str(out), "protocol": result["protocol"], "scores": result["scores"], "baseline": baseline}
+        if split is not None:
+            scenes = load_published(data, split=split)
+            ids = [f"{scene_id}/{rank}" for scene_id, questions in zip(scenes["scene_id"], scenes["questions"])
+                   for rank in range(len(questions))]  # fmt: skip
+            types = [question["type"] for questions in scenes["questions"] for question in questions]
+            results[name]["by_type"] = {
+                "HIVE": scores_by_type(scenes, {sample["id"]: sample["prediction"] for sample in result["samples"]}),
+                "majority baseline": scores_by_type(scenes, {i: majority[qtype] for i, qtype in zip(ids, types)}),
+            }
         print(f"      {name}: {_headline(name, result['scores'])} (majority baseline {_headline(name, baseline)})", flush=True)
 
     from PIL import Image
@@ -428,6 +473,9 @@ def evaluate_demo(model_dir, shapes_dir, views: dict[str, str], results_dir, maj
     out = Path(results_dir) / "hive-shapes-test-blank-image.json"
     result = evaluate_benchmark(benchmark, str(shapes_dir), blind, out, split="test", batch_size=batch_size, model=identity)
     results["hive-shapes-test"]["blank_image"] = result["scores"]
+    blank_by_type = scores_by_type(load_published(str(shapes_dir), split="test"),
+                                   {sample["id"]: sample["prediction"] for sample in result["samples"]})  # fmt: skip
+    results["hive-shapes-test"]["by_type"]["HIVE, blank image"] = blank_by_type
     print(f"      hive-shapes-test, blank image: {_headline('hive-shapes', result['scores'])}", flush=True)
     write_json_atomic(Path(results_dir) / "baselines.json", {
         "description": "majority answer per question type, computed on the train split, scored by each benchmark's scorer",
@@ -558,7 +606,7 @@ def run_demo(out, settings: HiveDemoSettings = FULL, text_model: str | None = No
         "seed": seed, "settings": dataclasses.asdict(settings), "text_model": text_model, "vision_model": vision_model,
         "layer_pairs": recipe.model.hive["cross_attention_layers"], "seconds": round(progress.elapsed(), 1),
         "phase_seconds": progress.times, "cpu_count": os.cpu_count(),
-        "results": {name: {key: entry[key] for key in ("protocol", "scores", "baseline", "blank_image") if key in entry} for name, entry in results.items()},
+        "results": {name: {key: entry[key] for key in ("protocol", "scores", "baseline", "blank_image", "by_type") if key in entry} for name, entry in results.items()},
         "fresh_scene": {"scene_id": scene.scene_id, "answers": answers}, "model": str(model_dir),
         "figure": str(figure.path),
     }  # fmt: skip
@@ -593,6 +641,18 @@ def summary_table(summary: dict) -> str:
             if scores is not None:
                 row = "".join(f"{scores.get(key, float('nan')):>8.1f}" for key in (*LEVELS, "accuracy"))
                 lines.append(f"  {split if label == 'HIVE' else '':<20}{label:<18}{row}")
+    columns = [("test", "HIVE"), ("test", "HIVE, blank image"), ("test", "majority baseline"),
+               ("test_compositional", "HIVE"), ("test_compositional", "majority baseline")]  # fmt: skip
+    lines.append(f"\n{'accuracy by question type (%)':<36}{'test':>8}{'blank':>8}{'majority':>10}{'compos.':>10}{'majority':>10}")
+    rows = [(f"{qtype} ({level})", qtype) for level in LEVELS for qtype in QUESTION_TYPES[level]]
+    rows += [("attributes, only object", "attributes, only object"), ("attributes, one of several", "attributes, one of several")]
+    widths = (8, 8, 10, 10, 10)
+    for label, key in rows:
+        cells = [results[f"hive-shapes-{split}"].get("by_type", {}).get(column, {}).get(key) for split, column in columns]
+        lines.append(f"  {label:<34}" + "".join(f"{cell:>{width}.1f}" if cell is not None else f"{'-':>{width}}"
+                                                 for cell, width in zip(cells, widths)))  # fmt: skip
+    lines.append("  (test: HIVE, HIVE on a blank image, majority baseline; compos.: test_compositional, HIVE and majority.\n"
+                 "   attributes: colour, texture, shape and size questions, about a scene's only object or one of 2-4.)")
     lines.append(f"\n{'benchmark views of hive-shapes test':<52}{'HIVE':>12}{'majority':>12}")
     views = (("mme", "perception", "MME layout: perception score (max 800)"),
              ("scienceqa", "accuracy", "ScienceQA layout: accuracy (%)"),

@@ -24,6 +24,7 @@ from hive_vlm.demo import (
     majority_answers,
     pretrain_text_model,
     run_demo,
+    scores_by_type,
     sincos_position_embeddings,
 )
 from hive_vlm.eval.hive_shapes import HiveShapesBenchmark
@@ -55,6 +56,7 @@ def test_fast_demo_reports_every_phase_and_the_summary(fast_demo):
     for index in range(1, 9):
         assert f"[{index}/8]" in stdout
     assert "majority baseline" in stdout and "MME layout" in stdout and "OK-VQA layout" in stdout
+    assert "by question type" in stdout and "HIVE, blank image" in stdout
     summary = json.loads((out / "results" / "summary.json").read_text())
     assert sorted(summary["results"]) == sorted(RESULT_NAMES)
     assert set(summary["phase_seconds"]) == {"data", "backbones", "stage0", "stages1-3", "eval", "hub", "pipeline", "figure"}
@@ -78,6 +80,11 @@ def test_fast_demo_results_are_scored_next_to_the_baseline(fast_demo):
     assert {sample["id"] for sample in blank["samples"]} == {
         sample["id"] for sample in json.loads((out / "results" / "hive-shapes-test.json").read_text())["samples"]
     }
+    for split in EVAL_SPLITS:
+        by_type = summary["results"][f"hive-shapes-{split}"]["by_type"]
+        expected = {"HIVE", "majority baseline"} | ({"HIVE, blank image"} if split == "test" else set())
+        assert set(by_type) == expected
+        assert all(0 <= value <= 100 for scores in by_type.values() for value in scores.values())
     baselines = json.loads((out / "results" / "baselines.json").read_text())
     assert set(baselines["majority_answers"]) == {"color", "texture", "shape", "size", "count", "position", "comparison"}
     assert summary["results"]["scienceqa"]["protocol"] == "lmms-eval"
@@ -159,6 +166,28 @@ def test_baseline_answers_the_majority_of_each_type(scenes, tmp_path):
     okvqa = baseline_scores(HiveOKVQABenchmark(), str(tmp_path / "okvqa"), majority)
     right = sum(q["answer"] == majority[q["type"]] for q in questions)
     assert okvqa["vqa_accuracy"] == pytest.approx(100 * right / len(questions))
+
+
+def test_scores_by_type_splits_each_type_and_attribute_questions_by_scene_size(scenes):
+    test = scenes["test"]
+    ids = {f"{scene_id}/{rank}": question for scene_id, questions in zip(test["scene_id"], test["questions"])
+           for rank, question in enumerate(questions)}  # fmt: skip
+    only = {scene_id for scene_id, objects in zip(test["scene_id"], test["objects"]) if len(objects) == 1}
+    # Right about colour questions and about every question on one-object scenes, wrong ("Nothing.") elsewhere.
+    predictions = {i: q["answer"].upper() + "." if q["type"] == "color" or i.rsplit("/", 1)[0] in only else "nothing"
+                   for i, q in ids.items()}  # fmt: skip
+
+    scores = scores_by_type(test, predictions)
+
+    for qtype in {q["type"] for q in ids.values()}:
+        asked = [i for i, q in ids.items() if q["type"] == qtype]
+        right = [i for i in asked if qtype == "color" or i.rsplit("/", 1)[0] in only]
+        assert scores[qtype] == pytest.approx(100 * len(right) / len(asked))
+    several = [q for i, q in ids.items() if q["level"] != "high" and i.rsplit("/", 1)[0] not in only]
+    assert scores["attributes, one of several"] == pytest.approx(100 * sum(q["type"] == "color" for q in several) / len(several))
+    assert only, "the fixture needs a scene with one object"
+    assert scores["attributes, only object"] == 100.0
+    assert scores_by_type(test, {}) == {}
 
 
 def test_conversations_ask_every_question_in_each_layout(scenes):
