@@ -65,7 +65,10 @@ class HiveDemoSettings:
         num_train, num_test: hive-shapes scenes in train and in each of test and test_compositional.
         pretrain_steps, pretrain_batch_size, pretrain_learning_rate: stage 0, the LLM's causal-LM pretraining.
         turns_per_chat: question-answer turns per stage-3 chat (see `hive_vlm.shapes_text.shapes_conversations`).
-        stage1, stage2, stage3: the recipe's `TrainingArguments` fields of each stage.
+        stage1, stage2, stage3: the recipe's `TrainingArguments` fields of each stage. Stage 3 is where the model
+            learns to pick out the object a question names, and it gains from every chat it sees: 86,400 chats
+            (2700 steps of 32) score 73.1% on test, 28,800 score 63.8% (docs/demo.md). Steps of 32 cost less per
+            chat than steps of 16 on 2 CPU cores.
         eval_batch_size: prompts per `generate()` call during evaluation.
     """
 
@@ -91,7 +94,7 @@ class HiveDemoSettings:
                                                   "mask_ratio": 0.5})
     stage2: dict = field(default_factory=lambda: {"max_steps": 2000, "per_device_train_batch_size": 32, "learning_rate": 2e-3,
                                                   "train_vision": True})
-    stage3: dict = field(default_factory=lambda: {"max_steps": 1800, "per_device_train_batch_size": 16, "learning_rate": 2e-3,
+    stage3: dict = field(default_factory=lambda: {"max_steps": 2700, "per_device_train_batch_size": 32, "learning_rate": 2e-3,
                                                   "vision_learning_rate": 1e-3, "lora_r": 16, "lora_alpha": 32})
     eval_batch_size: int = 32
 
