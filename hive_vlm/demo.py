@@ -446,7 +446,7 @@ def evaluate_demo(model_dir, shapes_dir, views: dict[str, str], results_dir, maj
     identity = model_identity(model_dir)
     jobs = [(f"hive-shapes-{split}", HiveShapesBenchmark(), str(shapes_dir), split) for split in EVAL_SPLITS]
     jobs += [(b.name, b, views[b.name], None) for b in (HiveMMEBenchmark(), HiveScienceQABenchmark(), HiveOKVQABenchmark())]
-    results = {}
+    results, scenes = {}, {}
     for name, benchmark, data, split in jobs:
         out = Path(results_dir) / f"{name}.json"
         predict = partial(generate_answers, model, processor, max_new_tokens=benchmark.max_new_tokens)
@@ -455,14 +455,12 @@ def evaluate_demo(model_dir, shapes_dir, views: dict[str, str], results_dir, maj
         baseline = baseline_scores(benchmark, data, majority, split=split)
         results[name] = {"file": str(out), "protocol": result["protocol"], "scores": result["scores"], "baseline": baseline}
         if split is not None:
-            scenes = load_published(data, split=split)
-            ids = [f"{scene_id}/{rank}" for scene_id, questions in zip(scenes["scene_id"], scenes["questions"])
-                   for rank in range(len(questions))]  # fmt: skip
-            types = [question["type"] for questions in scenes["questions"] for question in questions]
-            results[name]["by_type"] = {
-                "HIVE": scores_by_type(scenes, {sample["id"]: sample["prediction"] for sample in result["samples"]}),
-                "majority baseline": scores_by_type(scenes, {i: majority[qtype] for i, qtype in zip(ids, types)}),
-            }
+            scenes[split] = load_published(data, split=split)
+            majority_predictions = {f"{scene_id}/{rank}": majority[question["type"]]
+                                    for scene_id, questions in zip(scenes[split]["scene_id"], scenes[split]["questions"])
+                                    for rank, question in enumerate(questions)}  # fmt: skip
+            results[name]["by_type"] = {"HIVE": scores_by_type(scenes[split], _predictions(result)),
+                                        "majority baseline": scores_by_type(scenes[split], majority_predictions)}  # fmt: skip
         print(f"      {name}: {_headline(name, result['scores'])} (majority baseline {_headline(name, baseline)})", flush=True)
 
     from PIL import Image
@@ -476,15 +474,18 @@ def evaluate_demo(model_dir, shapes_dir, views: dict[str, str], results_dir, maj
     out = Path(results_dir) / "hive-shapes-test-blank-image.json"
     result = evaluate_benchmark(benchmark, str(shapes_dir), blind, out, split="test", batch_size=batch_size, model=identity)
     results["hive-shapes-test"]["blank_image"] = result["scores"]
-    blank_by_type = scores_by_type(load_published(str(shapes_dir), split="test"),
-                                   {sample["id"]: sample["prediction"] for sample in result["samples"]})  # fmt: skip
-    results["hive-shapes-test"]["by_type"]["HIVE, blank image"] = blank_by_type
+    results["hive-shapes-test"]["by_type"]["HIVE, blank image"] = scores_by_type(scenes["test"], _predictions(result))
     print(f"      hive-shapes-test, blank image: {_headline('hive-shapes', result['scores'])}", flush=True)
     write_json_atomic(Path(results_dir) / "baselines.json", {
         "description": "majority answer per question type, computed on the train split, scored by each benchmark's scorer",
         "majority_answers": majority, "scores": {name: entry["baseline"] for name, entry in results.items()},
     })  # fmt: skip
     return results
+
+
+def _predictions(result: dict) -> dict[str, str]:
+    """Question id -> answer, from an `evaluate_benchmark` result."""
+    return {sample["id"]: sample["prediction"] for sample in result["samples"]}
 
 
 def _headline(name: str, scores: dict) -> str:

@@ -173,6 +173,7 @@ def test_scores_by_type_splits_each_type_and_attribute_questions_by_scene_size(s
     ids = {f"{scene_id}/{rank}": question for scene_id, questions in zip(test["scene_id"], test["questions"])
            for rank, question in enumerate(questions)}  # fmt: skip
     only = {scene_id for scene_id, objects in zip(test["scene_id"], test["objects"]) if len(objects) == 1}
+    assert only, "the fixture needs a scene with one object"
     # Right about colour questions and about every question on one-object scenes, wrong ("Nothing.") elsewhere.
     predictions = {i: q["answer"].upper() + "." if q["type"] == "color" or i.rsplit("/", 1)[0] in only else "nothing"
                    for i, q in ids.items()}  # fmt: skip
@@ -185,7 +186,6 @@ def test_scores_by_type_splits_each_type_and_attribute_questions_by_scene_size(s
         assert scores[qtype] == pytest.approx(100 * len(right) / len(asked))
     several = [q for i, q in ids.items() if q["level"] != "high" and i.rsplit("/", 1)[0] not in only]
     assert scores["attributes, one of several"] == pytest.approx(100 * sum(q["type"] == "color" for q in several) / len(several))
-    assert only, "the fixture needs a scene with one object"
     assert scores["attributes, only object"] == 100.0
     assert scores_by_type(test, {}) == {}
 
