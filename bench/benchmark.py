@@ -19,6 +19,7 @@ import transformers
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from modeling_hive.compatibility_hive import CACHE_NAME
 from .flops import hive_prefill_flops, hive_stage2_step_flops
 from .measures import (
     interleaved,
@@ -90,11 +91,16 @@ def llava_inputs_embeds(llava, batch: BenchBatch, images: int) -> torch.Tensor:
     return torch.cat([embed(prefix), image_features.to(embed.weight.dtype), embed(text)], dim=1)
 
 
+def hive_fusion(hive, levels):
+    """HIVE's fusion alone: the selected encoder levels through the projectors into every block's image keys/values."""
+    return hive.model.get_cross_attention_key_values(hive.model.project_levels(levels))
+
+
 def hive_image_key_values(hive, batch: BenchBatch, images: int):
-    """Per-block image keys/values for one image's features tiled `images` times along the token axis."""
-    features = hive.model.get_image_features(batch.pixel_values)
-    features = tuple(tile_image_tokens(level, images) for level in features)
-    return features, hive.model.get_cross_attention_key_values(features)
+    """Per-block image keys/values for one image's selected encoder levels tiled `images` times along the token axis."""
+    _, levels = hive.model.encode_image(batch.pixel_values)
+    levels = tuple(tile_image_tokens(level, images) for level in levels)
+    return levels, hive_fusion(hive, levels)
 
 
 def decode_run(model, cache, token: torch.Tensor, steps: int, device, before_step: Callable[[], None] | None = None) -> float:
@@ -105,7 +111,7 @@ def decode_run(model, cache, token: torch.Tensor, steps: int, device, before_ste
         for _ in range(steps):
             if before_step is not None:
                 before_step()
-            logits = model(input_ids=next_token, past_key_values=cache, use_cache=True).logits
+            logits = model(input_ids=next_token, use_cache=True, **{CACHE_NAME: cache}).logits
             next_token = logits[:, -1:].argmax(-1)
 
     seconds = timed(run, device)
@@ -129,7 +135,7 @@ def measure_prefill(hive, llava, batch: BenchBatch, repeats: int, device, matmul
 
     def hive_llm_side():
         cache = cache_with_image_key_values(hive, hive_key_values, image_mask)
-        return timed(lambda: hive(input_ids=batch.input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1), device)
+        return timed(lambda: hive(input_ids=batch.input_ids, cache=cache, use_cache=True, logits_to_keep=1), device)
 
     times = {
         "ttft": interleaved({"hive": lambda: timed(hive_whole, device), "llava": lambda: timed(llava_whole, device), **matmul_tasks}, repeats),
@@ -139,20 +145,20 @@ def measure_prefill(hive, llava, batch: BenchBatch, repeats: int, device, matmul
         ),
         "encoder": interleaved(
             {
-                "hive": lambda: timed(lambda: hive.model.get_image_features(batch.pixel_values), device),
+                "hive": lambda: timed(lambda: hive.model.encode_image(batch.pixel_values), device),
                 "llava": lambda: timed(lambda: llava.model.vision_tower(batch.pixel_values, output_hidden_states=True), device),
             },
             repeats,
         ),
         "fusion": interleaved(
             {
-                "hive": lambda: timed(lambda: hive.model.get_cross_attention_key_values(hive_features), device),
+                "hive": lambda: timed(lambda: hive_fusion(hive, hive_features), device),
                 "llava": lambda: timed(lambda: llava.model.multi_modal_projector(llava_vision_states), device),
             },
             repeats,
         ),
     }
-    kv_bytes = {"hive": cache_bytes(hive_whole().past_key_values), "llava": cache_bytes(llava_whole().past_key_values)}
+    kv_bytes = {"hive": cache_bytes(hive_whole()[CACHE_NAME]), "llava": cache_bytes(llava_whole()[CACHE_NAME])}
     return {"times": times, "kv_cache_bytes": kv_bytes}
 
 
@@ -167,9 +173,9 @@ def measure_decode(hive, llava, batch: BenchBatch, images: int, steps: int, repe
     image_mask = None  # every sample has an image: the model then stores no mask either
     hive_features, hive_key_values = hive_image_key_values(hive, batch, images)
     hive_cache = cache_with_image_key_values(hive, hive_key_values, image_mask)
-    hive_token = hive(input_ids=batch.input_ids, past_key_values=hive_cache, use_cache=True, logits_to_keep=1).logits.argmax(-1)
+    hive_token = hive(input_ids=batch.input_ids, cache=hive_cache, use_cache=True, logits_to_keep=1).logits.argmax(-1)
     llava_out = llava(inputs_embeds=llava_inputs_embeds(llava, batch, images), use_cache=True, logits_to_keep=1)
-    llava_cache, llava_token = llava_out.past_key_values, llava_out.logits.argmax(-1)
+    llava_cache, llava_token = llava_out[CACHE_NAME], llava_out.logits.argmax(-1)
 
     times = interleaved(
         {
@@ -181,12 +187,12 @@ def measure_decode(hive, llava, batch: BenchBatch, images: int, steps: int, repe
     if recompute:
         cross_layers = hive_cache.layers[hive.config.text_config.num_hidden_layers :]
 
-        def write_key_values(features):
-            for layer, (key_states, value_states) in zip(cross_layers, hive.model.get_cross_attention_key_values(features)):
+        def write_key_values(levels):
+            for layer, (key_states, value_states) in zip(cross_layers, hive_fusion(hive, levels)):
                 layer.write(key_states, value_states, layer.image_mask)
 
         def encode_and_write():
-            write_key_values(tuple(tile_image_tokens(level, images) for level in hive.model.get_image_features(batch.pixel_values)))
+            write_key_values(tuple(tile_image_tokens(level, images) for level in hive.model.encode_image(batch.pixel_values)[1]))
 
         encoder_steps = min(2, steps)  # each step runs the whole encoder: a few are enough for a per-step time
         times.update(

@@ -91,7 +91,7 @@ def bench_batch(size: HiveBenchSize, batch_size: int, images_per_sample: int = 1
 def cache_with_image_key_values(model: HiveForConditionalGeneration, key_values, image_mask: torch.Tensor | None = None) -> DynamicCache:
     """An empty LLM cache followed by HIVE's cross-attention cache layers holding `key_values`.
 
-    Passing it to `model(input_ids=..., past_key_values=cache)` runs HIVE's LLM side on precomputed image keys/values,
+    Passing it to `model(input_ids=..., cache=cache)` runs HIVE's LLM side on precomputed image keys/values,
     exactly as a decode step reads them after a prefill.
     """
     cache = DynamicCache(config=model.config.text_config)

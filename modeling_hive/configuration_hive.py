@@ -1,5 +1,7 @@
 """HIVE model configuration."""
 
+from .compatibility_hive import check_transformers_version  # noqa: F401  (first: refuses an unsupported transformers)
+
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec

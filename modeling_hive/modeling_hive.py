@@ -6,7 +6,7 @@ reads the image keys/values from a `HiveVisionContext` that travels to every dec
 therefore exactly those of their own checkpoints, under `model.vision_model.` and `model.language_model.`.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, make_dataclass
 from functools import partial
 
 import torch
@@ -17,10 +17,14 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.models.auto.modeling_auto import MODEL_MAPPING
-from transformers.utils import ModelOutput, logging
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_MAPPING
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs, logging
+from transformers.utils.generic import can_return_tuple
 
+from .compatibility_hive import CACHE_NAME, deprecate_past_key_values, resolve_cache
 from .configuration_hive import HiveConfig
 from .pipeline_hive import HIVE_CUSTOM_PIPELINES
 
@@ -28,19 +32,29 @@ from .pipeline_hive import HIVE_CUSTOM_PIPELINES
 logger = logging.get_logger(__name__)
 
 
-@dataclass
-class HiveModelOutputWithPast(ModelOutput):
-    r"""
-    Args:
-        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`):
-            Hidden states of the LLM's last layer.
-        past_key_values (`Cache`, *optional*):
+def hive_output_class(name: str, doc: str, first_fields: list[str]) -> type:
+    """A `ModelOutput` dataclass whose cache field has the running transformers' name (`cache` from 5.25 on).
+
+    Built rather than declared because the field's name depends on the installed version: transformers 5.25 reads
+    `outputs.cache` (and warns on `past_key_values`), 5.23-5.24 read `outputs.past_key_values`.
+    """
+    names = [*first_fields, CACHE_NAME, "hidden_states", "attentions", "image_outputs", "vision_hidden_states", "cross_attentions"]
+    cls = make_dataclass(name, [(n, object, field(default=None)) for n in names], bases=(ModelOutput,))
+    cls.__module__, cls.__doc__ = __name__, doc
+    return cls
+
+
+_OUTPUT_FIELDS_DOC = f"""
+        {CACHE_NAME} (`Cache`, *optional*):
             The LLM's self-attention cache, followed by one `HiveCrossAttentionCacheLayer` per cross-attention block
-            holding the image keys/values computed at prefill.
+            holding the image keys/values computed at prefill. Named `cache` under transformers 5.25 and later,
+            `past_key_values` before, as the running transformers expects.
         hidden_states (`tuple(torch.FloatTensor)`, *optional*):
             The LLM's per-layer hidden states, when `output_hidden_states=True`.
         attentions (`tuple(torch.FloatTensor)`, *optional*):
             The LLM's self-attention weights, when `output_attentions=True`.
+        image_outputs (`BaseModelOutputWithPooling`, *optional*):
+            What `get_image_features` returns for `pixel_values` (None on text-only and decode steps).
         vision_hidden_states (`tuple(torch.FloatTensor)`, *optional*):
             One `(batch_size, num_patches, vision_hidden_size)` tensor per selected vision layer (ascending layer
             order, see `config.vision_layers`), when `output_vision_features=True`.
@@ -48,35 +62,31 @@ class HiveModelOutputWithPast(ModelOutput):
             One `(batch_size, num_heads, sequence_length, num_image_tokens)` tensor per cross-attention block (in
             `config.cross_attention_layers` order), when `output_cross_attentions=True`. In `all_levels` mode the
             image tokens are the levels' tokens concatenated in `config.vision_layers` order.
-    """
+"""
 
-    last_hidden_state: torch.FloatTensor | None = None
-    past_key_values: Cache | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
-    vision_hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+HiveModelOutputWithPast = hive_output_class(
+    "HiveModelOutputWithPast",
+    """Output of `HiveModel`.
 
+    Args:
+        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`):
+            Hidden states of the LLM's last layer."""
+    + _OUTPUT_FIELDS_DOC,
+    ["last_hidden_state"],
+)
 
-@dataclass
-class HiveCausalLMOutputWithPast(ModelOutput):
-    r"""
+HiveCausalLMOutputWithPast = hive_output_class(
+    "HiveCausalLMOutputWithPast",
+    """Output of `HiveForConditionalGeneration`.
+
     Args:
         loss (`torch.FloatTensor` of shape `(1,)`, *optional*):
             Next-token cross-entropy over the positions whose label is not -100 (0.0 when there are none).
         logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`):
-            Next-token scores.
-        past_key_values, hidden_states, attentions, vision_hidden_states, cross_attentions:
-            As in `HiveModelOutputWithPast`.
-    """
-
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    past_key_values: Cache | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
-    vision_hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+            Next-token scores."""
+    + _OUTPUT_FIELDS_DOC,
+    ["loss", "logits"],
+)
 
 
 @dataclass
@@ -308,7 +318,7 @@ class HivePreTrainedModel(PreTrainedModel):
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
     _no_split_modules = ["HiveCrossAttentionLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache", "past_key_values"]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -322,7 +332,7 @@ class HivePreTrainedModel(PreTrainedModel):
             raise ValueError("HIVE loads weights from safetensors only; drop use_safetensors=False.")
         kwargs["use_safetensors"] = True
         try:
-            return super().from_pretrained(*args, **kwargs)
+            model = super().from_pretrained(*args, **kwargs)
         except Exception as error:
             # Matched by name: the remote-code files import torch and transformers only, not safetensors.
             if type(error).__name__ != "SafetensorError":
@@ -331,6 +341,9 @@ class HivePreTrainedModel(PreTrainedModel):
             raise ValueError(
                 f"{source}: a safetensors weights file is corrupt or truncated ({error}); save or download the checkpoint again."
             ) from error
+        # Loading materialises fresh parameters, losing the flags set in __init__.
+        (model[0] if isinstance(model, tuple) else model).freeze_unused_vision_parameters()
+        return model
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """As `PreTrainedModel.save_pretrained` (safetensors), with a config whose `auto_map` covers every Auto class."""
@@ -358,23 +371,35 @@ class HivePreTrainedModel(PreTrainedModel):
         }
 
     def vision_parameters_in_use(self) -> list[nn.Parameter]:
-        """The encoder parameters the connected vision layers depend on (found by one small autograd probe)."""
+        """The encoder parameters the connected vision layers depend on, found by one autograd probe on the meta device.
+
+        The probe costs no compute and no memory, whatever the encoder's size, and runs on an encoder still on meta.
+        """
         hive = self.base_model
         config = self.config.vision_config
         size = getattr(config, "image_size", 224)
         size = size if isinstance(size, int) else size[0]
-        parameters = list(hive.vision_model.parameters())
-        probe = torch.zeros(1, getattr(config, "num_channels", 3), size, size, device=parameters[0].device, dtype=parameters[0].dtype)
-        flags = [p.requires_grad for p in parameters]
-        with torch.enable_grad():
-            for p in parameters:
-                p.requires_grad_(True)
-            features = hive.get_image_features(probe)
-            total = sum(states.float().sum() for states in features)
-            gradients = torch.autograd.grad(total, parameters, allow_unused=True)
-        for p, flag in zip(parameters, flags):
-            p.requires_grad_(flag)
+        names, parameters = zip(*hive.vision_model.named_parameters())
+        modes = {module: module.training for module in hive.vision_model.modules()}
+        hive.vision_model.eval()  # checkpointed layers recompute only in training, and would do so with the real weights
+        with torch.inference_mode(False), torch.enable_grad():  # also when the model is built under either
+            meta = {name: torch.empty_like(p, device="meta").requires_grad_(True) for name, p in zip(names, parameters)}
+            meta.update({name: torch.empty_like(b, device="meta") for name, b in hive.vision_model.named_buffers()})
+            probe = torch.zeros(1, getattr(config, "num_channels", 3), size, size, device="meta", dtype=parameters[0].dtype)
+            outputs = torch.func.functional_call(hive.vision_model, meta, (probe,), {"output_hidden_states": True}, strict=False)
+            total = sum(outputs.hidden_states[layer + 1].sum() for layer in self.config.vision_layers)
+            gradients = torch.autograd.grad(total, [meta[name] for name in names], allow_unused=True)
+        for module, training in modes.items():
+            module.training = training
         return [p for p, g in zip(parameters, gradients) if g is not None]
+
+    def freeze_unused_vision_parameters(self) -> None:
+        """Encoder weights no connected layer depends on (final norm, pooler, deeper layers) never get a gradient:
+        they are frozen, so no optimizer, DDP or FSDP wrapper sees a trainable weight without one."""
+        in_use = {id(p) for p in self.vision_parameters_in_use()}
+        for parameter in self.base_model.vision_model.parameters():
+            if id(parameter) not in in_use:
+                parameter.requires_grad_(False)
 
     def set_trainable(self, vision=None, projector=None, cross_attention=None, llm=None) -> dict[str, dict[str, int]]:
         """Freezes (False) or unfreezes (True) whole components; None leaves one as it is. Logs and returns the counts.
@@ -400,11 +425,7 @@ class HivePreTrainedModel(PreTrainedModel):
                 for parameter in components[name]:
                     parameter.requires_grad_(bool(flag))
         if vision:
-            # Encoder weights past the deepest connected layer (pooler, final norm, deeper layers) never get a
-            # gradient: they stay frozen, so nothing "trainable" silently stays put and DDP sees no unused weights.
-            in_use = {id(p) for p in self.vision_parameters_in_use()}
-            for parameter in components["vision"]:
-                parameter.requires_grad_(id(parameter) in in_use)
+            self.freeze_unused_vision_parameters()
         counts = {
             name: {"trainable": sum(p.numel() for p in params if p.requires_grad), "total": sum(p.numel() for p in params)}
             for name, params in components.items()
@@ -447,6 +468,7 @@ class HiveModel(HivePreTrainedModel):
         for index, (_, text_layer) in enumerate(config.cross_attention_layers):
             layers[text_layer].register_forward_pre_hook(partial(self._cross_attention_hook, index), with_kwargs=True)
         self.post_init()
+        self.freeze_unused_vision_parameters()
 
     def get_input_embeddings(self):
         return self.language_model.get_input_embeddings()
@@ -475,24 +497,71 @@ class HiveModel(HivePreTrainedModel):
             return (new_hidden_states, *args[1:]), kwargs
         return args, {**kwargs, "hidden_states": new_hidden_states}
 
-    def get_image_features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Runs the encoder once: one `(B, num_patches, vision_hidden_size)` tensor per selected vision layer."""
-        outputs = self.vision_model(pixel_values=pixel_values.to(self.vision_model.dtype), output_hidden_states=True)
+    def encode_image(self, pixel_values: torch.Tensor, output_attentions=None, output_hidden_states=None):
+        """Runs the encoder once: its output, and one `(B, num_patches, vision_hidden_size)` tensor per selected layer."""
+        # output_attentions=None would switch the encoder's attentions off even where its config asks for them.
+        attentions = {} if output_attentions is None else {"output_attentions": output_attentions}
+        outputs = self.vision_model(
+            pixel_values=pixel_values.to(self.vision_model.dtype), output_hidden_states=True, return_dict=True, **attentions
+        )
         # hidden_states[0] is the embedding output, hidden_states[i + 1] the output of encoder layer i.
-        return tuple(outputs.hidden_states[layer + 1] for layer in self.config.vision_layers)
+        levels = tuple(outputs.hidden_states[layer + 1] for layer in self.config.vision_layers)
+        if not (output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states):
+            outputs.hidden_states = None
+        return outputs, levels
 
-    def get_cross_attention_key_values(self, vision_hidden_states: tuple[torch.Tensor, ...]) -> list:
-        """Projects each level and computes every block's image keys/values (done once per image)."""
+    def project_levels(self, vision_hidden_states: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+        """Each level through its projector into the LLM width; in `all_levels` mode tagged by its level embedding."""
         dtype = self.multi_modal_projectors[0].linear_1.weight.dtype
         levels = [projector(states.to(dtype)) for projector, states in zip(self.multi_modal_projectors, vision_hidden_states)]
-        level_index = {layer: i for i, layer in enumerate(self.config.vision_layers)}
         if self.level_embeddings is not None:
-            all_levels = torch.cat([states + self.level_embeddings[i] for i, states in enumerate(levels)], dim=1)
+            levels = [states + self.level_embeddings[i] for i, states in enumerate(levels)]
+        return levels
+
+    def get_cross_attention_key_values(self, image_levels: list[torch.Tensor]) -> list:
+        """Every block's image keys/values from the projected levels (done once per image)."""
+        level_index = {layer: i for i, layer in enumerate(self.config.vision_layers)}
+        all_levels = torch.cat(image_levels, dim=1) if self.level_embeddings is not None else None
         key_values = []
         for block, (vision_layer, _) in zip(self.cross_attention_layers, self.config.cross_attention_layers):
-            image_states = all_levels if self.level_embeddings is not None else levels[level_index[vision_layer]]
+            image_states = all_levels if all_levels is not None else image_levels[level_index[vision_layer]]
             key_values.append(block.cross_attn.project_key_value(image_states))
         return key_values
+
+    @can_return_tuple
+    def get_image_features(
+        self, pixel_values: torch.Tensor, output_attentions: bool | None = None, output_hidden_states: bool | None = None, **kwargs
+    ) -> BaseModelOutputWithPooling:
+        """Runs the encoder and the projectors once.
+
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, channels, height, width)`): the images.
+            output_attentions, output_hidden_states (`bool`, *optional*): also return the encoder's attentions and
+                all its hidden states (`hidden_states[i + 1]` is encoder layer i's output).
+
+        Returns:
+            `BaseModelOutputWithPooling`: `last_hidden_state` is the encoder's last layer, and `pooler_output` the
+            image tokens the cross-attention blocks read, `(batch_size, num_levels * num_patches, text_hidden_size)`:
+            every selected level projected into the LLM width, concatenated in `config.vision_layers` order.
+
+        Example:
+            ```python
+            >>> features = model.model.get_image_features(pixel_values)
+            >>> features.pooler_output.shape  # (batch_size, num_levels * num_patches, text_hidden_size)
+            ```
+        """
+        encoder_outputs, levels = self.encode_image(pixel_values, output_attentions, output_hidden_states)
+        return self.image_features_output(encoder_outputs, self.project_levels(levels))
+
+    @staticmethod
+    def image_features_output(encoder_outputs, image_levels: list[torch.Tensor]) -> BaseModelOutputWithPooling:
+        """`get_image_features`' output from the encoder's output and the projected levels."""
+        return BaseModelOutputWithPooling(
+            last_hidden_state=encoder_outputs.last_hidden_state,
+            pooler_output=torch.cat(image_levels, dim=1),
+            hidden_states=encoder_outputs.hidden_states,
+            attentions=encoder_outputs.attentions,
+        )
 
     def _check_pixel_values(self, pixel_values, batch_size):
         if not isinstance(pixel_values, torch.Tensor):
@@ -528,6 +597,8 @@ class HiveModel(HivePreTrainedModel):
         image_mask = image_mask.bool()
         return None if bool(image_mask.all()) else image_mask  # one check per prefill, none per decode step
 
+    @can_return_tuple
+    @deprecate_past_key_values
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -535,23 +606,27 @@ class HiveModel(HivePreTrainedModel):
         image_mask: torch.BoolTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
         output_vision_features: bool = False,
         output_cross_attentions: bool = False,
-        **kwargs,
+        past_key_values: Cache | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> HiveModelOutputWithPast:
         r"""
         Args:
             input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`):
                 Token ids; images are not tokens in HIVE, so no image placeholder is needed.
             pixel_values (`torch.FloatTensor` of shape `(batch_size, channels, height, width)`, *optional*):
-                One image per sample. `None` runs text-only, or reuses the image keys/values cached in
-                `past_key_values`.
+                One image per sample. `None` runs text-only, or reuses the image keys/values cached in `cache`.
             image_mask (`torch.BoolTensor` of shape `(batch_size,)`, *optional*):
                 Which samples have a real image; the others skip every cross-attention block. Defaults to all.
-            attention_mask, position_ids, past_key_values, inputs_embeds, use_cache:
+            cache (`Cache`, *optional*):
+                The generation cache, as returned by a previous call. `past_key_values` is accepted too: silently
+                before transformers 5.25, with transformers' own FutureWarning from 5.25 on (as its models do). The
+                output names the cache as the running transformers does.
+            attention_mask, position_ids, inputs_embeds, use_cache:
                 As for the LLM.
             output_vision_features (`bool`): also return the selected encoder layers' hidden states.
             output_cross_attentions (`bool`): also return each block's attention weights over the image tokens.
@@ -562,6 +637,7 @@ class HiveModel(HivePreTrainedModel):
             >>> outputs.last_hidden_state.shape  # (batch_size, sequence_length, hidden_size)
             ```
         """
+        cache = resolve_cache(cache, past_key_values)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         if input_ids is not None:
@@ -572,7 +648,7 @@ class HiveModel(HivePreTrainedModel):
             if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
                 raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}); pass at least one token per sample.")
             vocab_size = self.language_model.get_input_embeddings().num_embeddings
-            if past_key_values is None or input_ids.shape[1] > 1:  # skip the sync on single-token decode steps
+            if cache is None or input_ids.shape[1] > 1:  # skip the sync on single-token decode steps
                 if int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab_size:
                     raise ValueError(
                         f"input_ids holds ids outside the vocabulary [0, {vocab_size}): min {int(input_ids.min())}, "
@@ -587,7 +663,7 @@ class HiveModel(HivePreTrainedModel):
         if isinstance(attention_mask, torch.Tensor) and attention_mask.ndim == 2:
             if attention_mask.shape[0] != batch_size:
                 raise ValueError(f"attention_mask has batch size {attention_mask.shape[0]} but input has {batch_size}.")
-            if attention_mask.shape[1] < seq_len or (past_key_values is None and attention_mask.shape[1] != seq_len):
+            if attention_mask.shape[1] < seq_len or (cache is None and attention_mask.shape[1] != seq_len):
                 raise ValueError(
                     f"attention_mask covers {attention_mask.shape[1]} positions but the input has {seq_len} tokens; pass "
                     "the mask the tokenizer returned with these input_ids."
@@ -597,16 +673,19 @@ class HiveModel(HivePreTrainedModel):
             # Positions count real tokens only, so left-padded samples match their unpadded selves.
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -seq_len:]
 
-        vision_hidden_states = None
-        key_values = None
+        vision_hidden_states = image_outputs = key_values = None
         num_text_layers = self.config.text_config.num_hidden_layers
         if pixel_values is not None:
             self._check_pixel_values(pixel_values, batch_size)
             image_mask = self._check_image_mask(image_mask, batch_size, device)
-            vision_hidden_states = self.get_image_features(pixel_values)
-            key_values = self.get_cross_attention_key_values(vision_hidden_states)
-        elif past_key_values is not None and len(past_key_values.layers) > num_text_layers:
-            cached = past_key_values.layers[num_text_layers:]
+            encoder_outputs, vision_hidden_states = self.encode_image(
+                pixel_values, kwargs.get("output_attentions"), kwargs.get("output_hidden_states")
+            )
+            image_levels = self.project_levels(vision_hidden_states)
+            key_values = self.get_cross_attention_key_values(image_levels)
+            image_outputs = self.image_features_output(encoder_outputs, image_levels)
+        elif cache is not None and len(cache.layers) > num_text_layers:
+            cached = cache.layers[num_text_layers:]
             if all(layer.is_initialized for layer in cached):
                 key_values = [(layer.keys, layer.values) for layer in cached]
                 image_mask = cached[0].image_mask
@@ -618,19 +697,20 @@ class HiveModel(HivePreTrainedModel):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             hive_vision_context=context,
+            return_dict=True,
+            **{CACHE_NAME: cache},
             **kwargs,
         )
-        cache = outputs.past_key_values
+        cache = getattr(outputs, CACHE_NAME)
         if pixel_values is not None and cache is not None:
             # The LLM's own layers exist now; the image keys/values go after them, one layer per block.
             while len(cache.layers) > num_text_layers and isinstance(cache.layers[-1], HiveCrossAttentionCacheLayer):
                 cache.layers.pop()
             if len(cache.layers) != num_text_layers:
-                raise ValueError(f"past_key_values has {len(cache.layers)} layers; expected the LLM's {num_text_layers}.")
+                raise ValueError(f"The cache has {len(cache.layers)} layers; expected the LLM's {num_text_layers}.")
             for key_states, value_states in key_values:
                 layer = HiveCrossAttentionCacheLayer()
                 layer.write(key_states, value_states, image_mask)
@@ -641,19 +721,20 @@ class HiveModel(HivePreTrainedModel):
             cross_attentions = tuple(context.cross_attentions[i] for i in range(len(key_values)))
         return HiveModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
-            past_key_values=cache,
+            **{CACHE_NAME: cache},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+            image_outputs=image_outputs,
             vision_hidden_states=vision_hidden_states if output_vision_features else None,
             cross_attentions=cross_attentions,
         )
 
 
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
-    """Next-token cross-entropy over labels != -100; 0.0 (never NaN) when every label is -100."""
-    shift_logits = logits[:, :-1, :].float().reshape(-1, logits.shape[-1])
-    shift_labels = labels[:, 1:].reshape(-1).to(shift_logits.device)
-    loss_sum = F.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="sum")
+def causal_lm_loss(logits: torch.Tensor, shift_labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
+    """Cross-entropy of each position's logits against its (already shifted) target, over targets != -100; 0.0 (never
+    NaN) when every target is -100."""
+    shift_labels = shift_labels.reshape(-1).to(logits.device)
+    loss_sum = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), shift_labels, ignore_index=-100, reduction="sum")
     if num_items_in_batch is None:
         num_items_in_batch = (shift_labels != -100).sum()
     num_items_in_batch = torch.as_tensor(num_items_in_batch, device=loss_sum.device)
@@ -671,6 +752,7 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         ```
     """
 
+
     def __init__(self, config: HiveConfig):
         super().__init__(config)
         self.model = HiveModel(config)
@@ -680,6 +762,12 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         self._tied_weights_keys = {"lm_head.weight": f"model.language_model.{embeddings_name}.weight"}
         self._no_split_modules = self.model._no_split_modules
         self.post_init()
+        # Tensor parallelism: the head follows the LLM's own causal-LM plan. Where the LLM's plan shards the input
+        # embeddings, a tied head must be sharded too; an LLM without a plan (GPT-2) shards neither.
+        causal_lm_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config.text_config), None)
+        head_plan = {k: v for k, v in (getattr(causal_lm_class, "_tp_plan", None) or {}).items() if k == "lm_head"}
+        if any(key.startswith("model.language_model.") for key in self._tp_plan):
+            self._tp_plan.update(head_plan)
 
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()
@@ -741,6 +829,8 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
             model = model.to(torch_dtype)
         return model
 
+    @can_return_tuple
+    @deprecate_past_key_values
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -748,22 +838,26 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         image_mask: torch.BoolTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         output_vision_features: bool = False,
         output_cross_attentions: bool = False,
-        **kwargs,
+        past_key_values: Cache | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> HiveCausalLMOutputWithPast:
         r"""
         Args:
-            input_ids, pixel_values, image_mask, attention_mask, position_ids, past_key_values, inputs_embeds,
-            use_cache, output_vision_features, output_cross_attentions:
+            input_ids, pixel_values, image_mask, attention_mask, position_ids, cache, inputs_embeds, use_cache,
+            output_vision_features, output_cross_attentions, past_key_values:
                 As in `HiveModel.forward`.
             labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
                 Next-token targets aligned with `input_ids` (shifted inside); -100 marks ignored positions.
+            shift_labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+                Targets already shifted (position t is scored against `shift_labels[:, t]`), as sequence and context
+                parallelism hand them over; used instead of `labels` when given.
             logits_to_keep (`int`, *optional*): compute logits for the last `logits_to_keep` positions only (0: all).
 
         Example:
@@ -773,50 +867,74 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
             ```
         """
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
-        if labels is not None and input_ids is not None and labels.shape != input_ids.shape:
-            raise ValueError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}.")
+        shift_labels = kwargs.pop("shift_labels", None)
+        for name, targets in (("labels", labels), ("shift_labels", shift_labels)):
+            if targets is not None and input_ids is not None and targets.shape != input_ids.shape:
+                raise ValueError(f"{name} must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(targets.shape)}.")
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
             image_mask=image_mask,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=resolve_cache(cache, past_key_values),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_vision_features=output_vision_features,
             output_cross_attentions=output_cross_attentions,
+            return_dict=True,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
         slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden_states[:, slice_indices, :])
         loss = None
-        if labels is not None:
-            if torch.is_floating_point(labels) or labels.dtype == torch.bool:
-                raise TypeError(f"labels must hold integer token ids (-100 where no loss is taken), got dtype {labels.dtype}.")
+        if labels is not None or shift_labels is not None:
+            if shift_labels is None:  # position t predicts token t + 1; the last position has no target
+                shift_labels = F.pad(labels[:, 1:], (0, 1), value=-100)
+            if torch.is_floating_point(shift_labels) or shift_labels.dtype == torch.bool:
+                raise TypeError(f"labels must hold integer token ids (-100 where no loss is taken), got dtype {shift_labels.dtype}.")
             vocab_size = logits.shape[-1]
-            invalid = (labels != -100) & ((labels < 0) | (labels >= vocab_size))
+            invalid = (shift_labels != -100) & ((shift_labels < 0) | (shift_labels >= vocab_size))
             if invalid.any():
                 raise ValueError(
                     f"labels holds ids outside the vocabulary [0, {vocab_size}) that are not -100, e.g. "
-                    f"{labels[invalid][:5].tolist()}; labels are token ids, -100 where no loss is taken."
+                    f"{shift_labels[invalid][:5].tolist()}; labels are token ids, -100 where no loss is taken."
                 )
-            loss = causal_lm_loss(logits, labels, num_items_in_batch)
+            loss = causal_lm_loss(logits, shift_labels[:, -logits.shape[1] :], num_items_in_batch)
         return HiveCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+            image_outputs=outputs.image_outputs,
             vision_hidden_states=outputs.vision_hidden_states,
             cross_attentions=outputs.cross_attentions,
         )
 
-    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, pixel_values=None, image_mask=None, use_cache=True, is_first_iteration=False, **kwargs):
+    def generate(self, *args, **kwargs):
+        """As `GenerationMixin.generate`; a cache to continue from may be passed as `cache` under every supported
+        transformers (`past_key_values` works too, with transformers' deprecation warning from 5.25 on).
+
+        Example:
+            ```python
+            >>> first = model.generate(**inputs, max_new_tokens=4, return_dict_in_generate=True)
+            >>> rest = model.generate(input_ids=first.sequences, cache=first.cache, max_new_tokens=4)  # no image needed
+            >>> # (before transformers 5.25 the returned cache is `first.past_key_values`)
+            ```
+        """
+        # Before 5.25 generate knows only `past_key_values`; from 5.25 on it takes `cache` and renames the old name itself.
+        if CACHE_NAME == "past_key_values" and "cache" in kwargs:
+            kwargs["past_key_values"] = resolve_cache(kwargs.pop("cache"), kwargs.pop("past_key_values", None))
+        return super().generate(*args, **kwargs)
+
+    def prepare_inputs_for_generation(
+        self, input_ids, cache=None, pixel_values=None, image_mask=None, use_cache=True, is_first_iteration=False, past_key_values=None, **kwargs
+    ):
         model_inputs = super().prepare_inputs_for_generation(
             input_ids,
-            past_key_values=past_key_values,
+            **{CACHE_NAME: resolve_cache(cache, past_key_values)},
             pixel_values=pixel_values,
             image_mask=image_mask,
             use_cache=use_cache,

@@ -40,6 +40,7 @@ LOADABLE = {
     "README.md",
     "chat_template.jinja",
     "config.json",
+    "compatibility_hive.py",
     "configuration_hive.py",
     "generation_config.json",
     "model.safetensors.index.json",

@@ -15,10 +15,12 @@ from transformers import (
     LlamaForCausalLM,
     ViTModel,
 )
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from hive_vlm.tiny import tiny_hive_config, tiny_text_config, tiny_vision_config
 from isolated import run_isolated
 from modeling_hive import HiveConfig, HiveForConditionalGeneration, HiveModel
+from modeling_hive.compatibility_hive import CACHE_NAME
 from modeling_hive.modeling_hive import HiveCrossAttentionCacheLayer
 
 
@@ -251,7 +253,7 @@ def test_output_carries_vision_features_and_cross_attentions_on_request():
         full = model(input_ids=input_ids, pixel_values=pixel_values, output_vision_features=True, output_cross_attentions=True)
         encoder = model.model.vision_model(pixel_values, output_hidden_states=True).hidden_states
     assert plain.vision_hidden_states is None and plain.cross_attentions is None
-    assert set(plain.keys()) >= {"logits", "past_key_values"}
+    assert set(plain.keys()) >= {"logits", CACHE_NAME}
     assert len(full.vision_hidden_states) == 2
     torch.testing.assert_close(full.vision_hidden_states[0], encoder[1])  # encoder layer 0's output
     torch.testing.assert_close(full.vision_hidden_states[1], encoder[4])  # encoder layer 3's output
@@ -259,90 +261,6 @@ def test_output_carries_vision_features_and_cross_attentions_on_request():
         assert weights.shape == (2, 2, 7, 17)
         torch.testing.assert_close(weights.sum(-1), torch.ones(2, 2, 7))
     torch.testing.assert_close(full.logits, plain.logits)  # asking for weights (eager) changes nothing
-
-
-# ----------------------------------------------------------------------------------------------- generation
-
-
-@pytest.mark.parametrize("pair", PAIRS)
-def test_greedy_generation_is_identical_with_and_without_cache(pair):
-    model = build(pair, gate=1.0)
-    input_ids, pixel_values = inputs()
-    kwargs = dict(input_ids=input_ids, pixel_values=pixel_values, max_new_tokens=8, do_sample=False, pad_token_id=0)
-    cached = model.generate(**kwargs, use_cache=True)
-    uncached = model.generate(**kwargs, use_cache=False)
-    assert torch.equal(cached, uncached)
-
-
-def test_cross_attention_key_values_are_computed_once_at_prefill():
-    model = build(gate=1.0)
-    input_ids, pixel_values = inputs()
-    calls = []
-    original = model.model.get_cross_attention_key_values
-    model.model.get_cross_attention_key_values = lambda states: calls.append(1) or original(states)
-    out = model.generate(input_ids=input_ids, pixel_values=pixel_values, max_new_tokens=6, do_sample=False, pad_token_id=0, return_dict_in_generate=True)
-    assert len(calls) == 1
-    cache = out.past_key_values
-    vision_layers = cache.layers[model.config.text_config.num_hidden_layers :]
-    assert len(vision_layers) == 2 and all(isinstance(layer, HiveCrossAttentionCacheLayer) for layer in vision_layers)
-    assert vision_layers[0].keys.shape == (2, 1, 17, 16)  # (B, kv_heads, image tokens, head_dim)
-
-
-@pytest.mark.parametrize("pair", PAIRS)
-def test_beam_search_sampling_and_static_cache(pair):
-    model = build(pair, gate=1.0)
-    input_ids, pixel_values = inputs()
-    kwargs = dict(input_ids=input_ids, pixel_values=pixel_values, max_new_tokens=6, pad_token_id=0)
-    greedy = model.generate(**kwargs, do_sample=False)
-    static = model.generate(**kwargs, do_sample=False, cache_implementation="static")
-    assert torch.equal(greedy, static)
-
-    beams = model.generate(**kwargs, do_sample=False, num_beams=3, num_return_sequences=2)
-    assert beams.shape == (4, 13)
-    beams_uncached = model.generate(**kwargs, do_sample=False, num_beams=3, num_return_sequences=2, use_cache=False)
-    assert torch.equal(beams, beams_uncached)
-
-    torch.manual_seed(5)
-    sampled = model.generate(**kwargs, do_sample=True, num_return_sequences=3)
-    torch.manual_seed(5)
-    sampled_uncached = model.generate(**kwargs, do_sample=True, num_return_sequences=3, use_cache=False)
-    assert sampled.shape == (6, 13)
-    assert torch.equal(sampled, sampled_uncached)
-
-
-def test_left_padded_batch_generates_what_each_sample_generates_alone():
-    model = build(("siglip", "qwen2"), gate=1.0)
-    input_ids, pixel_values = inputs(length=6)
-    short = input_ids[1, 2:]
-    batch_ids = torch.stack([input_ids[0], torch.cat([torch.zeros(2, dtype=torch.long), short])])
-    mask = torch.tensor([[1] * 6, [0, 0, 1, 1, 1, 1]])
-    kwargs = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
-    batched = model.generate(input_ids=batch_ids, attention_mask=mask, pixel_values=pixel_values, **kwargs)
-    alone = model.generate(input_ids=short[None], pixel_values=pixel_values[1:], **kwargs)
-    assert torch.equal(batched[1, 2:], alone[0])
-
-
-def test_generation_continues_from_a_returned_cache_without_the_image():
-    model = build(gate=1.0)
-    input_ids, pixel_values = inputs()
-    kwargs = dict(do_sample=False, pad_token_id=0)
-    whole = model.generate(input_ids=input_ids, pixel_values=pixel_values, max_new_tokens=8, **kwargs)
-    first = model.generate(input_ids=input_ids, pixel_values=pixel_values, max_new_tokens=4, return_dict_in_generate=True, **kwargs)
-    rest = model.generate(input_ids=first.sequences, past_key_values=first.past_key_values, max_new_tokens=4, **kwargs)
-    assert torch.equal(rest, whole)
-    # and the image mattered: without the cached image the continuation differs
-    text_only = model.generate(input_ids=first.sequences, max_new_tokens=4, **kwargs)
-    assert not torch.equal(text_only, whole)
-
-
-def test_mixed_batch_generation_keeps_the_image_mask_in_the_cache():
-    model = build(gate=1.0)
-    input_ids, pixel_values = inputs()
-    kwargs = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
-    mixed = model.generate(input_ids=input_ids, pixel_values=pixel_values, image_mask=torch.tensor([True, False]), **kwargs)
-    text_only = model.generate(input_ids=input_ids[1:], **kwargs)
-    with_image = model.generate(input_ids=input_ids[:1], pixel_values=pixel_values[:1], **kwargs)
-    assert torch.equal(mixed[1], text_only[0]) and torch.equal(mixed[0], with_image[0])
 
 
 # ------------------------------------------------------------------------------------------------ hub-native
@@ -539,6 +457,78 @@ def test_every_connected_vision_layer_gets_gradient_from_the_lm_loss(pair, mode)
     for layer in model.config.vision_layers:
         grads = [p.grad for p in encoder_layers[layer].parameters()]
         assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0
+
+
+@pytest.mark.parametrize("pair", PAIRS)
+def test_every_trainable_parameter_of_a_fresh_or_reloaded_model_gets_a_gradient(pair, tmp_path):
+    # DDP and FSDP refuse (or need find_unused_parameters for) a trainable weight that never gets a gradient: the
+    # encoder's final norm and pooler, which no connected layer reaches, start frozen, also after from_pretrained.
+    fresh = build(pair, gate=0.5, cross_attention_layers=[[1, 1], [2, 3]])
+    fresh.save_pretrained(tmp_path)
+    reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path, trust_remote_code=True)
+    input_ids, pixel_values = inputs()
+    for model in (fresh, reloaded):
+        model.train()
+        model(input_ids=input_ids, pixel_values=pixel_values, labels=input_ids).loss.backward()
+        no_gradient = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+        assert no_gradient == []
+        frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+        assert frozen and all(name.startswith("model.vision_model.") for name in frozen)
+        assert not any(".layers.1." in name or ".layer.1." in name for name in frozen)  # connected layers train
+
+
+@pytest.mark.parametrize("model_class", [HiveModel, HiveForConditionalGeneration])
+def test_return_dict_false_gives_the_output_as_a_tuple(model_class):
+    torch.manual_seed(0)
+    model = model_class(tiny_hive_config("vit", "llama", gate_init=1.0)).eval()
+    input_ids, pixel_values = inputs()
+    with torch.no_grad():
+        as_dict = model(input_ids=input_ids, pixel_values=pixel_values, use_cache=True)
+        as_tuple = model(input_ids=input_ids, pixel_values=pixel_values, use_cache=True, return_dict=False)
+    assert isinstance(as_tuple, tuple) and len(as_tuple) == len(as_dict.to_tuple())
+    torch.testing.assert_close(as_tuple[0], as_dict[0], rtol=0, atol=0)
+
+
+def test_shift_labels_are_the_targets_when_given():
+    # Sequence and context parallelism hand the model pre-shifted targets: position t is scored against shift_labels[t].
+    model = build(gate=1.0)
+    input_ids, pixel_values = inputs()
+    labels = input_ids.clone()
+    labels[:, :3] = -100
+    shifted = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
+    with torch.no_grad():
+        from_labels = model(input_ids=input_ids, pixel_values=pixel_values, labels=labels).loss
+        from_shift = model(input_ids=input_ids, pixel_values=pixel_values, shift_labels=shifted).loss
+        other = model(input_ids=input_ids, pixel_values=pixel_values, labels=labels, shift_labels=shifted.roll(1, dims=1)).loss
+    torch.testing.assert_close(from_shift, from_labels)
+    assert not torch.isclose(other, from_labels)  # shift_labels wins over labels
+
+
+def test_get_image_features_returns_the_image_tokens_the_blocks_read_and_outputs_carry_them():
+    model = build(gate=1.0, cross_attention_layers=[[0, 1], [3, 2]])
+    model.set_attn_implementation("eager")  # attention weights need eager attention
+    input_ids, pixel_values = inputs()
+    with torch.no_grad():
+        features = model.model.get_image_features(pixel_values)
+        asked = model.model.get_image_features(pixel_values, output_hidden_states=True, output_attentions=True)
+        as_tuple = model.model.get_image_features(pixel_values, return_dict=False)
+        out = model(input_ids=input_ids, pixel_values=pixel_values)
+        encoder = model.model.vision_model(pixel_values, output_hidden_states=True)
+    assert isinstance(features, BaseModelOutputWithPooling) and isinstance(as_tuple, tuple)
+    assert features.pooler_output.shape == (2, 2 * 17, 32)  # 2 levels of 17 tokens, in the LLM width
+    assert features.hidden_states is None and len(asked.hidden_states) == 5 and len(asked.attentions) == 4
+    torch.testing.assert_close(features.last_hidden_state, encoder.last_hidden_state)
+    levels = model.model.project_levels((encoder.hidden_states[1], encoder.hidden_states[4]))
+    torch.testing.assert_close(features.pooler_output, torch.cat(levels, dim=1))
+    torch.testing.assert_close(out.image_outputs.pooler_output, features.pooler_output)
+
+
+def test_the_tensor_parallel_plan_shards_a_tied_head_with_its_embeddings():
+    model = build(("clip", "gpt2"))  # GPT-2 ties its head to the input embeddings
+    assert model.lm_head.weight is model.get_input_embeddings().weight
+    names = {module: name for name, module in model.named_modules()}
+    assert (names[model.lm_head] in model.tp_plan) == (names[model.get_input_embeddings()] in model.tp_plan)
+    assert build(("vit", "llama")).tp_plan["lm_head"] == "colwise_gather_output"
 
 
 def test_bad_inputs_get_clear_errors():
