@@ -7,7 +7,7 @@ Usage:
                                            # .venv-oldest: OLDEST_TESTS on the oldest transformers pyproject allows
 
 A venv is set up as the README's "Install by hand" says: torch's CPU build first, then this project with its dev
-extras. It keeps a stamp of pyproject.toml (and of its transformers pin); while the stamp matches, pip is not run.
+extras. It keeps a stamp of pyproject.toml and its pins (torch, transformers); while the stamp matches, pip is not run.
 Delete the venv's folder to set it up from scratch.
 """
 
@@ -56,7 +56,7 @@ def setup_venv(name, pins=()):
     venv = ROOT / name
     python = venv / "bin" / "python"
     stamp = venv / "hive-setup.stamp"
-    digest = hashlib.sha256(PYPROJECT.read_bytes() + " ".join(pins).encode()).hexdigest()
+    digest = hashlib.sha256(PYPROJECT.read_bytes() + " ".join([TORCH, *pins]).encode()).hexdigest()
     if python.exists() and stamp.exists() and stamp.read_text() == digest:
         print(f"dev.py: {name} is up to date with pyproject.toml", flush=True)
         return python

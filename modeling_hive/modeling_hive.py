@@ -39,9 +39,9 @@ def hive_output_class(name: str, doc: str, first_fields: list[str]) -> type:
     `outputs.cache` (and warns on `past_key_values`), 5.23-5.24 read `outputs.past_key_values`.
     """
     names = [*first_fields, CACHE_NAME, "hidden_states", "attentions", "image_outputs", "vision_hidden_states", "cross_attentions"]
-    cls = make_dataclass(name, [(n, object, field(default=None)) for n in names], bases=(ModelOutput,))
-    cls.__module__, cls.__doc__ = __name__, doc
-    return cls
+    # __module__ in the namespace: ModelOutput registers the class with torch's pytree under it at creation.
+    fields = [(n, object, field(default=None)) for n in names]
+    return make_dataclass(name, fields, bases=(ModelOutput,), namespace={"__module__": __name__, "__doc__": doc})
 
 
 _OUTPUT_FIELDS_DOC = f"""
@@ -96,6 +96,7 @@ class HiveVisionContext:
     key_values: list[tuple[torch.Tensor, torch.Tensor]]  # per block: (B, kv_heads, num_image_tokens, head_dim) x2
     image_mask: torch.Tensor | None  # (B,) bool: which samples have an image; None when all of them do
     cross_attentions: dict | None = None  # filled with block index -> weights when requested
+    reached: set | None = None  # the build-time probe: blocks whose decoder layer received this context (none run)
 
 
 class HiveCrossAttentionCacheLayer(DynamicLayer):
@@ -327,7 +328,9 @@ class HivePreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        """As `PreTrainedModel.from_pretrained`, but weights are only ever read from safetensors (no pickle path)."""
+        """As `PreTrainedModel.from_pretrained`, but weights are only ever read from safetensors (no pickle path); the
+        encoder weights no connected layer uses are frozen, and the LLM is checked to pass the vision context to its
+        decoder layers (see `freeze_unused_vision_parameters` and `HiveModel.check_cross_attention_is_reached`)."""
         if kwargs.get("use_safetensors") is False:
             raise ValueError("HIVE loads weights from safetensors only; drop use_safetensors=False.")
         kwargs["use_safetensors"] = True
@@ -341,8 +344,9 @@ class HivePreTrainedModel(PreTrainedModel):
             raise ValueError(
                 f"{source}: a safetensors weights file is corrupt or truncated ({error}); save or download the checkpoint again."
             ) from error
-        # Loading materialises fresh parameters, losing the flags set in __init__.
-        (model[0] if isinstance(model, tuple) else model).freeze_unused_vision_parameters()
+        loaded = model[0] if isinstance(model, tuple) else model
+        loaded.freeze_unused_vision_parameters()  # loading materialises fresh parameters, losing __init__'s flags
+        loaded.base_model.check_cross_attention_is_reached()  # __init__ ran on the meta device, where it cannot
         return model
 
     def save_pretrained(self, save_directory, *args, **kwargs):
@@ -371,35 +375,82 @@ class HivePreTrainedModel(PreTrainedModel):
         }
 
     def vision_parameters_in_use(self) -> list[nn.Parameter]:
-        """The encoder parameters the connected vision layers depend on, found by one autograd probe on the meta device.
+        """The encoder parameters the connected vision layers depend on, found by an autograd probe.
 
-        The probe costs no compute and no memory, whatever the encoder's size, and runs on an encoder still on meta.
+        The probe runs on the meta device (no compute or memory whatever the encoder's size; the encoder may still be
+        on meta), or, for an encoder whose forward needs real values (data-dependent control flow), on a zero image
+        with the encoder's own weights.
         """
-        hive = self.base_model
+        vision = self.base_model.vision_model
         config = self.config.vision_config
         size = getattr(config, "image_size", 224)
         size = size if isinstance(size, int) else size[0]
-        names, parameters = zip(*hive.vision_model.named_parameters())
-        modes = {module: module.training for module in hive.vision_model.modules()}
-        hive.vision_model.eval()  # checkpointed layers recompute only in training, and would do so with the real weights
-        with torch.inference_mode(False), torch.enable_grad():  # also when the model is built under either
-            meta = {name: torch.empty_like(p, device="meta").requires_grad_(True) for name, p in zip(names, parameters)}
-            meta.update({name: torch.empty_like(b, device="meta") for name, b in hive.vision_model.named_buffers()})
-            probe = torch.zeros(1, getattr(config, "num_channels", 3), size, size, device="meta", dtype=parameters[0].dtype)
-            outputs = torch.func.functional_call(hive.vision_model, meta, (probe,), {"output_hidden_states": True}, strict=False)
-            total = sum(outputs.hidden_states[layer + 1].sum() for layer in self.config.vision_layers)
-            gradients = torch.autograd.grad(total, [meta[name] for name in names], allow_unused=True)
-        for module, training in modes.items():
-            module.training = training
-        return [p for p, g in zip(parameters, gradients) if g is not None]
+        shape = (1, getattr(config, "num_channels", 3), size, size)
+        names, parameters = zip(*vision.named_parameters())
+        dtype = next((p.dtype for p in parameters if p.is_floating_point()), torch.float32)
+        kwargs = {"output_hidden_states": True, "return_dict": True}
+        modes = {module: module.training for module in vision.modules()}
+        vision.eval()  # checkpointed layers recompute only in training, and would do so with the real weights
+        try:
+            with torch.inference_mode(False), torch.enable_grad():  # also when the model is built under either
+                try:
+                    meta = {n: torch.empty(p.shape, dtype=dtype, device="meta", requires_grad=True) for n, p in zip(names, parameters)}
+                    meta.update({n: torch.empty_like(b, device="meta") for n, b in vision.named_buffers()})
+                    probe = torch.zeros(shape, dtype=dtype, device="meta")
+                    outputs = torch.func.functional_call(vision, meta, (probe,), kwargs, strict=False)
+                    reached = self._gradient_reach(outputs, [meta[n] for n in names])
+                except Exception:
+                    if any(p.is_meta for p in parameters):
+                        raise
+                    trainable = [p for p in parameters if p.is_floating_point()]
+                    flags = [p.requires_grad for p in trainable]
+                    try:
+                        for p in trainable:
+                            p.requires_grad_(True)
+                        outputs = vision(pixel_values=torch.zeros(shape, dtype=dtype, device=trainable[0].device), **kwargs)
+                        reached_trainable = self._gradient_reach(outputs, trainable)
+                    finally:
+                        for p, flag in zip(trainable, flags):
+                            p.requires_grad_(flag)
+                    in_use = {id(p) for p, r in zip(trainable, reached_trainable) if r}
+                    reached = [id(p) in in_use for p in parameters]
+        finally:
+            for module, training in modes.items():
+                module.training = training
+        return [p for p, r in zip(parameters, reached) if r]
+
+    def _gradient_reach(self, vision_outputs, leaves: list[torch.Tensor]) -> list[bool]:
+        """Whether each leaf gets a gradient from the connected layers' hidden states."""
+        total = sum(vision_outputs.hidden_states[layer + 1].float().sum() for layer in self.config.vision_layers)
+        return [g is not None for g in torch.autograd.grad(total, leaves, allow_unused=True)]
+
+    def find_unused_vision_parameters(self) -> list[str] | None:
+        """Names of the encoder weights no connected layer depends on (final norm, pooler, deeper layers); None, with
+        a warning, for an encoder the probe cannot run."""
+        try:
+            in_use = {id(p) for p in self.vision_parameters_in_use()}
+        except Exception as error:
+            logger.warning(
+                f"HIVE could not find which {type(self.base_model.vision_model).__name__} weights its connected layers use "
+                f"({type(error).__name__}: {error}); the encoder's final norm or pooler, if any, stays trainable without "
+                "ever getting a gradient (DDP then needs find_unused_parameters=True)."
+            )
+            return None
+        return [name for name, p in self.base_model.vision_model.named_parameters() if id(p) not in in_use]
 
     def freeze_unused_vision_parameters(self) -> None:
-        """Encoder weights no connected layer depends on (final norm, pooler, deeper layers) never get a gradient:
-        they are frozen, so no optimizer, DDP or FSDP wrapper sees a trainable weight without one."""
-        in_use = {id(p) for p in self.vision_parameters_in_use()}
-        for parameter in self.base_model.vision_model.parameters():
-            if id(parameter) not in in_use:
-                parameter.requires_grad_(False)
+        """Freezes the encoder weights no connected layer depends on: they never get a gradient, and no optimizer, DDP
+        or FSDP wrapper should see them as trainable. Found once when the model is built (before any hook, offload or
+        quantization), applied by name."""
+        hive = self.base_model
+        if hive.unused_vision_parameter_names is None:  # the probe could not run while the encoder was on meta
+            hive.unused_vision_parameter_names = self.find_unused_vision_parameters()
+        if not hive.unused_vision_parameter_names:
+            return
+        parameters = dict(hive.vision_model.named_parameters())
+        for name in hive.unused_vision_parameter_names:
+            parameters[name].requires_grad_(False)
+        logger.info(f"HIVE froze the encoder weights no connected layer uses: {', '.join(hive.unused_vision_parameter_names)}")
 
     def set_trainable(self, vision=None, projector=None, cross_attention=None, llm=None) -> dict[str, dict[str, int]]:
         """Freezes (False) or unfreezes (True) whole components; None leaves one as it is. Logs and returns the counts.
@@ -468,7 +519,36 @@ class HiveModel(HivePreTrainedModel):
         for index, (_, text_layer) in enumerate(config.cross_attention_layers):
             layers[text_layer].register_forward_pre_hook(partial(self._cross_attention_hook, index), with_kwargs=True)
         self.post_init()
+        self.unused_vision_parameter_names = self.find_unused_vision_parameters()
         self.freeze_unused_vision_parameters()
+        self.check_cross_attention_is_reached()
+
+    def check_cross_attention_is_reached(self) -> None:
+        """Refuses an LLM whose decoder layers never receive HIVE's vision context, with which the image would be
+        silently ignored. One forward of two tokens through the LLM; skipped while its weights are on the meta device
+        (`from_pretrained` checks once they are loaded)."""
+        embeddings = self.language_model.get_input_embeddings()
+        if embeddings.weight.is_meta:
+            return
+        context = HiveVisionContext(key_values=[], image_mask=None, reached=set())
+        reason = None
+        try:
+            with torch.no_grad():
+                self.language_model(
+                    input_ids=torch.ones(1, 2, dtype=torch.long, device=embeddings.weight.device), hive_vision_context=context, use_cache=False
+                )
+        except TypeError as error:  # a forward without **kwargs
+            reason = f"its forward does not take extra keyword arguments ({error})"
+        missing = [pair[1] for i, pair in enumerate(self.config.cross_attention_layers) if i not in context.reached]
+        if missing and reason is None:
+            reason = f"its base model calls decoder layer(s) {missing} without the keyword arguments given to its forward"
+        if reason is not None:
+            raise ValueError(
+                f"HIVE cannot insert cross-attention into {type(self.language_model).__name__} "
+                f"({self.config.text_config.model_type}): {reason}, so the image would be silently ignored. HIVE needs a "
+                "decoder-only LLM whose base model passes its **kwargs to every decoder layer (Llama, Qwen2, Mistral, "
+                "Gemma2, GPT-2, ...)."
+            )
 
     def get_input_embeddings(self):
         return self.language_model.get_input_embeddings()
@@ -484,6 +564,9 @@ class HiveModel(HivePreTrainedModel):
         context = kwargs.get("hive_vision_context")
         if context is None:
             return None
+        if context.reached is not None:
+            context.reached.add(index)
+            return None
         hidden_states = args[0] if args else kwargs["hidden_states"]
         block = self.cross_attention_layers[index]
         key_states, value_states = context.key_values[index]
@@ -497,12 +580,13 @@ class HiveModel(HivePreTrainedModel):
             return (new_hidden_states, *args[1:]), kwargs
         return args, {**kwargs, "hidden_states": new_hidden_states}
 
-    def encode_image(self, pixel_values: torch.Tensor, output_attentions=None, output_hidden_states=None):
-        """Runs the encoder once: its output, and one `(B, num_patches, vision_hidden_size)` tensor per selected layer."""
-        # output_attentions=None would switch the encoder's attentions off even where its config asks for them.
-        attentions = {} if output_attentions is None else {"output_attentions": output_attentions}
+    def encode_image(self, pixel_values: torch.Tensor, output_attentions=None, output_hidden_states=None, **kwargs):
+        """Runs the encoder once: its output, and one `(B, num_patches, vision_hidden_size)` tensor per selected layer.
+        `kwargs` go to the encoder (e.g. `interpolate_pos_encoding`)."""
+        if output_attentions is not None:  # None would switch attentions off even where the encoder's config asks for them
+            kwargs["output_attentions"] = output_attentions
         outputs = self.vision_model(
-            pixel_values=pixel_values.to(self.vision_model.dtype), output_hidden_states=True, return_dict=True, **attentions
+            pixel_values=pixel_values.to(self.vision_model.dtype), output_hidden_states=True, return_dict=True, **kwargs
         )
         # hidden_states[0] is the embedding output, hidden_states[i + 1] the output of encoder layer i.
         levels = tuple(outputs.hidden_states[layer + 1] for layer in self.config.vision_layers)
@@ -519,7 +603,8 @@ class HiveModel(HivePreTrainedModel):
         return levels
 
     def get_cross_attention_key_values(self, image_levels: list[torch.Tensor]) -> list:
-        """Every block's image keys/values from the projected levels (done once per image)."""
+        """Every block's image keys/values from the levels `project_levels` returns, in the LLM width (done once per
+        image)."""
         level_index = {layer: i for i, layer in enumerate(self.config.vision_layers)}
         all_levels = torch.cat(image_levels, dim=1) if self.level_embeddings is not None else None
         key_values = []
@@ -538,6 +623,7 @@ class HiveModel(HivePreTrainedModel):
             pixel_values (`torch.FloatTensor` of shape `(batch_size, channels, height, width)`): the images.
             output_attentions, output_hidden_states (`bool`, *optional*): also return the encoder's attentions and
                 all its hidden states (`hidden_states[i + 1]` is encoder layer i's output).
+            **kwargs: passed to the encoder (e.g. `interpolate_pos_encoding`).
 
         Returns:
             `BaseModelOutputWithPooling`: `last_hidden_state` is the encoder's last layer, and `pooler_output` the
@@ -550,7 +636,7 @@ class HiveModel(HivePreTrainedModel):
             >>> features.pooler_output.shape  # (batch_size, num_levels * num_patches, text_hidden_size)
             ```
         """
-        encoder_outputs, levels = self.encode_image(pixel_values, output_attentions, output_hidden_states)
+        encoder_outputs, levels = self.encode_image(pixel_values, output_attentions, output_hidden_states, **kwargs)
         return self.image_features_output(encoder_outputs, self.project_levels(levels))
 
     @staticmethod
@@ -741,6 +827,24 @@ def causal_lm_loss(logits: torch.Tensor, shift_labels: torch.Tensor, num_items_i
     return loss_sum / num_items_in_batch.clamp(min=1)
 
 
+def check_same_logits_as_the_llm(model: "HiveForConditionalGeneration", text: nn.Module, source: str) -> None:
+    """Refuses a causal LM whose logits are more than its output layer applied to its last hidden state (soft-capping,
+    logit scaling, a biased head): HIVE's own head would silently give other logits than the LLM it was built from."""
+    input_ids = torch.tensor([[1, 2, 3]], device=text.device) % text.config.vocab_size
+    modes = model.training, text.training
+    model.eval(), text.eval()
+    with torch.no_grad():
+        hive_logits, llm_logits = model(input_ids=input_ids).logits.float(), text(input_ids=input_ids).logits.float()
+    model.train(modes[0]), text.train(modes[1])
+    if not torch.allclose(hive_logits, llm_logits, rtol=1e-3, atol=1e-3):
+        difference = (hive_logits - llm_logits).abs().max().item()
+        raise ValueError(
+            f"HIVE cannot reproduce the logits of {source!r} ({type(text).__name__}, {text.config.model_type}): its "
+            f"logits are not its output layer applied to its last hidden state (they differ by up to {difference:.3g}; "
+            "e.g. logit soft-capping or scaling), and HIVE's head would silently drop that step."
+        )
+
+
 class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
     """HIVE with the LLM's language-modelling head: the class to train, generate with and save.
 
@@ -752,7 +856,6 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         ```
     """
 
-
     def __init__(self, config: HiveConfig):
         super().__init__(config)
         self.model = HiveModel(config)
@@ -762,12 +865,12 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         self._tied_weights_keys = {"lm_head.weight": f"model.language_model.{embeddings_name}.weight"}
         self._no_split_modules = self.model._no_split_modules
         self.post_init()
-        # Tensor parallelism: the head follows the LLM's own causal-LM plan. Where the LLM's plan shards the input
-        # embeddings, a tied head must be sharded too; an LLM without a plan (GPT-2) shards neither.
+        # Tensor parallelism: the head takes the entry of the LLM's own causal-LM class, when the LLM has a plan (which
+        # shards its input embeddings, so a tied head must be sharded with them); an LLM without one (GPT-2) has neither.
         causal_lm_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config.text_config), None)
-        head_plan = {k: v for k, v in (getattr(causal_lm_class, "_tp_plan", None) or {}).items() if k == "lm_head"}
-        if any(key.startswith("model.language_model.") for key in self._tp_plan):
-            self._tp_plan.update(head_plan)
+        head_plan = (getattr(causal_lm_class, "_tp_plan", None) or {}).get("lm_head")
+        if head_plan is not None and any(key.startswith("model.language_model.") for key in self._tp_plan):
+            self._tp_plan["lm_head"] = head_plan
 
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()
@@ -827,6 +930,7 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         model.tie_weights()
         if torch_dtype is not None:
             model = model.to(torch_dtype)
+        check_same_logits_as_the_llm(model, text, text_model)
         return model
 
     @can_return_tuple
@@ -901,7 +1005,7 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
                     f"labels holds ids outside the vocabulary [0, {vocab_size}) that are not -100, e.g. "
                     f"{shift_labels[invalid][:5].tolist()}; labels are token ids, -100 where no loss is taken."
                 )
-            loss = causal_lm_loss(logits, shift_labels[:, -logits.shape[1] :], num_items_in_batch)
+            loss = causal_lm_loss(logits, shift_labels[:, slice_indices], num_items_in_batch)
         return HiveCausalLMOutputWithPast(
             loss=loss,
             logits=logits,

@@ -19,6 +19,7 @@ from hive_vlm.bench.flops import hive_prefill_flops, hive_stage2_step_flops
 from hive_vlm.bench.models import bench_batch, build_models, cache_bytes, cache_with_image_key_values
 from hive_vlm.bench.sizes import BENCH_SIZES
 from hive_vlm.cli import main
+from modeling_hive.compatibility_hive import CACHE_NAME
 
 
 TOY = BENCH_SIZES["toy"]
@@ -88,9 +89,9 @@ def test_measured_paths_compute_what_the_models_compute(one_thread):
     whole = hive(input_ids=batch.input_ids, pixel_values=batch.pixel_values, use_cache=True)
     _, key_values = hive_image_key_values(hive, batch, images=1)
     cache = cache_with_image_key_values(hive, key_values)
-    llm_side = hive(input_ids=batch.input_ids, past_key_values=cache, use_cache=True)
+    llm_side = hive(input_ids=batch.input_ids, cache=cache, use_cache=True)
     torch.testing.assert_close(llm_side.logits, whole.logits)
-    assert cache_bytes(cache) == cache_bytes(whole.past_key_values)
+    assert cache_bytes(cache) == cache_bytes(whole[CACHE_NAME])
 
     # LLaVA's merged embeddings equal what LLaVA builds from input_ids and pixel_values itself.
     merged = llava(inputs_embeds=llava_inputs_embeds(llava, batch, images=1), use_cache=True)
@@ -103,7 +104,7 @@ def test_measured_paths_compute_what_the_models_compute(one_thread):
     assert llava_inputs_embeds(llava, batch, images=5).shape[1] == TOY.text_tokens + 5 * TOY.image_tokens
 
     # Cache bytes: HIVE's image layers are counted, and LLaVA's cache grows with the image tokens.
-    hive_bytes, llava_bytes = cache_bytes(whole.past_key_values), cache_bytes(native.past_key_values)
+    hive_bytes, llava_bytes = cache_bytes(whole[CACHE_NAME]), cache_bytes(native[CACHE_NAME])
     assert hive_bytes["cross_attention"] > 0 and llava_bytes["cross_attention"] == 0
     layers, kv_width = TOY.text["num_hidden_layers"], TOY.text["num_key_value_heads"] * TOY.text["hidden_size"] // TOY.text["num_attention_heads"]
     assert llava_bytes["total"] == 2 * 2 * layers * (TOY.text_tokens + TOY.image_tokens) * kv_width * 4

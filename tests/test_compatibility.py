@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 import transformers
 
 from isolated import run_isolated
@@ -37,9 +38,10 @@ def test_the_range_in_the_remote_code_is_the_one_pyproject_declares():
     assert NEWEST_TESTED_TRANSFORMERS == PYPROJECT["tool"]["hive"]["transformers-newest-tested"]
 
 
-def test_the_installed_transformers_is_in_the_tested_range():
-    installed = release(transformers.__version__)[:2]
-    assert release(MINIMUM_TRANSFORMERS)[:2] <= installed <= release(NEWEST_TESTED_TRANSFORMERS)[:2]
+def test_the_readme_states_the_declared_range():
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    newest = ".".join(NEWEST_TESTED_TRANSFORMERS.split(".")[:2])
+    assert f"transformers {'.'.join(MINIMUM_TRANSFORMERS.split('.')[:2])} to {newest}" in readme
 
 
 def test_an_older_transformers_is_refused_naming_both_versions():
@@ -59,9 +61,16 @@ def test_a_newer_minor_version_warns_and_patch_releases_do_not():
         check_transformers_version(MINIMUM_TRANSFORMERS)
 
 
-def test_the_cache_name_is_the_one_the_running_generate_passes():
-    expected = "cache" if release(transformers.__version__) >= (5, 25, 0) else "past_key_values"
-    assert compatibility_hive.CACHE_NAME == expected
+def test_the_cache_name_is_the_one_the_running_generate_passes(monkeypatch):
+    model = build(("vit", "llama"), seed=1, gate=1.0)
+    passed = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda **kwargs: passed.append(sorted(kwargs)) or forward(**kwargs))
+    input_ids = torch.randint(3, 100, (1, 5))
+    model.generate(input_ids=input_ids, pixel_values=torch.randn(1, 3, 32, 32), max_new_tokens=3, do_sample=False, pad_token_id=0)
+    assert all(compatibility_hive.CACHE_NAME in names for names in passed[1:])  # every decode step
+    other_name = ({"cache", "past_key_values"} - {compatibility_hive.CACHE_NAME}).pop()
+    assert passed and not any(other_name in names for names in passed)
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +93,23 @@ def test_loading_the_remote_code_under_an_older_transformers_fails_on_import_wit
     """
     error = run_isolated(code, str(tmp_path))["error"]
     assert error is not None and "5.20.1" in error and MINIMUM_TRANSFORMERS in error
+
+
+def test_remote_code_under_a_newer_transformers_warns_once(saved_folder, tmp_path):
+    code = f"""
+        import json, warnings
+        import transformers
+        transformers.__version__ = "5.99.0"
+        from transformers import AutoModelForImageTextToText, AutoConfig
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            AutoConfig.from_pretrained({str(saved_folder)!r}, trust_remote_code=True)
+            AutoModelForImageTextToText.from_pretrained({str(saved_folder)!r}, trust_remote_code=True)
+            AutoModelForImageTextToText.from_pretrained({str(saved_folder)!r}, trust_remote_code=True)
+        print(json.dumps([str(w.message) for w in caught if "HIVE was tested" in str(w.message)]))
+    """
+    warned = run_isolated(code, str(tmp_path))
+    assert len(warned) == 1 and "5.99.0" in warned[0] and NEWEST_TESTED_TRANSFORMERS in warned[0]
 
 
 def test_remote_code_loads_and_generates_without_deprecation_warnings(saved_folder, tmp_path):

@@ -69,8 +69,8 @@ def test_left_padded_batch_generates_what_each_sample_generates_alone(model):
     batch_ids = torch.stack([input_ids[0], torch.cat([torch.zeros(2, dtype=torch.long), short])])
     mask = torch.tensor([[1] * 6, [0, 0, 1, 1, 1, 1]])
     batched = model.generate(input_ids=batch_ids, attention_mask=mask, pixel_values=pixel_values, max_new_tokens=6, **GREEDY)
-    first = model.generate(input_ids=input_ids[:1], pixel_values=pixel_values[:1], max_new_tokens=6, **GREEDY)
-    second = model.generate(input_ids=short[None], pixel_values=pixel_values[1:], max_new_tokens=6, **GREEDY)
+    first = model.generate(input_ids=input_ids[:1], pixel_values=pixel_values[:1], max_new_tokens=6, use_cache=False, **GREEDY)
+    second = model.generate(input_ids=short[None], pixel_values=pixel_values[1:], max_new_tokens=6, use_cache=False, **GREEDY)
     assert torch.equal(batched[0], first[0]) and torch.equal(batched[1, 2:], second[0])
 
 

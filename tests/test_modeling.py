@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import (
+    CONFIG_MAPPING,
     AutoModelForCausalLM,
     AutoModelForImageTextToText,
     CLIPConfig,
@@ -370,6 +371,39 @@ def test_from_backbones_takes_the_vision_tower_of_a_dual_encoder_and_a_tied_gpt2
     assert torch.equal(model.lm_head.weight, gpt2.lm_head.weight)
 
 
+@pytest.mark.parametrize(
+    "family, config",
+    [
+        ("falcon", dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2)),
+        ("mamba", dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2)),
+    ],
+)
+def test_an_llm_whose_decoder_layers_never_see_the_image_is_refused_when_built(family, config):
+    # FalconModel and MambaModel call their layers without the forward's **kwargs: the blocks would never run.
+    text_config = CONFIG_MAPPING[family](**config).to_dict()
+    hive_config = HiveConfig(
+        vision_config=tiny_vision_config("vit").to_dict(), text_config=text_config, cross_attention_layers=[[1, 0], [3, 1]],
+        cross_attention_num_heads=2, cross_attention_num_key_value_heads=2,
+    )
+    with pytest.raises(ValueError, match=rf"cannot insert cross-attention into \w+ \({family}\).*\[0, 1\].*silently ignored"):
+        HiveForConditionalGeneration(hive_config)
+
+
+@pytest.mark.parametrize(
+    "family, config",
+    [
+        ("gemma2", dict(final_logit_softcapping=0.5)),  # tanh soft-capping of the logits
+        ("granite", dict(logits_scaling=8.0)),  # logits divided by a constant
+    ],
+)
+def test_from_backbones_refuses_an_llm_whose_logits_are_more_than_its_head(family, config, tmp_path):
+    ViTModel(tiny_vision_config("vit")).save_pretrained(tmp_path / "vit")
+    common = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, intermediate_size=64)
+    AutoModelForCausalLM.from_config(CONFIG_MAPPING[family](**common, **config)).save_pretrained(tmp_path / family)
+    with pytest.raises(ValueError, match=rf"cannot reproduce the logits of .*{family}.*soft-capping or scaling"):
+        HiveForConditionalGeneration.from_backbones(str(tmp_path / "vit"), str(tmp_path / family), cross_attention_layers=[[1, 0], [3, 1]])
+
+
 # ------------------------------------------------------------------------------------------ training hygiene
 
 
@@ -417,6 +451,36 @@ def test_no_split_modules_let_device_map_auto_place_the_model(tmp_path):
     input_ids, pixel_values = inputs()
     with torch.no_grad():
         torch.testing.assert_close(placed(input_ids=input_ids, pixel_values=pixel_values).logits, model(input_ids=input_ids, pixel_values=pixel_values).logits)
+
+
+def test_a_model_with_its_encoder_offloaded_to_disk_loads_and_reproduces_the_logits(tmp_path):
+    # Loading runs no second probe through accelerate's offload hooks: the unused weights are frozen by name.
+    model, folder = save_tiny(tmp_path)
+    device_map = {"model.vision_model": "disk", "model.multi_modal_projectors": "cpu", "model.cross_attention_layers": "cpu",
+                  "model.language_model": "cpu", "lm_head": "cpu"}
+    placed, info = HiveForConditionalGeneration.from_pretrained(
+        folder, device_map=device_map, offload_folder=str(tmp_path / "offload"), output_loading_info=True
+    )
+    assert info["missing_keys"] == set() or not info["missing_keys"]
+    assert not placed.model.vision_model.pooler.dense.weight.requires_grad
+    input_ids, pixel_values = inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(placed(input_ids=input_ids, pixel_values=pixel_values).logits, model(input_ids=input_ids, pixel_values=pixel_values).logits)
+
+
+def test_an_encoder_the_meta_probe_cannot_run_is_probed_with_its_weights():
+    # SmolVLM's vision tower reads the pixel values (`.item()`), which the meta device cannot; the real-weight probe
+    # still freezes what no connected layer uses.
+    vision = CONFIG_MAPPING["smolvlm_vision"](
+        hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8
+    )
+    config = HiveConfig(vision_config=vision.to_dict(), text_config=tiny_text_config("llama").to_dict(), cross_attention_layers=[[1, 1], [2, 3]])
+    model = HiveForConditionalGeneration(config)
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    assert any(".layers.3." in name for name in frozen) and not any(".layers.1." in name for name in frozen)
+    input_ids, pixel_values = inputs()
+    model(input_ids=input_ids, pixel_values=pixel_values, labels=input_ids).loss.backward()
+    assert [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
 
 
 def test_set_trainable_freezes_by_component_and_counts():
@@ -486,7 +550,11 @@ def test_return_dict_false_gives_the_output_as_a_tuple(model_class):
         as_dict = model(input_ids=input_ids, pixel_values=pixel_values, use_cache=True)
         as_tuple = model(input_ids=input_ids, pixel_values=pixel_values, use_cache=True, return_dict=False)
     assert isinstance(as_tuple, tuple) and len(as_tuple) == len(as_dict.to_tuple())
-    torch.testing.assert_close(as_tuple[0], as_dict[0], rtol=0, atol=0)
+    for from_tuple, from_dict in zip(as_tuple, as_dict.to_tuple()):
+        if isinstance(from_dict, torch.Tensor):
+            torch.testing.assert_close(from_tuple, from_dict, rtol=0, atol=0)
+        else:
+            assert type(from_tuple) is type(from_dict)
 
 
 def test_shift_labels_are_the_targets_when_given():
@@ -523,12 +591,14 @@ def test_get_image_features_returns_the_image_tokens_the_blocks_read_and_outputs
     torch.testing.assert_close(out.image_outputs.pooler_output, features.pooler_output)
 
 
-def test_the_tensor_parallel_plan_shards_a_tied_head_with_its_embeddings():
-    model = build(("clip", "gpt2"))  # GPT-2 ties its head to the input embeddings
+@pytest.mark.parametrize("pair, sharded", [(("siglip", "qwen2"), True), (("clip", "gpt2"), False)])
+def test_the_tensor_parallel_plan_shards_a_tied_head_with_its_embeddings(pair, sharded):
+    # Qwen2 (tied, as Qwen2-0.5B is) has a plan that shards its embeddings; GPT-2 (tied) has no plan at all.
+    model = build(pair, text_kwargs={"tie_word_embeddings": True})
     assert model.lm_head.weight is model.get_input_embeddings().weight
     names = {module: name for name, module in model.named_modules()}
+    assert names[model.get_input_embeddings()] in model.tp_plan if sharded else not model.tp_plan
     assert (names[model.lm_head] in model.tp_plan) == (names[model.get_input_embeddings()] in model.tp_plan)
-    assert build(("vit", "llama")).tp_plan["lm_head"] == "colwise_gather_output"
 
 
 def test_bad_inputs_get_clear_errors():
