@@ -922,11 +922,17 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         for source, info in ((vision_model, vision_info), (text_model, text_info)):
             if info["missing_keys"]:
                 raise ValueError(f"Backbone {source!r} lacks weights for {sorted(info['missing_keys'])[:10]}; is it the right checkpoint?")
+        head = text.get_output_embeddings()
+        if getattr(head, "bias", None) is not None:
+            raise ValueError(
+                f"HIVE cannot reproduce the logits of {text_model!r} ({type(text).__name__}, {text.config.model_type}): "
+                "its output layer has a bias, and HIVE's head has none."
+            )
         config = HiveConfig(vision_config=vision.config.to_dict(), text_config=text.config.to_dict(), **config_kwargs)
         model = cls(config)
         model.model.vision_model.load_state_dict(vision.state_dict())
         model.model.language_model.load_state_dict(text.get_decoder().state_dict())
-        model.lm_head.load_state_dict(text.get_output_embeddings().state_dict())
+        model.lm_head.load_state_dict(head.state_dict())
         model.tie_weights()
         if torch_dtype is not None:
             model = model.to(torch_dtype)

@@ -394,13 +394,15 @@ def test_an_llm_whose_decoder_layers_never_see_the_image_is_refused_when_built(f
     [
         ("gemma2", dict(final_logit_softcapping=0.5)),  # tanh soft-capping of the logits
         ("granite", dict(logits_scaling=8.0)),  # logits divided by a constant
+        ("cohere", dict(logit_scale=0.0625)),  # logits multiplied by a constant
+        ("phi", dict()),  # a biased output layer
     ],
 )
 def test_from_backbones_refuses_an_llm_whose_logits_are_more_than_its_head(family, config, tmp_path):
     ViTModel(tiny_vision_config("vit")).save_pretrained(tmp_path / "vit")
     common = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, intermediate_size=64)
     AutoModelForCausalLM.from_config(CONFIG_MAPPING[family](**common, **config)).save_pretrained(tmp_path / family)
-    with pytest.raises(ValueError, match=rf"cannot reproduce the logits of .*{family}.*soft-capping or scaling"):
+    with pytest.raises(ValueError, match=rf"cannot reproduce the logits of .*{family}.*(soft-capping or scaling|has a bias)"):
         HiveForConditionalGeneration.from_backbones(str(tmp_path / "vit"), str(tmp_path / family), cross_attention_layers=[[1, 0], [3, 1]])
 
 
