@@ -919,9 +919,8 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         vision_class = MODEL_MAPPING[type(vision_config)]
         vision, vision_info = vision_class.from_pretrained(vision_model, dtype=torch_dtype, output_loading_info=True)
         text, text_info = AutoModelForCausalLM.from_pretrained(text_model, dtype=torch_dtype, output_loading_info=True)
-        for source, info in ((vision_model, vision_info), (text_model, text_info)):
-            if info["missing_keys"]:
-                raise ValueError(f"Backbone {source!r} lacks weights for {sorted(info['missing_keys'])[:10]}; is it the right checkpoint?")
+        if text_info["missing_keys"]:
+            raise ValueError(f"Backbone {text_model!r} lacks weights for {sorted(text_info['missing_keys'])[:10]}; is it the right checkpoint?")
         head = text.get_output_embeddings()
         if getattr(head, "bias", None) is not None:
             raise ValueError(
@@ -930,6 +929,16 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
             )
         config = HiveConfig(vision_config=vision.config.to_dict(), text_config=text.config.to_dict(), **config_kwargs)
         model = cls(config)
+        # Only the weights HIVE uses are required: a checkpoint without a pooler (MAE/DINO-style, or a classifier's
+        # encoder) is fine, one without embeddings or a connected layer is not.
+        missing = sorted(vision_info["missing_keys"])
+        unused = set(model.model.unused_vision_parameter_names or [])
+        if [key for key in missing if key not in unused]:
+            raise ValueError(
+                f"Backbone {vision_model!r} lacks weights HIVE uses: {[k for k in missing if k not in unused][:10]}; is it the right checkpoint?"
+            )
+        if missing:
+            logger.info(f"Backbone {vision_model!r} has no weights for {missing}; HIVE does not use them (they stay frozen).")
         model.model.vision_model.load_state_dict(vision.state_dict())
         model.model.language_model.load_state_dict(text.get_decoder().state_dict())
         model.lm_head.load_state_dict(head.state_dict())

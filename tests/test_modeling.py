@@ -14,6 +14,7 @@ from transformers import (
     CLIPModel,
     GPT2LMHeadModel,
     LlamaForCausalLM,
+    ViTForImageClassification,
     ViTModel,
 )
 from transformers.modeling_outputs import BaseModelOutputWithPooling
@@ -355,6 +356,22 @@ def test_from_backbones_loads_pretrained_encoder_and_llm_without_missing_keys(tm
     input_ids, pixel_values = inputs()
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=input_ids, pixel_values=pixel_values).logits, llama(input_ids).logits, atol=1e-5, rtol=0)
+
+
+def test_from_backbones_needs_only_the_encoder_weights_hive_uses(tmp_path):
+    # An encoder saved without a pooler, and one inside a classification checkpoint: HIVE never reads the pooler.
+    ViTModel(tiny_vision_config("vit"), add_pooling_layer=False).save_pretrained(tmp_path / "no-pooler")
+    ViTForImageClassification(tiny_vision_config("vit")).save_pretrained(tmp_path / "classifier")
+    LlamaForCausalLM(tiny_text_config("llama")).save_pretrained(tmp_path / "llama")
+    for encoder in ("no-pooler", "classifier"):
+        model = HiveForConditionalGeneration.from_backbones(str(tmp_path / encoder), str(tmp_path / "llama"), cross_attention_layers=[[1, 1], [3, 3]])
+        assert not model.model.vision_model.pooler.dense.weight.requires_grad
+    # A checkpoint whose connected layers are missing is still refused.
+    partial = ViTModel(tiny_vision_config("vit", num_layers=2))
+    partial.config.num_hidden_layers = 4  # claims 4 layers, holds 2
+    partial.save_pretrained(tmp_path / "truncated")
+    with pytest.raises(ValueError, match=r"lacks weights HIVE uses: \['[\w.]*layers?\.2\."):  # the connected layer 3's input
+        HiveForConditionalGeneration.from_backbones(str(tmp_path / "truncated"), str(tmp_path / "llama"), cross_attention_layers=[[1, 1], [3, 3]])
 
 
 def test_from_backbones_takes_the_vision_tower_of_a_dual_encoder_and_a_tied_gpt2(tmp_path):
