@@ -6,6 +6,8 @@ reads the image keys/values from a `HiveVisionContext` that travels to every dec
 therefore exactly those of their own checkpoints, under `model.vision_model.` and `model.language_model.`.
 """
 
+import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field, make_dataclass
 from functools import partial
 
@@ -312,6 +314,25 @@ HIVE_AUTO_MAP = {
 }
 
 
+def probe_image_shape(vision_config) -> tuple[int, int, int, int]:
+    """(1, channels, size, size): one image of the size the encoder expects, for the build-time probes."""
+    size = getattr(vision_config, "image_size", 224)
+    size = size if isinstance(size, int) else size[0]
+    return (1, getattr(vision_config, "num_channels", 3), size, size)
+
+
+@contextmanager
+def eval_mode(module: nn.Module):
+    """`module` in eval mode for the block; every submodule's own mode is restored after."""
+    modes = {submodule: submodule.training for submodule in module.modules()}
+    module.eval()
+    try:
+        yield module
+    finally:
+        for submodule, training in modes.items():
+            submodule.training = training
+
+
 class HivePreTrainedModel(PreTrainedModel):
     config: HiveConfig
     config_class = HiveConfig
@@ -346,7 +367,8 @@ class HivePreTrainedModel(PreTrainedModel):
             ) from error
         loaded = model[0] if isinstance(model, tuple) else model
         loaded.freeze_unused_vision_parameters()  # loading materialises fresh parameters, losing __init__'s flags
-        loaded.base_model.check_cross_attention_is_reached()  # __init__ ran on the meta device, where it cannot
+        loaded.base_model.check_encoder_is_deterministic()  # __init__ ran on the meta device, where neither can run
+        loaded.base_model.check_cross_attention_is_reached()
         return model
 
     def save_pretrained(self, save_directory, *args, **kwargs):
@@ -382,41 +404,34 @@ class HivePreTrainedModel(PreTrainedModel):
         with the encoder's own weights.
         """
         vision = self.base_model.vision_model
-        config = self.config.vision_config
-        size = getattr(config, "image_size", 224)
-        size = size if isinstance(size, int) else size[0]
-        shape = (1, getattr(config, "num_channels", 3), size, size)
+        shape = probe_image_shape(self.config.vision_config)
         names, parameters = zip(*vision.named_parameters())
         dtype = next((p.dtype for p in parameters if p.is_floating_point()), torch.float32)
         kwargs = {"output_hidden_states": True, "return_dict": True}
-        modes = {module: module.training for module in vision.modules()}
-        vision.eval()  # checkpointed layers recompute only in training, and would do so with the real weights
-        try:
-            with torch.inference_mode(False), torch.enable_grad():  # also when the model is built under either
+        # eval: checkpointed layers recompute only in training, and would do so with the real weights. Gradients on,
+        # also when the model is built under no_grad or inference_mode.
+        with eval_mode(vision), torch.inference_mode(False), torch.enable_grad():
+            try:
+                meta = {n: torch.empty(p.shape, dtype=dtype, device="meta", requires_grad=True) for n, p in zip(names, parameters)}
+                meta.update({n: torch.empty_like(b, device="meta") for n, b in vision.named_buffers()})
+                probe = torch.zeros(shape, dtype=dtype, device="meta")
+                outputs = torch.func.functional_call(vision, meta, (probe,), kwargs, strict=False)
+                reached = self._gradient_reach(outputs, [meta[n] for n in names])
+            except Exception:
+                if any(p.is_meta for p in parameters):
+                    raise
+                trainable = [p for p in parameters if p.is_floating_point()]
+                flags = [p.requires_grad for p in trainable]
                 try:
-                    meta = {n: torch.empty(p.shape, dtype=dtype, device="meta", requires_grad=True) for n, p in zip(names, parameters)}
-                    meta.update({n: torch.empty_like(b, device="meta") for n, b in vision.named_buffers()})
-                    probe = torch.zeros(shape, dtype=dtype, device="meta")
-                    outputs = torch.func.functional_call(vision, meta, (probe,), kwargs, strict=False)
-                    reached = self._gradient_reach(outputs, [meta[n] for n in names])
-                except Exception:
-                    if any(p.is_meta for p in parameters):
-                        raise
-                    trainable = [p for p in parameters if p.is_floating_point()]
-                    flags = [p.requires_grad for p in trainable]
-                    try:
-                        for p in trainable:
-                            p.requires_grad_(True)
-                        outputs = vision(pixel_values=torch.zeros(shape, dtype=dtype, device=trainable[0].device), **kwargs)
-                        reached_trainable = self._gradient_reach(outputs, trainable)
-                    finally:
-                        for p, flag in zip(trainable, flags):
-                            p.requires_grad_(flag)
-                    in_use = {id(p) for p, r in zip(trainable, reached_trainable) if r}
-                    reached = [id(p) in in_use for p in parameters]
-        finally:
-            for module, training in modes.items():
-                module.training = training
+                    for p in trainable:
+                        p.requires_grad_(True)
+                    outputs = vision(pixel_values=torch.zeros(shape, dtype=dtype, device=trainable[0].device), **kwargs)
+                    reached_trainable = self._gradient_reach(outputs, trainable)
+                finally:
+                    for p, flag in zip(trainable, flags):
+                        p.requires_grad_(flag)
+                in_use = {id(p) for p, r in zip(trainable, reached_trainable) if r}
+                reached = [id(p) in in_use for p in parameters]
         return [p for p, r in zip(parameters, reached) if r]
 
     def _gradient_reach(self, vision_outputs, leaves: list[torch.Tensor]) -> list[bool]:
@@ -521,7 +536,28 @@ class HiveModel(HivePreTrainedModel):
         self.post_init()
         self.unused_vision_parameter_names = self.find_unused_vision_parameters()
         self.freeze_unused_vision_parameters()
+        self.check_encoder_is_deterministic()
         self.check_cross_attention_is_reached()
+
+    def check_encoder_is_deterministic(self) -> None:
+        """Refuses an encoder whose forward is random in eval mode (ViT-MAE masks and shuffles patches in every call):
+        the same image would give other answers each time. Two forwards of one image; skipped on the meta device."""
+        vision = self.vision_model
+        weight = next(vision.parameters())
+        if weight.is_meta:
+            return
+        shape = probe_image_shape(self.config.vision_config)
+        # A varied image: on a constant one, patches are interchangeable and a random choice among them goes unseen.
+        probe = torch.linspace(-1, 1, math.prod(shape), dtype=weight.dtype, device=weight.device).reshape(shape)
+        with eval_mode(vision), torch.no_grad():
+            first, second = (self.encode_image(probe)[1] for _ in range(2))
+        if not all(torch.equal(a, b) for a, b in zip(first, second)):
+            raise ValueError(
+                f"HIVE cannot use {type(vision).__name__} ({self.config.vision_config.model_type}) as its encoder: its forward is random in "
+                "eval mode (e.g. random patch masking), so the same image would give different answers. Load the "
+                "checkpoint's weights into a deterministic encoder of the same architecture instead (e.g. ViTModel for "
+                "a ViT-MAE checkpoint)."
+            )
 
     def check_cross_attention_is_reached(self) -> None:
         """Refuses an LLM whose decoder layers never receive HIVE's vision context, with which the image would be

@@ -406,6 +406,14 @@ def test_an_llm_whose_decoder_layers_never_see_the_image_is_refused_when_built(f
         HiveForConditionalGeneration(hive_config)
 
 
+def test_an_encoder_that_is_random_in_eval_mode_is_refused_when_built():
+    # ViT-MAE masks (and shuffles) patches at random in every forward, eval mode included.
+    vision = CONFIG_MAPPING["vit_mae"](hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8)
+    config = HiveConfig(vision_config=vision.to_dict(), text_config=tiny_text_config("llama").to_dict(), cross_attention_layers=[[1, 1], [3, 3]])
+    with pytest.raises(ValueError, match=r"cannot use ViTMAEModel \(vit_mae\) as its encoder: its forward is random in eval mode"):
+        HiveForConditionalGeneration(config)
+
+
 @pytest.mark.parametrize(
     "family, config",
     [
