@@ -295,12 +295,13 @@ class HiveCrossAttentionLayer(GradientCheckpointingLayer):
 
 
 def decoder_layers(language_model: nn.Module, num_layers: int) -> nn.ModuleList:
-    """The LLM's list of decoder layers, found by structure (the child ModuleList with one entry per layer)."""
-    candidates = [module for module in language_model.children() if isinstance(module, nn.ModuleList) and len(module) == num_layers]
+    """The LLM's list of decoder layers, found by structure: the one ModuleList with one entry per layer, as a child
+    (Llama, GPT-2) or deeper (OPT's `decoder.layers`). `check_cross_attention_is_reached` then proves it is called."""
+    candidates = [module for module in language_model.modules() if isinstance(module, nn.ModuleList) and len(module) == num_layers]
     if len(candidates) != 1:
         raise ValueError(
-            f"{type(language_model).__name__} has no single ModuleList of its {num_layers} decoder layers; "
-            "HIVE supports decoder-only LLMs whose base model holds its layers in one list."
+            f"{type(language_model).__name__} has {len(candidates)} ModuleLists of {num_layers} modules, not one list of "
+            "its decoder layers; HIVE supports decoder-only LLMs whose base model holds its layers in one list."
         )
     return candidates[0]
 
@@ -976,7 +977,7 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         if missing:
             logger.info(f"Backbone {vision_model!r} has no weights for {missing}; HIVE does not use them (they stay frozen).")
         model.model.vision_model.load_state_dict(vision.state_dict())
-        model.model.language_model.load_state_dict(text.get_decoder().state_dict())
+        model.model.language_model.load_state_dict(text.base_model.state_dict())
         model.lm_head.load_state_dict(head.state_dict())
         model.tie_weights()
         if torch_dtype is not None:

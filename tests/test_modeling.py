@@ -358,6 +358,21 @@ def test_from_backbones_loads_pretrained_encoder_and_llm_without_missing_keys(tm
         torch.testing.assert_close(model(input_ids=input_ids, pixel_values=pixel_values).logits, llama(input_ids).logits, atol=1e-5, rtol=0)
 
 
+def test_an_llm_whose_decoder_layers_sit_deeper_works_exactly(tmp_path):
+    # OPT keeps its layers in `decoder.layers`, one level below its base model.
+    ViTModel(tiny_vision_config("vit")).save_pretrained(tmp_path / "vit")
+    text = CONFIG_MAPPING["opt"](vocab_size=VOCAB, hidden_size=32, num_hidden_layers=4, num_attention_heads=2, ffn_dim=64, word_embed_proj_dim=32)
+    AutoModelForCausalLM.from_config(text).save_pretrained(tmp_path / "opt")
+    # from_backbones itself checks that closed gates give the OPT's own logits.
+    model = HiveForConditionalGeneration.from_backbones(str(tmp_path / "vit"), str(tmp_path / "opt"), cross_attention_layers=[[1, 1], [3, 3]])
+    open_gates(model.eval(), 1.0)
+    input_ids, pixel_values = inputs()
+    kwargs = dict(input_ids=input_ids, pixel_values=pixel_values, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert torch.equal(model.generate(**kwargs), model.generate(**kwargs, use_cache=False))
+    with torch.no_grad():
+        assert not torch.allclose(model(input_ids=input_ids, pixel_values=pixel_values).logits, model(input_ids=input_ids).logits)
+
+
 def test_from_backbones_needs_only_the_encoder_weights_hive_uses(tmp_path):
     # An encoder saved without a pooler, and one inside a classification checkpoint: HIVE never reads the pooler.
     ViTModel(tiny_vision_config("vit"), add_pooling_layer=False).save_pretrained(tmp_path / "no-pooler")
