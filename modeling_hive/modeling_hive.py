@@ -554,8 +554,8 @@ class HiveModel(HivePreTrainedModel):
             first, second = (self.encode_image(probe)[1] for _ in range(2))
         if not all(torch.equal(a, b) for a, b in zip(first, second)):
             raise ValueError(
-                f"HIVE cannot use {type(vision).__name__} ({self.config.vision_config.model_type}) as its encoder: its forward is random in "
-                "eval mode (e.g. random patch masking), so the same image would give different answers. Load the "
+                f"HIVE cannot use {type(vision).__name__} ({self.config.vision_config.model_type}) as its encoder: its "
+                "forward is random in eval mode (e.g. random patch masking), so the same image would give different answers. Load the "
                 "checkpoint's weights into a deterministic encoder of the same architecture instead (e.g. ViTModel for "
                 "a ViT-MAE checkpoint)."
             )
