@@ -295,13 +295,15 @@ class HiveCrossAttentionLayer(GradientCheckpointingLayer):
 
 
 def decoder_layers(language_model: nn.Module, num_layers: int) -> nn.ModuleList:
-    """The LLM's list of decoder layers, found by structure: the one ModuleList with one entry per layer, as a child
-    (Llama, GPT-2) or deeper (OPT's `decoder.layers`). `check_cross_attention_is_reached` then proves it is called."""
-    candidates = [module for module in language_model.modules() if isinstance(module, nn.ModuleList) and len(module) == num_layers]
+    """The LLM's list of decoder layers, found by structure: the one child ModuleList with one entry per layer of its
+    decoder (`get_decoder()`: the base model itself for Llama or GPT-2, `decoder` for OPT).
+    `HiveModel.check_cross_attention_is_reached` then proves that the layers are called with the vision context."""
+    decoder = language_model.get_decoder()
+    candidates = [module for module in decoder.children() if isinstance(module, nn.ModuleList) and len(module) == num_layers]
     if len(candidates) != 1:
         raise ValueError(
-            f"{type(language_model).__name__} has {len(candidates)} ModuleLists of {num_layers} modules, not one list of "
-            "its decoder layers; HIVE supports decoder-only LLMs whose base model holds its layers in one list."
+            f"{type(decoder).__name__} has no single ModuleList of its {num_layers} decoder layers; "
+            "HIVE supports decoder-only LLMs whose base model holds its layers in one list."
         )
     return candidates[0]
 
