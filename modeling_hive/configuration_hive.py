@@ -122,6 +122,13 @@ class HiveConfig(PreTrainedConfig):
         return sorted({pair[0] for pair in self.cross_attention_layers})
 
     def _validate_hive_fields(self):
+        for attribute in ("hidden_size", "num_hidden_layers"):
+            if not isinstance(getattr(self.vision_config, attribute, None), int):
+                raise ValueError(
+                    f"HIVE cannot use a {self.vision_config.model_type} encoder yet: its config has no integer "
+                    f"`{attribute}`. Multi-stage encoders whose stages differ in width (ConvNeXt, Swin, Hiera) need "
+                    "per-level projectors, which are not implemented."
+                )
         vision_depth = self.vision_config.num_hidden_layers
         text_depth = self.text_config.num_hidden_layers
         text_width = self.text_config.hidden_size

@@ -354,7 +354,8 @@ class HivePreTrainedModel(PreTrainedModel):
     def from_pretrained(cls, *args, **kwargs):
         """As `PreTrainedModel.from_pretrained`, but weights are only ever read from safetensors (no pickle path); the
         encoder weights no connected layer uses are frozen, and the LLM is checked to pass the vision context to its
-        decoder layers (see `freeze_unused_vision_parameters` and `HiveModel.check_cross_attention_is_reached`)."""
+        decoder layers (see `freeze_unused_vision_parameters`, `HiveModel.check_encoder_output` and
+        `HiveModel.check_cross_attention_is_reached`)."""
         if kwargs.get("use_safetensors") is False:
             raise ValueError("HIVE loads weights from safetensors only; drop use_safetensors=False.")
         kwargs["use_safetensors"] = True
@@ -370,7 +371,7 @@ class HivePreTrainedModel(PreTrainedModel):
             ) from error
         loaded = model[0] if isinstance(model, tuple) else model
         loaded.freeze_unused_vision_parameters()  # loading materialises fresh parameters, losing __init__'s flags
-        loaded.base_model.check_encoder_is_deterministic()  # __init__ ran on the meta device, where neither can run
+        loaded.base_model.check_encoder_output()  # __init__ ran on the meta device, where neither can run
         loaded.base_model.check_cross_attention_is_reached()
         return model
 
@@ -537,14 +538,16 @@ class HiveModel(HivePreTrainedModel):
         for index, (_, text_layer) in enumerate(config.cross_attention_layers):
             layers[text_layer].register_forward_pre_hook(partial(self._cross_attention_hook, index), with_kwargs=True)
         self.post_init()
+        self.check_encoder_output()
         self.unused_vision_parameter_names = self.find_unused_vision_parameters()
         self.freeze_unused_vision_parameters()
-        self.check_encoder_is_deterministic()
         self.check_cross_attention_is_reached()
 
-    def check_encoder_is_deterministic(self) -> None:
-        """Refuses an encoder whose forward is random in eval mode (ViT-MAE masks and shuffles patches in every call):
-        the same image would give other answers each time. Two forwards of one image; skipped on the meta device."""
+    def check_encoder_output(self) -> None:
+        """Refuses an encoder HIVE cannot read exactly: one whose selected layers are not `(B, N, hidden_size)` tokens
+        (multi-stage encoders such as Swin change width per stage), or whose forward is random in eval mode (ViT-MAE
+        masks and shuffles patches in every call: the same image would give other answers each time). Two forwards
+        of one image; skipped on the meta device."""
         vision = self.vision_model
         weight = next(vision.parameters())
         if weight.is_meta:
@@ -554,6 +557,14 @@ class HiveModel(HivePreTrainedModel):
         probe = torch.linspace(-1, 1, math.prod(shape), dtype=weight.dtype, device=weight.device).reshape(shape)
         with eval_mode(vision), torch.no_grad():
             first, second = (self.encode_image(probe)[1] for _ in range(2))
+        width = self.config.vision_config.hidden_size
+        shapes = {layer: tuple(states.shape) for layer, states in zip(self.config.vision_layers, first)}
+        if any(len(shape) != 3 or shape[-1] != width for shape in shapes.values()):
+            raise ValueError(
+                f"HIVE cannot use {type(vision).__name__} ({self.config.vision_config.model_type}) as its encoder yet: its "
+                f"selected layers' outputs have shapes {shapes}, not (batch, tokens, {width}). Multi-stage encoders whose "
+                "stages differ in width (Swin, ConvNeXt, Hiera) need per-level projectors, which are not implemented."
+            )
         if not all(torch.equal(a, b) for a, b in zip(first, second)):
             raise ValueError(
                 f"HIVE cannot use {type(vision).__name__} ({self.config.vision_config.model_type}) as its encoder: its "

@@ -421,6 +421,17 @@ def test_an_llm_whose_decoder_layers_never_see_the_image_is_refused_when_built(f
         HiveForConditionalGeneration(hive_config)
 
 
+def test_a_multi_stage_encoder_whose_stages_differ_in_width_is_refused_when_built():
+    # Per-level projectors for Swin/ConvNeXt stages are not implemented yet (issue 18): refused, not a shape error.
+    convnext = CONFIG_MAPPING["convnext"](image_size=32, hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1])
+    with pytest.raises(ValueError, match=r"cannot use a convnext encoder yet: its config has no integer `hidden_size`"):
+        HiveConfig(vision_config=convnext.to_dict(), text_config=tiny_text_config("llama").to_dict())
+    swin = CONFIG_MAPPING["swin"](image_size=32, patch_size=4, embed_dim=8, depths=[1, 1, 1], num_heads=[1, 1, 2], window_size=2)
+    config = HiveConfig(vision_config=swin.to_dict(), text_config=tiny_text_config("llama").to_dict(), cross_attention_layers=[[0, 1], [2, 3]])
+    with pytest.raises(ValueError, match=r"cannot use SwinModel \(swin\) as its encoder yet: its selected layers' outputs have shapes"):
+        HiveForConditionalGeneration(config)
+
+
 def test_an_encoder_that_is_random_in_eval_mode_is_refused_when_built():
     # ViT-MAE masks (and shuffles) patches at random in every forward, eval mode included.
     vision = CONFIG_MAPPING["vit_mae"](hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8)
