@@ -8,12 +8,14 @@ Example:
 
 from transformers import (
     CLIPVisionConfig,
+    ConvNextConfig,
     Dinov2Config,
     GPT2Config,
     LlamaConfig,
     MistralConfig,
     Qwen2Config,
     SiglipVisionConfig,
+    SwinConfig,
     ViTConfig,
 )
 
@@ -21,7 +23,15 @@ from modeling_hive import HiveConfig
 
 
 def tiny_vision_config(family: str, image_size: int = 32, patch_size: int = 8, hidden_size: int = 32, num_layers: int = 4):
-    """A small encoder of the given family ("vit", "siglip", "clip", "dinov2")."""
+    """A small encoder of the given family: single-scale ("vit", "siglip", "clip", "dinov2") with `num_layers` layers,
+    or multi-scale ("swin", "convnext") with `num_layers` stages whose widths double from `hidden_size` and whose
+    resolution halves from `image_size / 4` (their stems patch by 2 and 4 pixels; `patch_size` is for the others)."""
+    if family == "swin":  # stage i ends in a patch merge that doubles its width (the last stage has none)
+        return SwinConfig(image_size=image_size, patch_size=2, embed_dim=hidden_size // 2, depths=[1] * num_layers,
+                          num_heads=[2] * num_layers, window_size=2, mlp_ratio=2.0)
+    if family == "convnext":
+        return ConvNextConfig(image_size=image_size, patch_size=4, hidden_sizes=[hidden_size * 2**i for i in range(num_layers)],
+                              depths=[1] * num_layers)
     common = dict(
         hidden_size=hidden_size,
         num_hidden_layers=num_layers,
@@ -38,7 +48,7 @@ def tiny_vision_config(family: str, image_size: int = 32, patch_size: int = 8, h
         return CLIPVisionConfig(**common)
     if family == "dinov2":
         return Dinov2Config(**{k: v for k, v in common.items() if k != "intermediate_size"}, mlp_ratio=2)
-    raise ValueError(f"Unknown vision family {family!r}; choose vit, siglip, clip or dinov2.")
+    raise ValueError(f"Unknown vision family {family!r}; choose vit, siglip, clip, dinov2, swin or convnext.")
 
 
 def tiny_text_config(family: str, vocab_size: int = 128, hidden_size: int = 32, num_layers: int = 4, **kwargs):

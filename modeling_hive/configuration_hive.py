@@ -10,6 +10,23 @@ from transformers.configuration_utils import SubConfigSpec
 HIERARCHY_MODES = ("paired", "all_levels")
 
 
+def vision_num_levels(vision_config) -> int:
+    """How many levels the encoder's `hidden_states` hold after its embeddings: one per layer for a single-scale
+    encoder (ViT, SigLIP, DINOv2), one per stage for a multi-scale one (Swin, Hiera: `num_hidden_layers` counts stages;
+    ConvNeXt, ResNet: `num_stages` or `depths`)."""
+    for attribute in ("num_hidden_layers", "num_stages"):
+        value = getattr(vision_config, attribute, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    depths = getattr(vision_config, "depths", None)
+    if isinstance(depths, (list, tuple)) and depths:
+        return len(depths)
+    raise ValueError(
+        f"HIVE cannot use a {vision_config.model_type} encoder: its config has no `num_hidden_layers`, `num_stages` or "
+        "`depths`, so its levels (layers or stages) cannot be counted."
+    )
+
+
 def spread_layer_pairs(num_pairs: int, vision_depth: int, text_depth: int) -> list[list[int]]:
     """Spread `num_pairs` [vision_layer, text_layer] pairs evenly over both depths, ending at the last layers."""
     return [
@@ -26,14 +43,18 @@ class HiveConfig(PreTrainedConfig):
 
     Args:
         vision_config (`dict` or `PreTrainedConfig`):
-            Config of any transformers vision encoder that returns per-layer hidden states (ViT, SigLIP vision,
-            CLIP vision, DINOv2, ...). A dict needs a `model_type`.
+            Config of any transformers vision encoder that returns per-layer hidden states: a single-scale one
+            (ViT, SigLIP vision, CLIP vision, DINOv2, ...), whose levels are its layers, or a multi-scale one (Swin,
+            ConvNeXt, Hiera, ResNet, ...), whose levels are its stages, each with its own width and resolution
+            (feature maps are flattened to tokens). A dict needs a `model_type`.
         text_config (`dict` or `PreTrainedConfig`):
             Config of any transformers causal LM (Llama, Qwen2, Mistral, GPT-2, ...). A dict needs a `model_type`.
         cross_attention_layers (`list[list[int]]`, *optional*):
-            `[vision_layer, text_layer]` pairs, both 0-based. The output of encoder layer `vision_layer` feeds a
-            cross-attention block that runs just before LLM decoder layer `text_layer`. Defaults to
-            `num_cross_attention_layers` pairs spread evenly over both depths.
+            `[vision_layer, text_layer]` pairs, both 0-based. The output of encoder layer (or stage) `vision_layer`
+            feeds a cross-attention block that runs just before LLM decoder layer `text_layer`. Defaults to
+            `num_cross_attention_layers` pairs spread evenly over both depths. For a 4-stage encoder the default
+            4 pairs give one per stage: the high-resolution early stages (edges, textures) feed early LLM layers,
+            the low-resolution last stage (semantics) the last LLM layer.
         num_cross_attention_layers (`int`, *optional*, defaults to 4):
             Number of pairs to spread when `cross_attention_layers` is not given.
         hierarchy_mode (`str`, *optional*, defaults to `"paired"`):
@@ -99,6 +120,10 @@ class HiveConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         # The LLM's own tying decides ours (GPT-2 and small Qwen2 models tie lm_head to the input embeddings).
         self.tie_word_embeddings = bool(getattr(self.text_config, "tie_word_embeddings", False))
+        # An MAE-style encoder (ViT-MAE) drops `mask_ratio` of its patches at random in every forward, in eval mode too:
+        # inside HIVE it keeps them all (and `HiveModel.encode_image` keeps their order).
+        if getattr(self.vision_config, "mask_ratio", None):
+            self.vision_config.mask_ratio = 0.0
         self._validate_hive_fields()
 
     @classmethod
@@ -122,14 +147,7 @@ class HiveConfig(PreTrainedConfig):
         return sorted({pair[0] for pair in self.cross_attention_layers})
 
     def _validate_hive_fields(self):
-        for attribute in ("hidden_size", "num_hidden_layers"):
-            if not isinstance(getattr(self.vision_config, attribute, None), int):
-                raise ValueError(
-                    f"HIVE cannot use a {self.vision_config.model_type} encoder yet: its config has no integer "
-                    f"`{attribute}`. Multi-stage encoders whose stages differ in width (ConvNeXt, Swin, Hiera) need "
-                    "per-level projectors, which are not implemented."
-                )
-        vision_depth = self.vision_config.num_hidden_layers
+        vision_depth = vision_num_levels(self.vision_config)
         text_depth = self.text_config.num_hidden_layers
         text_width = self.text_config.hidden_size
 
@@ -153,7 +171,7 @@ class HiveConfig(PreTrainedConfig):
             if not 0 <= vision_layer < vision_depth:
                 raise ValueError(
                     f"cross_attention_layers: vision layer {vision_layer} is out of range; the encoder has "
-                    f"{vision_depth} layers (0 to {vision_depth - 1})."
+                    f"{vision_depth} levels, layers or stages (0 to {vision_depth - 1})."
                 )
             if not 0 <= text_layer < text_depth:
                 raise ValueError(

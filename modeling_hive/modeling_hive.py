@@ -6,6 +6,7 @@ reads the image keys/values from a `HiveVisionContext` that travels to every dec
 therefore exactly those of their own checkpoints, under `model.vision_model.` and `model.language_model.`.
 """
 
+import inspect
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field, make_dataclass
@@ -173,11 +174,11 @@ class HiveRMSNorm(nn.Module):
 
 
 class HiveMultiModalProjector(nn.Module):
-    """Maps one vision level into the LLM width: LayerNorm, Linear, act, Linear."""
+    """Maps one vision level (of width `vision_width`) into the LLM width: LayerNorm, Linear, act, Linear."""
 
-    def __init__(self, config: HiveConfig):
+    def __init__(self, config: HiveConfig, vision_width: int):
         super().__init__()
-        vision_width, text_width = config.vision_config.hidden_size, config.text_config.hidden_size
+        text_width = config.text_config.hidden_size
         self.layer_norm = nn.LayerNorm(vision_width)
         self.linear_1 = nn.Linear(vision_width, text_width)
         self.act = ACT2FN[config.projector_hidden_act]
@@ -324,6 +325,69 @@ def probe_image_shape(vision_config) -> tuple[int, int, int, int]:
     return (1, getattr(vision_config, "num_channels", 3), size, size)
 
 
+def as_tokens(states: torch.Tensor) -> torch.Tensor:
+    """One level as `(B, num_tokens, width)`: a multi-scale encoder's `(B, C, H, W)` feature map is flattened row by
+    row; token sequences pass unchanged."""
+    return states.flatten(2).transpose(1, 2) if states.ndim == 4 else states
+
+
+def encoder_outputs_on_meta(vision: nn.Module, vision_config, requires_grad: bool = False):
+    """The encoder's output for one probe image, computed on the meta device: shapes and autograd graph, with no
+    compute or memory whatever the encoder's size (its own weights may still be on meta). Returns the output and the
+    meta leaves that stood in for its parameters, by name."""
+    parameters = dict(vision.named_parameters())
+    dtype = next((p.dtype for p in parameters.values() if p.is_floating_point()), torch.float32)
+    meta = {n: torch.empty(p.shape, dtype=dtype, device="meta", requires_grad=requires_grad) for n, p in parameters.items()}
+    meta.update({n: torch.empty_like(b, device="meta") for n, b in vision.named_buffers()})
+    probe = torch.zeros(probe_image_shape(vision_config), dtype=dtype, device="meta")
+    kwargs = {"output_hidden_states": True, "return_dict": True}
+    outputs = torch.func.functional_call(vision, meta, (probe,), kwargs, strict=False)
+    return outputs, {n: meta[n] for n in parameters}
+
+
+def missing_encoder_inputs(vision: nn.Module) -> list[str]:
+    """The inputs besides `pixel_values` the encoder's forward requires (e.g. Qwen2-VL's `grid_thw`)."""
+    return [
+        name
+        for name, parameter in inspect.signature(vision.forward).parameters.items()
+        if name != "pixel_values"
+        and parameter.default is inspect.Parameter.empty
+        and parameter.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    ]
+
+
+def vision_level_widths(vision: nn.Module, config: HiveConfig) -> list[int]:
+    """The width of each selected level, in `config.vision_layers` order: the encoder's `hidden_size` for a
+    single-scale encoder, each stage's own width for a multi-scale one. Read from one forward on the meta device;
+    where that cannot run (an encoder whose forward reads pixel values), the config's integer `hidden_size`."""
+    vision_config = config.vision_config
+    name = f"{type(vision).__name__} ({vision_config.model_type})"
+    missing = missing_encoder_inputs(vision)
+    if missing:
+        raise ValueError(
+            f"HIVE cannot use {name} as its encoder: its forward needs {missing} besides pixel_values, and HIVE passes "
+            "pixel_values only."
+        )
+    try:
+        with eval_mode(vision), torch.no_grad():
+            hidden_states = encoder_outputs_on_meta(vision, vision_config)[0].hidden_states
+    except Exception:
+        width = getattr(vision_config, "hidden_size", None)
+        if isinstance(width, int):
+            return [width] * len(config.vision_layers)
+        raise
+    if hidden_states is None:
+        raise ValueError(f"HIVE cannot use {name} as its encoder: it returns no hidden_states per layer or stage.")
+    levels = {layer: hidden_states[layer + 1] for layer in config.vision_layers}
+    shapes = {layer: tuple(states.shape) for layer, states in levels.items()}
+    if any(states.ndim not in (3, 4) for states in levels.values()):
+        raise ValueError(
+            f"HIVE cannot use {name} as its encoder: its selected levels have shapes {shapes}, neither tokens "
+            "(batch, tokens, width) nor feature maps (batch, channels, height, width)."
+        )
+    return [as_tokens(states).shape[-1] for states in levels.values()]
+
+
 @contextmanager
 def eval_mode(module: nn.Module):
     """`module` in eval mode for the block; every submodule's own mode is restored after."""
@@ -416,10 +480,7 @@ class HivePreTrainedModel(PreTrainedModel):
         # also when the model is built under no_grad or inference_mode.
         with eval_mode(vision), torch.inference_mode(False), torch.enable_grad():
             try:
-                meta = {n: torch.empty(p.shape, dtype=dtype, device="meta", requires_grad=True) for n, p in zip(names, parameters)}
-                meta.update({n: torch.empty_like(b, device="meta") for n, b in vision.named_buffers()})
-                probe = torch.zeros(shape, dtype=dtype, device="meta")
-                outputs = torch.func.functional_call(vision, meta, (probe,), kwargs, strict=False)
+                outputs, meta = encoder_outputs_on_meta(vision, self.config.vision_config, requires_grad=True)
                 reached = self._gradient_reach(outputs, [meta[n] for n in names])
             except Exception:
                 if any(p.is_meta for p in parameters):
@@ -523,7 +584,9 @@ class HiveModel(HivePreTrainedModel):
         super().__init__(config)
         self.vision_model = AutoModel.from_config(config.vision_config)
         self.language_model = AutoModel.from_config(config.text_config)
-        self.multi_modal_projectors = nn.ModuleList(HiveMultiModalProjector(config) for _ in config.vision_layers)
+        self.multi_modal_projectors = nn.ModuleList(
+            HiveMultiModalProjector(config, width) for width in vision_level_widths(self.vision_model, config)
+        )
         self.cross_attention_layers = nn.ModuleList(HiveCrossAttentionLayer(config) for _ in config.cross_attention_layers)
         if config.hierarchy_mode == "all_levels":
             self.level_embeddings = nn.Parameter(torch.zeros(len(config.vision_layers), config.text_config.hidden_size))
@@ -557,13 +620,13 @@ class HiveModel(HivePreTrainedModel):
         probe = torch.linspace(-1, 1, math.prod(shape), dtype=weight.dtype, device=weight.device).reshape(shape)
         with eval_mode(vision), torch.no_grad():
             first, second = (self.encode_image(probe)[1] for _ in range(2))
-        width = self.config.vision_config.hidden_size
+        widths = [projector.layer_norm.normalized_shape[0] for projector in self.multi_modal_projectors]
         shapes = {layer: tuple(states.shape) for layer, states in zip(self.config.vision_layers, first)}
-        if any(len(shape) != 3 or shape[-1] != width for shape in shapes.values()):
+        if [shape[-1] if len(shape) == 3 else None for shape in shapes.values()] != widths:
             raise ValueError(
-                f"HIVE cannot use {type(vision).__name__} ({self.config.vision_config.model_type}) as its encoder yet: its "
-                f"selected layers' outputs have shapes {shapes}, not (batch, tokens, {width}). Multi-stage encoders whose "
-                "stages differ in width (Swin, ConvNeXt, Hiera) need per-level projectors, which are not implemented."
+                f"HIVE cannot use {type(vision).__name__} ({self.config.vision_config.model_type}) as its encoder: its "
+                f"selected levels have shapes {shapes} on a real image, but their widths were {widths} when the model "
+                "was built."
             )
         if not all(torch.equal(a, b) for a, b in zip(first, second)):
             raise ValueError(
@@ -631,15 +694,23 @@ class HiveModel(HivePreTrainedModel):
         return args, {**kwargs, "hidden_states": new_hidden_states}
 
     def encode_image(self, pixel_values: torch.Tensor, output_attentions=None, output_hidden_states=None, **kwargs):
-        """Runs the encoder once: its output, and one `(B, num_patches, vision_hidden_size)` tensor per selected layer.
+        """Runs the encoder once: its output, and one `(B, num_tokens, level_width)` tensor per selected layer or stage
+        (a stage's feature map flattened to tokens).
         `kwargs` go to the encoder (e.g. `interpolate_pos_encoding`)."""
         if output_attentions is not None:  # None would switch attentions off even where the encoder's config asks for them
             kwargs["output_attentions"] = output_attentions
+        if "noise" in inspect.signature(self.vision_model.forward).parameters and kwargs.get("noise") is None:
+            # An MAE-style encoder orders (and drops) its patches by sorting random noise: ascending noise keeps every
+            # patch in place, so one image always gives one answer (its mask ratio is 0 inside HIVE, see HiveConfig).
+            patch_size = self.config.vision_config.patch_size
+            height, width = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
+            num_patches = (pixel_values.shape[-2] // height) * (pixel_values.shape[-1] // width)
+            kwargs["noise"] = torch.arange(num_patches, device=pixel_values.device, dtype=torch.float32).expand(pixel_values.shape[0], -1)
         outputs = self.vision_model(
             pixel_values=pixel_values.to(self.vision_model.dtype), output_hidden_states=True, return_dict=True, **kwargs
         )
         # hidden_states[0] is the embedding output, hidden_states[i + 1] the output of encoder layer i.
-        levels = tuple(outputs.hidden_states[layer + 1] for layer in self.config.vision_layers)
+        levels = tuple(as_tokens(outputs.hidden_states[layer + 1]) for layer in self.config.vision_layers)
         if not (output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states):
             outputs.hidden_states = None
         return outputs, levels
@@ -696,7 +767,7 @@ class HiveModel(HivePreTrainedModel):
             last_hidden_state=encoder_outputs.last_hidden_state,
             pooler_output=torch.cat(image_levels, dim=1),
             hidden_states=encoder_outputs.hidden_states,
-            attentions=encoder_outputs.attentions,
+            attentions=getattr(encoder_outputs, "attentions", None),  # convolutional encoders have none
         )
 
     def _check_pixel_values(self, pixel_values, batch_size):

@@ -421,23 +421,49 @@ def test_an_llm_whose_decoder_layers_never_see_the_image_is_refused_when_built(f
         HiveForConditionalGeneration(hive_config)
 
 
-def test_a_multi_stage_encoder_whose_stages_differ_in_width_is_refused_when_built():
-    # Per-level projectors for Swin/ConvNeXt stages are not implemented yet (issue 18): refused, not a shape error.
-    convnext = CONFIG_MAPPING["convnext"](image_size=32, hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1])
-    with pytest.raises(ValueError, match=r"cannot use a convnext encoder yet: its config has no integer `hidden_size`"):
-        HiveConfig(vision_config=convnext.to_dict(), text_config=tiny_text_config("llama").to_dict())
-    swin = CONFIG_MAPPING["swin"](image_size=32, patch_size=4, embed_dim=8, depths=[1, 1, 1], num_heads=[1, 1, 2], window_size=2)
-    config = HiveConfig(vision_config=swin.to_dict(), text_config=tiny_text_config("llama").to_dict(), cross_attention_layers=[[0, 1], [2, 3]])
-    with pytest.raises(ValueError, match=r"cannot use SwinModel \(swin\) as its encoder yet: its selected layers' outputs have shapes"):
-        HiveForConditionalGeneration(config)
+@pytest.mark.parametrize("family", ["swin", "convnext"])
+def test_a_multi_scale_encoder_feeds_each_stage_through_its_own_projector(family, tmp_path):
+    # Swin's and ConvNeXt's stages differ in width and resolution; ConvNeXt's feature maps are flattened to tokens.
+    config = tiny_hive_config(family, "llama", cross_attention_layers=None)
+    assert config.cross_attention_layers == [[0, 0], [1, 1], [2, 2], [3, 3]]  # by default one pair per stage
+    torch.manual_seed(0)
+    model = HiveForConditionalGeneration(config).eval()
+    input_ids, pixel_values = inputs()
+    outputs = model(input_ids=input_ids, pixel_values=pixel_values, output_vision_features=True)
+    tokens, widths = zip(*(tuple(level.shape[1:]) for level in outputs.vision_hidden_states))
+    assert [projector.linear_1.in_features for projector in model.model.multi_modal_projectors] == list(widths)
+    assert widths[0] < widths[-1] and tokens[0] > tokens[-1]  # early stages: narrow and fine; late ones: wide and coarse
+    torch.testing.assert_close(outputs.logits, bare_llm(model)(input_ids=input_ids).logits)  # closed gates: the bare LLM
+
+    open_gates(model, 0.5)
+    logits = model(input_ids=input_ids, pixel_values=pixel_values).logits
+    assert torch.equal(logits, model(input_ids=input_ids, pixel_values=pixel_values).logits)
+    assert not torch.allclose(logits, model(input_ids=input_ids, pixel_values=pixel_values.flip(-1)).logits)
+    model.train()
+    model(input_ids=input_ids, pixel_values=pixel_values, labels=input_ids).loss.backward()
+    for name, parameter in model.named_parameters():
+        if name.startswith(("model.multi_modal_projectors.", "model.cross_attention_layers.")):
+            assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+    model.eval().save_pretrained(tmp_path)
+    reloaded = HiveForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert torch.equal(reloaded(input_ids=input_ids, pixel_values=pixel_values).logits, logits)
 
 
-def test_an_encoder_that_is_random_in_eval_mode_is_refused_when_built():
-    # ViT-MAE masks (and shuffles) patches at random in every forward, eval mode included.
+def test_a_vit_mae_encoder_keeps_every_patch_in_place_inside_hive():
+    # ViT-MAE drops 75% of its patches at random in every forward, eval mode included: inside HIVE its mask ratio is 0
+    # and it gets ascending noise, so it keeps every patch in its own order and one image gives one answer.
     vision = CONFIG_MAPPING["vit_mae"](hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8)
     config = HiveConfig(vision_config=vision.to_dict(), text_config=tiny_text_config("llama").to_dict(), cross_attention_layers=[[1, 1], [3, 3]])
-    with pytest.raises(ValueError, match=r"cannot use ViTMAEModel \(vit_mae\) as its encoder: its forward is random in eval mode"):
-        HiveForConditionalGeneration(config)
+    assert vision.mask_ratio == 0.75 and config.vision_config.mask_ratio == 0.0
+    torch.manual_seed(0)
+    model = HiveForConditionalGeneration(config).eval()
+    open_gates(model, 0.5)
+    input_ids, pixel_values = inputs()
+    encoder_outputs, levels = model.model.encode_image(pixel_values)
+    assert levels[0].shape[1] == 1 + 16  # the CLS token and all 16 patches
+    assert torch.equal(encoder_outputs.ids_restore, torch.arange(16).expand(2, -1))  # in their own order
+    logits = model(input_ids=input_ids, pixel_values=pixel_values).logits
+    assert torch.equal(logits, model(input_ids=input_ids, pixel_values=pixel_values).logits)
 
 
 @pytest.mark.parametrize(
