@@ -365,8 +365,8 @@ def vision_level_widths(vision: nn.Module, config: HiveConfig) -> list[int]:
     missing = missing_encoder_inputs(vision)
     if missing:
         raise ValueError(
-            f"HIVE cannot use {name} as its encoder: its forward needs {missing} besides pixel_values, and HIVE passes "
-            "pixel_values only."
+            f"HIVE cannot use {name} as its encoder: its forward requires {missing}, and HIVE gives an encoder "
+            "pixel_values alone."
         )
     try:
         with eval_mode(vision), torch.no_grad():
@@ -937,6 +937,41 @@ class HiveModel(HivePreTrainedModel):
         )
 
 
+def load_vision_backbone(source: str, torch_dtype=None) -> tuple[nn.Module, list[str]]:
+    """The encoder in `source` (a Hub id or folder) and the names of its weights the checkpoint lacks.
+
+    `source` may hold an encoder alone (ViT, Swin, ...), or a model with a `vision_config`: a dual encoder (CLIP,
+    SigLIP) or a full VLM (InternVL, Idefics3, SmolVLM, ...). The latter is loaded whole, once, and its vision tower
+    is found by its weight names: the one submodule whose weights carry every name of the encoder class that
+    `vision_config` maps to. That costs the VLM's memory for a moment; its LLM is dropped at once.
+    """
+    config = AutoConfig.from_pretrained(source)
+    vision_config = getattr(config, "vision_config", None) or config
+    vision_class = MODEL_MAPPING.get(type(vision_config), None)
+    if vision_class is None:
+        raise ValueError(f"{source!r}: transformers has no model class for its vision config {type(vision_config).__name__}.")
+    if vision_config is config:
+        vision, info = vision_class.from_pretrained(source, dtype=torch_dtype, output_loading_info=True)
+        return vision, sorted(info["missing_keys"])
+    whole = AutoModel.from_pretrained(source, dtype=torch_dtype)
+    weights = whole.state_dict()
+    vision = vision_class(vision_config)
+    names = list(vision.state_dict())
+    prefixes = ["", *(f"{name}." for name, _ in whole.named_modules() if name)]
+    prefix = max(prefixes, key=lambda prefix: sum(prefix + name in weights for name in names))
+    found = [name for name in names if prefix + name in weights]
+    if not found:
+        raise ValueError(
+            f"{source!r} ({type(whole).__name__}) holds no {vision_class.__name__} weights under any prefix; save its vision "
+            "tower alone with save_pretrained and pass that folder."
+        )
+    logger.info(f"HIVE takes the {vision_class.__name__} of {source!r} from its weights under {prefix or 'the root'!r}.")
+    vision.load_state_dict({name: weights[prefix + name] for name in found}, strict=False)
+    if torch_dtype is not None:
+        vision = vision.to(torch_dtype)
+    return vision, sorted(name for name in names if prefix + name not in weights)
+
+
 def causal_lm_loss(logits: torch.Tensor, shift_labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
     """Cross-entropy of each position's logits against its (already shifted) target, over targets != -100; 0.0 (never
     NaN) when every target is -100."""
@@ -1021,7 +1056,8 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         """Builds a HIVE model around a pretrained encoder and a pretrained causal LLM (Hub ids or local folders).
 
         The cross-attention blocks and projectors are freshly initialised (gates at `gate_init`); the backbones' weights
-        are loaded unchanged. A full dual-encoder checkpoint (CLIP, SigLIP) contributes its vision tower.
+        are loaded unchanged. A dual-encoder checkpoint (CLIP, SigLIP) or a full VLM checkpoint (InternVL, Idefics3,
+        SmolVLM, ...) contributes its vision tower (see `load_vision_backbone`).
 
         Args:
             vision_model (`str`): Hub id or folder of the vision encoder.
@@ -1035,10 +1071,7 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
             ...     cross_attention_layers=[[2, 5], [5, 11], [8, 17], [11, 23]])
             ```
         """
-        vision_config = AutoConfig.from_pretrained(vision_model)
-        vision_config = getattr(vision_config, "vision_config", None) or vision_config  # CLIP/SigLIP: the vision tower
-        vision_class = MODEL_MAPPING[type(vision_config)]
-        vision, vision_info = vision_class.from_pretrained(vision_model, dtype=torch_dtype, output_loading_info=True)
+        vision, missing = load_vision_backbone(vision_model, torch_dtype)
         text, text_info = AutoModelForCausalLM.from_pretrained(text_model, dtype=torch_dtype, output_loading_info=True)
         if text_info["missing_keys"]:
             raise ValueError(f"Backbone {text_model!r} lacks weights for {sorted(text_info['missing_keys'])[:10]}; is it the right checkpoint?")
@@ -1052,7 +1085,6 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         model = cls(config)
         # Only the weights HIVE uses are required: a checkpoint without a pooler (MAE/DINO-style, or a classifier's
         # encoder) is fine, one without embeddings or a connected layer is not.
-        missing = sorted(vision_info["missing_keys"])
         unused = set(model.model.unused_vision_parameter_names or [])
         if [key for key in missing if key not in unused]:
             raise ValueError(

@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import (
     CONFIG_MAPPING,
+    AutoModel,
     AutoModelForCausalLM,
     AutoModelForImageTextToText,
     CLIPConfig,
@@ -401,6 +402,38 @@ def test_from_backbones_takes_the_vision_tower_of_a_dual_encoder_and_a_tied_gpt2
         assert torch.equal(model.model.vision_model.state_dict()[name], tensor), name
     assert model.lm_head.weight is model.model.language_model.wte.weight
     assert torch.equal(model.lm_head.weight, gpt2.lm_head.weight)
+
+
+VIT_TOWER = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8)
+LLAMA_TEXT = dict(model_type="llama", vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+
+
+@pytest.mark.parametrize(
+    "family, config",
+    [
+        ("internvl", dict(vision_config=dict(model_type="internvl_vision", **VIT_TOWER), text_config=LLAMA_TEXT)),
+        ("idefics3", dict(vision_config=dict(model_type="idefics3_vision", **VIT_TOWER), text_config=LLAMA_TEXT, scale_factor=2)),
+    ],
+)
+def test_from_backbones_finds_the_vision_tower_inside_a_full_vlm_checkpoint(family, config, tmp_path):
+    torch.manual_seed(0)
+    vlm = AutoModel.from_config(CONFIG_MAPPING[family](**config))  # the tower sits under vision_tower. / vision_model.
+    vlm.save_pretrained(tmp_path / family)
+    LlamaForCausalLM(tiny_text_config("llama")).save_pretrained(tmp_path / "llama")
+    model = HiveForConditionalGeneration.from_backbones(str(tmp_path / family), str(tmp_path / "llama"), cross_attention_layers=[[0, 1], [1, 3]])
+    tower = next(module for module in vlm.modules() if type(module) is type(model.model.vision_model))
+    for name, tensor in tower.state_dict().items():
+        assert torch.equal(model.model.vision_model.state_dict()[name], tensor), name
+
+
+def test_from_backbones_refuses_an_encoder_that_needs_more_than_pixel_values(tmp_path):
+    # Qwen2.5-VL's tower takes flattened patches and their grid (grid_thw): found inside the VLM, then refused by name.
+    text = dict(LLAMA_TEXT, model_type="qwen2_5_vl_text")
+    vision = dict(depth=2, hidden_size=32, num_heads=2, intermediate_size=64, out_hidden_size=32, fullatt_block_indexes=[1])
+    AutoModel.from_config(CONFIG_MAPPING["qwen2_5_vl"](vision_config=vision, text_config=text)).save_pretrained(tmp_path / "qwen2_5_vl")
+    LlamaForCausalLM(tiny_text_config("llama")).save_pretrained(tmp_path / "llama")
+    with pytest.raises(ValueError, match=r"cannot use Qwen2_5_VisionTransformerPretrainedModel .* requires \['hidden_states', 'grid_thw'\]"):
+        HiveForConditionalGeneration.from_backbones(str(tmp_path / "qwen2_5_vl"), str(tmp_path / "llama"), cross_attention_layers=[[0, 1], [1, 3]])
 
 
 @pytest.mark.parametrize(
