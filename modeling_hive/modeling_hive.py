@@ -435,9 +435,14 @@ class HivePreTrainedModel(PreTrainedModel):
             ) from error
         loaded = model[0] if isinstance(model, tuple) else model
         loaded.freeze_unused_vision_parameters()  # loading materialises fresh parameters, losing __init__'s flags
-        loaded.base_model.check_encoder_output()  # __init__ ran on the meta device, where neither can run
-        loaded.base_model.check_cross_attention_is_reached()
+        loaded.check_backbones()  # __init__ ran on the meta device, where the checks cannot run
         return model
+
+    def check_backbones(self) -> None:
+        """The build-time checks that refuse a backbone HIVE cannot use exactly (see `HiveModel.check_encoder_output`
+        and `HiveModel.check_cross_attention_is_reached`)."""
+        self.base_model.check_encoder_output()
+        self.base_model.check_cross_attention_is_reached()
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """As `PreTrainedModel.save_pretrained` (safetensors), with a config whose `auto_map` covers every Auto class."""
@@ -983,22 +988,15 @@ def causal_lm_loss(logits: torch.Tensor, shift_labels: torch.Tensor, num_items_i
     return loss_sum / num_items_in_batch.clamp(min=1)
 
 
-def check_same_logits_as_the_llm(model: "HiveForConditionalGeneration", text: nn.Module, source: str) -> None:
-    """Refuses a causal LM whose logits are more than its output layer applied to its last hidden state (soft-capping,
-    logit scaling, a biased head): HIVE's own head would silently give other logits than the LLM it was built from."""
-    input_ids = torch.tensor([[1, 2, 3]], device=text.device) % text.config.vocab_size
-    modes = model.training, text.training
-    model.eval(), text.eval()
-    with torch.no_grad():
-        hive_logits, llm_logits = model(input_ids=input_ids).logits.float(), text(input_ids=input_ids).logits.float()
-    model.train(modes[0]), text.train(modes[1])
-    if not torch.allclose(hive_logits, llm_logits, rtol=1e-3, atol=1e-3):
-        difference = (hive_logits - llm_logits).abs().max().item()
-        raise ValueError(
-            f"HIVE cannot reproduce the logits of {source!r} ({type(text).__name__}, {text.config.model_type}): its "
-            f"logits are not its output layer applied to its last hidden state (they differ by up to {difference:.3g}; "
-            "e.g. logit soft-capping or scaling), and HIVE's head would silently drop that step."
-        )
+class HiveScaledHead(nn.Module):
+    """An output layer times a constant: large logits, for `HiveForConditionalGeneration.check_logits_are_the_llms`."""
+
+    def __init__(self, head: nn.Module, scale: float):
+        super().__init__()
+        self.head, self.scale = head, scale
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.head(hidden_states) * self.scale
 
 
 class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
@@ -1027,6 +1025,51 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         head_plan = (getattr(causal_lm_class, "_tp_plan", None) or {}).get("lm_head")
         if head_plan is not None and any(key.startswith("model.language_model.") for key in self._tp_plan):
             self._tp_plan["lm_head"] = head_plan
+        self.check_logits_are_the_llms()
+
+    def check_backbones(self) -> None:
+        """As `HivePreTrainedModel.check_backbones`, and `check_logits_are_the_llms`."""
+        super().check_backbones()
+        self.check_logits_are_the_llms()
+
+    def check_logits_are_the_llms(self) -> None:
+        """Refuses an LLM whose own causal-LM class computes its logits as more than its output layer applied to the
+        last hidden state (final soft-capping, logit scaling): HIVE's head would silently drop that step.
+
+        The LLM's causal-LM class is built on the meta device around HIVE's own LLM and head, and both compute the
+        logits of two tokens with the head scaled to logits near 100, where soft-capping shows. Skipped while the
+        weights are on the meta device (`from_pretrained` checks once they are loaded)."""
+        embeddings = self.get_input_embeddings()
+        if embeddings.weight.is_meta:
+            return
+        text_config = self.config.text_config
+        family = f"{text_config.model_type}"
+        causal_lm_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(text_config), None)
+        if causal_lm_class is None:
+            raise ValueError(f"HIVE cannot use a {family} LLM: transformers has no causal-LM class for {type(text_config).__name__}.")
+        input_ids = torch.tensor([[1, 2]], device=embeddings.weight.device) % text_config.vocab_size
+        with eval_mode(self), torch.no_grad():
+            hidden_states = self.model(input_ids=input_ids, use_cache=False).last_hidden_state
+            logits = self.lm_head(hidden_states)
+            head = HiveScaledHead(self.lm_head, 100.0 / logits.abs().max().clamp(min=1e-6).item())
+            try:
+                with torch.device("meta"):
+                    llm = causal_lm_class(text_config)
+                setattr(llm, llm.base_model_prefix, self.model.language_model)
+                llm.set_output_embeddings(head)
+                llm_logits = llm.eval()(input_ids=input_ids, use_cache=False).logits
+            except Exception as error:
+                raise ValueError(
+                    f"HIVE cannot check that its logits are those of {causal_lm_class.__name__} ({family}): its own forward "
+                    f"failed around HIVE's LLM and head ({type(error).__name__}: {error})."
+                ) from error
+        difference = (head(hidden_states).float() - llm_logits.float()).abs().max().item()
+        if difference > 1e-3 * 100:
+            raise ValueError(
+                f"HIVE cannot reproduce the logits of {causal_lm_class.__name__} ({family}): they are not its output layer "
+                f"applied to its last hidden state (at logits near 100 they differ by {difference:.3g}: e.g. logit "
+                "soft-capping or scaling), and HIVE's head would silently drop that step."
+            )
 
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()
@@ -1098,7 +1141,7 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         model.tie_weights()
         if torch_dtype is not None:
             model = model.to(torch_dtype)
-        check_same_logits_as_the_llm(model, text, text_model)
+        model.check_logits_are_the_llms()
         return model
 
     @can_return_tuple

@@ -499,21 +499,31 @@ def test_a_vit_mae_encoder_keeps_every_patch_in_place_inside_hive():
     assert torch.equal(logits, model(input_ids=input_ids, pixel_values=pixel_values).logits)
 
 
-@pytest.mark.parametrize(
-    "family, config",
-    [
-        ("gemma2", dict(final_logit_softcapping=0.5)),  # tanh soft-capping of the logits
-        ("granite", dict(logits_scaling=8.0)),  # logits divided by a constant
-        ("cohere", dict(logit_scale=0.0625)),  # logits multiplied by a constant
-        ("phi", dict()),  # a biased output layer
-    ],
-)
+LOGIT_RULES = [
+    ("gemma2", dict()),  # tanh soft-capping of the logits at 30 (transformers' default)
+    ("granite", dict(logits_scaling=8.0)),  # logits divided by a constant
+    ("cohere", dict(logit_scale=0.0625)),  # logits multiplied by a constant
+]
+TINY_TEXT = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, intermediate_size=64)
+
+
+@pytest.mark.parametrize("family, config", [*LOGIT_RULES, ("phi", dict())])  # phi: a biased output layer
 def test_from_backbones_refuses_an_llm_whose_logits_are_more_than_its_head(family, config, tmp_path):
     ViTModel(tiny_vision_config("vit")).save_pretrained(tmp_path / "vit")
-    common = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, intermediate_size=64)
-    AutoModelForCausalLM.from_config(CONFIG_MAPPING[family](**common, **config)).save_pretrained(tmp_path / family)
+    AutoModelForCausalLM.from_config(CONFIG_MAPPING[family](**TINY_TEXT, **config)).save_pretrained(tmp_path / family)
     with pytest.raises(ValueError, match=rf"cannot reproduce the logits of .*{family}.*(soft-capping or scaling|has a bias)"):
         HiveForConditionalGeneration.from_backbones(str(tmp_path / "vit"), str(tmp_path / family), cross_attention_layers=[[1, 0], [3, 1]])
+
+
+@pytest.mark.parametrize("family, config", LOGIT_RULES)
+def test_a_hive_config_whose_llm_post_processes_its_logits_is_refused_when_built(family, config):
+    # The check runs the LLM's own causal-LM class around HIVE's LLM and head: no per-family rule is re-created.
+    hive_config = HiveConfig(
+        vision_config=tiny_vision_config("vit").to_dict(), text_config=CONFIG_MAPPING[family](**TINY_TEXT, **config).to_dict(),
+        cross_attention_layers=[[1, 0], [3, 1]],
+    )
+    with pytest.raises(ValueError, match=rf"cannot reproduce the logits of \w+ForCausalLM \({family}\).*soft-capping or scaling"):
+        HiveForConditionalGeneration(hive_config)
 
 
 # ------------------------------------------------------------------------------------------ training hygiene

@@ -15,11 +15,12 @@ import torch
 import yaml
 from PIL import Image
 from safetensors.torch import load_file
-from transformers import AutoModel, ViTImageProcessorPil, ViTModel
+from transformers import AutoModel, SwinModel, ViTImageProcessorPil, ViTModel
 
 from hive_vlm.data.collators import HiveCaptionCollator, HiveChatCollator, HiveMaskedImageCollator
 from hive_vlm.tiny import tiny_hive_config, tiny_vision_config
 from hive_vlm.tokenizer import build_tokenizer
+from isolated import run_isolated
 from hive_vlm.training.alignment_config import HiveAlignmentConfig
 from hive_vlm.training.alignment_trainer import HiveAlignmentTrainer
 from hive_vlm.training.callbacks import COMPLETE_MARKER, last_complete_checkpoint
@@ -169,6 +170,21 @@ def test_stage1_mim_trains_the_encoder_and_saves_an_automodel_checkpoint(tmp_pat
     pixel_values = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(loaded(pixel_values).last_hidden_state, encoder(pixel_values).last_hidden_state)
+
+
+def test_stage1_mim_on_swin_reconstructs_each_last_stage_cell():
+    # SimMIM for a multi-scale encoder: each last-stage token predicts the pixels of the cell it covers.
+    torch.manual_seed(0)
+    model = HiveMIMModel(SwinModel(tiny_vision_config("swin"), use_mask_token=True))
+    assert model.uses_mask_token and (model.patch_size, model.stride) == (2, 16)  # 2-pixel patches, a 2x2 last stage
+    collator = HiveMaskedImageCollator(processor_for(), patch_size=2, mask_ratio=0.5, mask_patch_size=16)
+    batch = collator([{"image": image} for image in images(2)])
+    outputs = model(**batch)
+    assert outputs.reconstruction.shape == (2, 4, 16 * 16 * 3)
+    outputs.loss.backward()
+    assert model.encoder.embeddings.mask_token.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match=r"smaller than the 16-pixel area .* multiple of 16 pixels \(stage1.mask_patch_size\)"):
+        model(**HiveMaskedImageCollator(processor_for(), patch_size=2, mask_ratio=0.5, mask_patch_size=8)([{"image": i} for i in images(2)]))
 
 
 def test_mim_loss_counts_masked_patches_only():
@@ -349,6 +365,34 @@ def test_hive_train_runs_all_stages_and_final_loads_with_pipeline(tmp_path):
     # a second run into the same folder is refused unless resumed
     result = subprocess.run([sys.executable, "-m", "hive_vlm.cli", "train", "--recipe", "recipes/tiny-shapes.yaml", "--output-dir", str(run)], cwd=REPO, capture_output=True, text=True)
     assert result.returncode != 0 and "--resume" in result.stderr
+
+
+@pytest.mark.slow
+def test_hive_train_runs_a_swin_hive_and_final_reloads_as_remote_code(tmp_path):
+    # A multi-scale encoder through all three stages, then loaded where only the folder's own code exists.
+    hive_train(["--recipe", "recipes/tiny-shapes-swin.yaml", "--output-dir", str(tmp_path / "run"), *SMALL])
+    final = tmp_path / "run" / "final"
+    model = HiveForConditionalGeneration.from_pretrained(final).eval()
+    widths = [projector.linear_1.in_features for projector in model.model.multi_modal_projectors]
+    assert widths == [32, 64, 128, 128]
+    input_ids, pixel_values = torch.tensor([[1, 5, 6, 7]]), torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, pixel_values=pixel_values).logits
+    torch.save({"input_ids": input_ids, "pixel_values": pixel_values, "logits": logits}, tmp_path / "expected.pt")
+    result = run_isolated(
+        f"""
+        import json, torch
+        from transformers import AutoModelForImageTextToText
+        model = AutoModelForImageTextToText.from_pretrained({str(final)!r}, trust_remote_code=True).eval()
+        expected = torch.load({str(tmp_path / "expected.pt")!r})
+        with torch.no_grad():
+            logits = model(input_ids=expected["input_ids"], pixel_values=expected["pixel_values"]).logits
+        print(json.dumps({{"module": type(model).__module__, "vision": type(model.model.vision_model).__name__,
+                          "equal": torch.equal(logits, expected["logits"])}}))
+        """,
+        str(tmp_path),
+    )
+    assert result["module"].startswith("transformers_modules.") and result["vision"] == "SwinModel" and result["equal"]
 
 
 def test_incomplete_checkpoints_are_never_resumed_from(tmp_path):

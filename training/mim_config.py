@@ -16,7 +16,7 @@ class HiveMIMConfig(TrainingArguments):
 
     mask_ratio: float = field(default=0.6, metadata={"help": "Share of image blocks masked per image."})
     mask_patch_size: int | None = field(
-        default=None, metadata={"help": "Side of a masked block in pixels (a multiple of the patch size); the patch size when unset."}
+        default=None, metadata={"help": "Side of a masked block in pixels (a multiple of the patch size); when unset, the pixels one last-layer token reconstructs (a patch for a ViT, a last-stage cell for Swin)."}
     )
     norm_pix_loss: bool = field(default=True, metadata={"help": "Predict per-patch normalised pixels (mean 0, variance 1)."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep raw image columns for the collator."})

@@ -1,10 +1,13 @@
 """Stage 1: SimMIM-style masked image modelling on the vision encoder alone.
 
 Adapted from SimMIM (Xie et al., 2022): random blocks are masked, a linear decoder predicts the masked patches'
-(normalised) pixels from the encoder's last hidden states, and an L1 loss counts the masked patches only.
+(normalised) pixels from the encoder's last hidden states, and an L1 loss counts the masked patches only. For a
+multi-scale encoder (Swin, ConvNeXt) each last-stage token predicts the block of pixels it covers (its stride), as
+SimMIM does for Swin; mask blocks must then be multiples of that stride.
 """
 
 import inspect
+import math
 from dataclasses import dataclass
 
 import torch
@@ -12,13 +15,15 @@ from torch import nn
 from transformers import AutoModel, Trainer
 from transformers.utils import ModelOutput
 
+from modeling_hive.modeling_hive import as_tokens, encoder_outputs_on_meta
+
 from .callbacks import HiveCheckpointMarkerCallback, HiveNonFiniteGuardCallback, check_finite_loss
 
 
 @dataclass
 class HiveMIMOutput(ModelOutput):
     loss: torch.FloatTensor | None = None
-    reconstruction: torch.FloatTensor | None = None  # (B, num_patches, patch_size**2 * channels)
+    reconstruction: torch.FloatTensor | None = None  # (B, num_tokens, stride**2 * channels)
 
 
 def supports_mask_token(encoder: nn.Module) -> bool:
@@ -51,12 +56,16 @@ class HiveMIMModel(nn.Module):
         self.num_channels = getattr(config, "num_channels", 3)
         self.norm_pix_loss = norm_pix_loss
         self.uses_mask_token = supports_mask_token(encoder)
-        self.decoder = nn.Linear(config.hidden_size, self.patch_size**2 * self.num_channels)
-        # Weights the reconstruction never reaches (a pooler, a pooling head) stay frozen rather than "train" unchanged.
         size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
+        # The last hidden state's grid, from a forward on the meta device: a ViT's patches (after any CLS or register
+        # tokens), or a multi-scale encoder's last stage, each token covering `stride` pixels square.
+        last = as_tokens(encoder_outputs_on_meta(encoder, config)[0].last_hidden_state)
+        num_patches = (size // self.patch_size) ** 2
+        self.stride = self.patch_size if last.shape[1] >= num_patches else size // math.isqrt(last.shape[1])
+        self.decoder = nn.Linear(last.shape[-1], self.stride**2 * self.num_channels)
+        # Weights the reconstruction never reaches (a pooler, a pooling head) stay frozen rather than "train" unchanged.
         parameters = [p for p in encoder.parameters() if p.requires_grad]
         probe = torch.zeros(1, self.num_channels, size, size, dtype=parameters[0].dtype)
-        num_patches = (size // self.patch_size) ** 2
         mask = (torch.arange(num_patches) % 2 == 0)[None]  # half masked, so the mask token is in the graph too
         extra = {"bool_masked_pos": mask} if self.uses_mask_token else {}
         gradients = torch.autograd.grad(encoder(pixel_values=probe, **extra).last_hidden_state.sum(), parameters, allow_unused=True)
@@ -65,7 +74,7 @@ class HiveMIMModel(nn.Module):
 
     def patchify(self, pixel_values: torch.Tensor) -> torch.Tensor:
         batch, channels, height, width = pixel_values.shape
-        p = self.patch_size
+        p = self.stride
         patches = pixel_values.reshape(batch, channels, height // p, p, width // p, p)
         return patches.permute(0, 2, 4, 3, 5, 1).reshape(batch, (height // p) * (width // p), p * p * channels)  # (B, N, p*p*C)
 
@@ -83,13 +92,23 @@ class HiveMIMModel(nn.Module):
             pixel_mask = mask.reshape(batch, 1, height // p, 1, width // p, 1).expand(-1, 1, -1, p, -1, p)
             pixel_mask = pixel_mask.reshape(batch, 1, height, width)
             outputs = self.encoder(pixel_values=pixel_values.masked_fill(pixel_mask, 0.0))
-        tokens = outputs.last_hidden_state[:, -num_patches:]  # (B, N, D): patch tokens come after any CLS/registers
+        step = self.stride // p  # patches per token side: 1 for a ViT
+        token_mask = mask.reshape(batch, height // p, width // p)[:, ::step, ::step]  # (B, H / stride, W / stride)
+        expanded = token_mask.repeat_interleave(step, dim=1).repeat_interleave(step, dim=2).reshape(batch, -1)
+        if not torch.equal(expanded, mask):
+            raise ValueError(
+                f"bool_masked_pos masks blocks smaller than the {self.stride}-pixel area each of the encoder's last "
+                f"tokens reconstructs; mask blocks of a multiple of {self.stride} pixels (stage1.mask_patch_size)."
+            )
+        token_mask = token_mask.reshape(batch, -1)
+        num_tokens = token_mask.shape[1]
+        tokens = as_tokens(outputs.last_hidden_state)[:, -num_tokens:]  # (B, N, D): patch tokens come after any CLS/registers
         reconstruction = self.decoder(tokens)
         target = self.patchify(pixel_values)
         if self.norm_pix_loss:
             target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
         per_patch = (reconstruction - target.to(reconstruction.dtype)).abs().mean(-1)  # (B, N)
-        loss = (per_patch * mask).sum() / mask.sum().clamp(min=1)
+        loss = (per_patch * token_mask).sum() / token_mask.sum().clamp(min=1)
         return HiveMIMOutput(loss=loss, reconstruction=reconstruction)
 
 

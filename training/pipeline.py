@@ -146,8 +146,10 @@ class HiveRecipeRun:
         set_seed(args.seed)
         encoder = load_encoder_for_mim(self.vision_source(), dtype=self.dtype)
         model = HiveMIMModel(encoder, norm_pix_loss=args.norm_pix_loss)
+        # Masked blocks default to what one last-layer token reconstructs: a patch for a ViT, a last-stage cell for Swin.
         collator = HiveMaskedImageCollator(
-            processor, patch_size=encoder.config.patch_size, mask_ratio=args.mask_ratio, mask_patch_size=args.mask_patch_size, report=self.report
+            processor, patch_size=encoder.config.patch_size, mask_ratio=args.mask_ratio,
+            mask_patch_size=args.mask_patch_size or model.stride, report=self.report,
         )
         trainer = HiveMIMTrainer(model=model, args=args, data_collator=collator, train_dataset=self.dataset(1))
         self._train(trainer, folder)
