@@ -108,6 +108,8 @@ def extract_features(encoder, image_processor, examples: HiveExamples, pooling="
     import torch
     from tqdm.auto import tqdm
 
+    from modeling_hive.modeling_hive import as_tokens  # a convolutional encoder's (B, C, H, W) map as (B, H * W, C)
+
     if pooling not in ("mean", "cls"):
         raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}.")
     parameter = next(encoder.parameters())
@@ -116,7 +118,7 @@ def extract_features(encoder, image_processor, examples: HiveExamples, pooling="
         images = [examples.image(index) for index in range(start, min(start + batch_size, len(examples)))]
         pixel_values = image_processor(images=images, return_tensors="pt")["pixel_values"]
         with torch.inference_mode():
-            hidden = encoder(pixel_values=pixel_values.to(parameter.device, parameter.dtype)).last_hidden_state
+            hidden = as_tokens(encoder(pixel_values=pixel_values.to(parameter.device, parameter.dtype)).last_hidden_state)
         pooled = hidden.mean(dim=1) if pooling == "mean" else hidden[:, 0]  # (B, D)
         features.append(pooled.float().cpu())
     return torch.cat(features)

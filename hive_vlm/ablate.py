@@ -153,7 +153,10 @@ def load_settings(path=None, quick: bool = False, overrides: list[str] | None = 
         raise FileNotFoundError(f"recipe {str(path)!r} does not exist; see recipes/ablation-shapes.yaml.")
     values = yaml.safe_load(path.read_text()) or {}
     if quick:
-        values = _merge(values, QUICK)
+        quick_values = copy.deepcopy(QUICK)
+        if ((values.get("model") or {}).get("vision_config") or {}).get("model_type", "vit") != "vit":
+            del quick_values["model"]["vision_config"]  # its widths are ViT keys; another encoder stays as the recipe has it
+        values = _merge(values, quick_values)
     return parse_settings(apply_overrides(values, overrides or []), where=str(path))
 
 
@@ -201,8 +204,10 @@ def pretrain_encoder(vision_dir, processor, images, settings: dict, out, seed: i
     args = HiveMIMConfig(output_dir=str(Path(out).parent / "mim-run"), max_steps=settings["steps"], per_device_train_batch_size=settings["batch_size"],
                          learning_rate=settings["learning_rate"], mask_ratio=settings["mask_ratio"], save_strategy="no",
                          report_to="none", use_cpu=True, seed=seed, logging_steps=max(1, settings["steps"]), disable_tqdm=True)  # fmt: skip
-    collator = HiveMaskedImageCollator(processor, patch_size=encoder.config.patch_size, mask_ratio=settings["mask_ratio"], seed=seed)
-    trainer = HiveMIMTrainer(model=HiveMIMModel(encoder), args=args, data_collator=collator, train_dataset=images)
+    model = HiveMIMModel(encoder)
+    collator = HiveMaskedImageCollator(processor, patch_size=encoder.config.patch_size, mask_ratio=settings["mask_ratio"],
+                                       mask_patch_size=model.stride, seed=seed)  # fmt: skip
+    trainer = HiveMIMTrainer(model=model, args=args, data_collator=collator, train_dataset=images)
     trainer.train()
     trainer.save_encoder(str(out), processor.image_processor)
 
@@ -234,8 +239,10 @@ def prepare_shared(settings: HiveAblationSettings, folder) -> dict:
         return meta
     started = time.perf_counter()
     data = settings.data
-    vision_config = {"model_type": "vit", "image_size": data["image_size"], "patch_size": 8, "hidden_size": 64, "num_hidden_layers": 4,
-                     "num_attention_heads": 4, "intermediate_size": 128, **settings.model["vision_config"]}  # fmt: skip
+    vision_config = dict(settings.model["vision_config"])
+    if vision_config.get("model_type", "vit") == "vit":  # the ViT defaults; another family gives its whole config
+        vision_config = {"model_type": "vit", "image_size": data["image_size"], "patch_size": 8, "hidden_size": 64, "num_hidden_layers": 4,
+                         "num_attention_heads": 4, "intermediate_size": 128, **vision_config}  # fmt: skip
     if vision_config["image_size"] != data["image_size"]:
         raise ValueError(f"model.vision_config.image_size ({vision_config['image_size']}) must equal data.image_size ({data['image_size']}).")
     shapes_path = folder / "data" / "shapes"

@@ -32,6 +32,7 @@ from transformers import (
 )
 
 from modeling_hive import HiveForConditionalGeneration
+from modeling_hive.modeling_hive import as_tokens, eval_mode, probe_image_shape
 
 
 FUSIONS = ("hive-paired", "hive-all-levels", "single-level", "flat", "qformer")
@@ -206,7 +207,9 @@ def _flat(vision_dir, text_dir, settings: HiveFusionSettings, image_token_id) ->
     model.model.vision_tower.load_state_dict(vision.state_dict())
     model.model.language_model.load_state_dict(text.get_decoder().state_dict())
     model.lm_head.load_state_dict(text.get_output_embeddings().state_dict())
-    num_tokens = vision.embeddings.patch_embeddings.num_patches + 1  # "full" keeps the CLS token
+    with eval_mode(vision), torch.no_grad():  # how many tokens the chosen layer has ("full" keeps a CLS token)
+        probe = vision(pixel_values=torch.zeros(probe_image_shape(vision.config)), output_hidden_states=True)
+    num_tokens = as_tokens(probe.hidden_states[settings.flat_vision_feature_layer]).shape[1]
     components = {"vision": list(model.model.vision_tower.parameters()),
                   "fusion": list(projector.parameters()),
                   "llm": list(model.model.language_model.parameters()) + list(model.lm_head.parameters())}  # fmt: skip

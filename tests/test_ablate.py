@@ -165,6 +165,22 @@ def test_shipped_ablation_recipes_parse():
     assert not default.stage2["train_vision"] and default.fusion.gate_init == 0.0
 
 
+@pytest.mark.slow
+def test_a_study_on_a_multi_scale_encoder_runs_hive_and_flat(tmp_path):
+    # recipes/ablation-shapes-swin.yaml: the same study around a 4-stage Swin, whose levels differ in width and scale.
+    settings = load_settings(DEFAULT_RECIPE.parent / "ablation-shapes-swin.yaml", quick=True)
+    assert settings.model["vision_config"]["model_type"] == "swin"
+    settings = dataclasses.replace(settings, fusions=["hive-paired", "single-level", "flat"])
+    report = run_ablation(settings, tmp_path, isolate=False)
+    assert sorted(report["aggregate"]) == ["flat", "hive-paired", "single-level"]
+    meta = json.loads((tmp_path / "shared" / "meta.json").read_text())
+    assert meta["vision_config"]["model_type"] == "swin"
+    fusion = build_fusion("hive-paired", tmp_path / "shared" / "backbones" / "vision", tmp_path / "shared" / "backbones" / "text",
+                          meta["image_token_id"], settings.fusion)
+    widths = [projector.linear_1.in_features for projector in fusion.model.model.multi_modal_projectors]
+    assert widths == [64, 128, 128]  # stages 1-3: one projector per stage width
+
+
 def test_peak_memory_window_sees_an_allocation_made_inside_it():
     from hive_vlm.ablation_run import peak_rss_mb, reset_peak_rss
 

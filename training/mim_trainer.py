@@ -15,7 +15,7 @@ from torch import nn
 from transformers import AutoModel, Trainer
 from transformers.utils import ModelOutput
 
-from modeling_hive.modeling_hive import as_tokens, encoder_outputs_on_meta
+from modeling_hive.modeling_hive import as_tokens, encoder_outputs_on_meta, eval_mode
 
 from .callbacks import HiveCheckpointMarkerCallback, HiveNonFiniteGuardCallback, check_finite_loss
 
@@ -59,7 +59,8 @@ class HiveMIMModel(nn.Module):
         size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
         # The last hidden state's grid, from a forward on the meta device: a ViT's patches (after any CLS or register
         # tokens), or a multi-scale encoder's last stage, each token covering `stride` pixels square.
-        last = as_tokens(encoder_outputs_on_meta(encoder, config)[0].last_hidden_state)
+        with eval_mode(encoder), torch.no_grad():
+            last = as_tokens(encoder_outputs_on_meta(encoder, config)[0].last_hidden_state)
         num_patches = (size // self.patch_size) ** 2
         self.stride = self.patch_size if last.shape[1] >= num_patches else size // math.isqrt(last.shape[1])
         self.decoder = nn.Linear(last.shape[-1], self.stride**2 * self.num_channels)
