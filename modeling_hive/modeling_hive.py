@@ -415,6 +415,15 @@ class HivePreTrainedModel(PreTrainedModel):
     _can_compile_fullgraph = False
 
     @classmethod
+    def is_custom_code(cls) -> bool:
+        """False: HIVE's `_init_weights` writes through `transformers.initialization`, which leaves loaded tensors
+        alone, as transformers' own models do. Loading then runs each backbone's own init in full, as loading the
+        backbone alone would: custom code gets a shortcut that skips a module whose own tensors are all loaded, and
+        with it a base model's init that fills its layers' non-persistent buffers (Falcon-H1's `mup_vector`, whose
+        absence makes every logit NaN)."""
+        return False
+
+    @classmethod
     def from_pretrained(cls, *args, **kwargs):
         """As `PreTrainedModel.from_pretrained`, but weights are only ever read from safetensors (no pickle path); the
         encoder weights no connected layer uses are frozen, and the LLM is checked to pass the vision context to its

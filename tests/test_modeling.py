@@ -454,6 +454,9 @@ def test_an_llm_whose_decoder_layers_never_see_the_image_is_refused_when_built(f
         HiveForConditionalGeneration(hive_config)
 
 
+TINY_TEXT = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, intermediate_size=64)
+
+
 @pytest.mark.parametrize("family", ["swin", "convnext"])
 def test_a_multi_scale_encoder_feeds_each_stage_through_its_own_projector(family, tmp_path):
     # Swin's and ConvNeXt's stages differ in width and resolution; ConvNeXt's feature maps are flattened to tokens.
@@ -482,6 +485,22 @@ def test_a_multi_scale_encoder_feeds_each_stage_through_its_own_projector(family
     assert torch.equal(reloaded(input_ids=input_ids, pixel_values=pixel_values).logits, logits)
 
 
+def test_a_backbone_whose_init_fills_a_non_persistent_buffer_reloads_exactly(tmp_path):
+    # Falcon-H1's base model fills each layer's mup_vector (a non-persistent buffer) in its own init; unfilled, every
+    # logit is NaN after from_pretrained.
+    text = CONFIG_MAPPING["falcon_h1"](**TINY_TEXT, mamba_d_ssm=32, mamba_n_heads=4, mamba_d_head=8, mamba_n_groups=1, mamba_d_state=8, mamba_chunk_size=8)
+    torch.manual_seed(0)
+    model = HiveForConditionalGeneration(
+        HiveConfig(vision_config=tiny_vision_config("vit").to_dict(), text_config=text.to_dict(), cross_attention_layers=[[1, 0], [3, 1]])
+    ).eval()
+    open_gates(model, 0.5)
+    input_ids, pixel_values = inputs()
+    logits = model(input_ids=input_ids, pixel_values=pixel_values).logits
+    model.save_pretrained(tmp_path)
+    reloaded = HiveForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert torch.equal(reloaded(input_ids=input_ids, pixel_values=pixel_values).logits, logits)
+
+
 def test_a_vit_mae_encoder_keeps_every_patch_in_place_inside_hive():
     # ViT-MAE drops 75% of its patches at random in every forward, eval mode included: inside HIVE its mask ratio is 0
     # and it gets ascending noise, so it keeps every patch in its own order and one image gives one answer.
@@ -504,7 +523,6 @@ LOGIT_RULES = [
     ("granite", dict(logits_scaling=8.0)),  # logits divided by a constant
     ("cohere", dict(logit_scale=0.0625)),  # logits multiplied by a constant
 ]
-TINY_TEXT = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, intermediate_size=64)
 
 
 @pytest.mark.parametrize("family, config", [*LOGIT_RULES, ("phi", dict())])  # phi: a biased output layer
