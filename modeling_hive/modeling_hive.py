@@ -20,6 +20,7 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicLayer
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.masking_utils import create_masks_for_generate
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_MAPPING
@@ -944,7 +945,7 @@ class HiveModel(HivePreTrainedModel):
             last_hidden_state=outputs.last_hidden_state,
             **{CACHE_NAME: cache},
             hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
+            attentions=getattr(outputs, "attentions", None),  # state-space LLMs have none
             image_outputs=image_outputs,
             vision_hidden_states=vision_hidden_states if output_vision_features else None,
             cross_attentions=cross_attentions,
@@ -1004,8 +1005,18 @@ class HiveScaledHead(nn.Module):
         super().__init__()
         self.head, self.scale = head, scale
 
+    @property
+    def weight(self) -> torch.Tensor:  # some causal LMs read their head's dtype from it
+        return self.head.weight
+
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.head(hidden_states) * self.scale
+
+
+def base_model_name(causal_lm: nn.Module, base_model_class: type) -> str:
+    """The attribute of a causal LM that holds its base model (`model` for Llama, `transformer` for GPT-2), found by
+    type: `base_model_prefix` does not always name it (Llama4)."""
+    return next(name for name, child in causal_lm.named_children() if type(child) is base_model_class)
 
 
 class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
@@ -1064,7 +1075,7 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
             try:
                 with torch.device("meta"):
                     llm = causal_lm_class(text_config)
-                setattr(llm, llm.base_model_prefix, self.model.language_model)
+                setattr(llm, base_model_name(llm, type(self.model.language_model)), self.model.language_model)
                 llm.set_output_embeddings(head)
                 llm_logits = llm.eval()(input_ids=input_ids, use_cache=False).logits
             except Exception as error:
@@ -1145,7 +1156,7 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         if missing:
             logger.info(f"Backbone {vision_model!r} has no weights for {missing}; HIVE does not use them (they stay frozen).")
         model.model.vision_model.load_state_dict(vision.state_dict())
-        model.model.language_model.load_state_dict(text.base_model.state_dict())
+        model.model.language_model.load_state_dict(getattr(text, base_model_name(text, type(model.model.language_model))).state_dict())
         model.lm_head.load_state_dict(head.state_dict())
         model.tie_weights()
         if torch_dtype is not None:
@@ -1252,6 +1263,15 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         if CACHE_NAME == "past_key_values" and "cache" in kwargs:
             kwargs["past_key_values"] = resolve_cache(kwargs.pop("cache"), kwargs.pop("past_key_values", None))
         return super().generate(*args, **kwargs)
+
+    def create_masks_for_generate(self, attention_mask=None, **kwargs):
+        """As transformers' `create_masks_for_generate`, judged on the LLM's own cache layers: HIVE's image layers,
+        appended after them, must not give a state-space LLM (Mamba2: every layer linear, no mask) a 4D mask."""
+        cache = kwargs.get(CACHE_NAME)
+        num_text_layers = self.config.text_config.num_hidden_layers
+        if isinstance(cache, Cache) and all(cache.is_linear[:num_text_layers]):
+            return attention_mask
+        return create_masks_for_generate(attention_mask=attention_mask, **kwargs)
 
     def prepare_inputs_for_generation(
         self, input_ids, cache=None, pixel_values=None, image_mask=None, use_cache=True, is_first_iteration=False, past_key_values=None, **kwargs
