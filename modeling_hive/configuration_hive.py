@@ -62,7 +62,8 @@ class HiveConfig(PreTrainedConfig):
             blocks). `"all_levels"`: each block attends to all selected vision layers at once, each level tagged
             by a learned level embedding.
         cross_attention_num_heads (`int`, *optional*):
-            Query heads of the cross-attention blocks. Defaults to the LLM's attention heads.
+            Query heads of the cross-attention blocks. Defaults to the LLM's attention heads (for an LLM without
+            attention, such as Mamba, heads of 64 dimensions, or one head when the width is not a multiple of 64).
         cross_attention_num_key_value_heads (`int`, *optional*):
             Key/value heads (grouped-query attention). Defaults to the LLM's own key/value heads when the query heads
             are defaulted too, else to `cross_attention_num_heads`.
@@ -186,7 +187,9 @@ class HiveConfig(PreTrainedConfig):
         self.num_cross_attention_layers = len(pairs)
 
         if self.cross_attention_num_heads is None:
-            self.cross_attention_num_heads = self.text_config.num_attention_heads
+            # The LLM's own heads; a state-space LLM (Mamba) has none: heads of 64 dimensions (one below 64 wide).
+            text_heads = getattr(self.text_config, "num_attention_heads", None)
+            self.cross_attention_num_heads = text_heads or (text_width // 64 if text_width % 64 == 0 else 1)
             if self.cross_attention_num_key_value_heads is None:
                 # Grouped like the LLM's own attention: the cached image K/V then cost what the LLM's K/V cost.
                 self.cross_attention_num_key_value_heads = getattr(self.text_config, "num_key_value_heads", None)
