@@ -926,7 +926,7 @@ class HiveModel(HivePreTrainedModel):
             **{CACHE_NAME: cache},
             **kwargs,
         )
-        cache = getattr(outputs, CACHE_NAME)
+        cache = getattr(outputs, CACHE_NAME, None)  # an LLM that keeps its state inside (RecurrentGemma) returns none
         if pixel_values is not None and cache is not None:
             # The LLM's own layers exist now; the image keys/values go after them, one layer per block.
             while len(cache.layers) > num_text_layers and isinstance(cache.layers[-1], HiveCrossAttentionCacheLayer):
