@@ -964,7 +964,10 @@ def load_vision_backbone(source: str, torch_dtype=None) -> tuple[nn.Module, list
     vision_config = getattr(config, "vision_config", None) or config
     vision_class = MODEL_MAPPING.get(type(vision_config), None)
     if vision_class is None:
-        raise ValueError(f"{source!r}: transformers has no model class for its vision config {type(vision_config).__name__}.")
+        raise ValueError(
+            f"HIVE cannot use {source!r} as its encoder: transformers has no model class for its vision config "
+            f"{type(vision_config).__name__} (AutoModel does not build it)."
+        )
     if vision_config is config:
         vision, info = vision_class.from_pretrained(source, dtype=torch_dtype, output_loading_info=True)
         return vision, sorted(info["missing_keys"])
