@@ -281,7 +281,14 @@ class HiveCrossAttentionLayer(GradientCheckpointingLayer):
         self.mlp = HiveCrossAttentionMLP(config)
         self.cross_attn_mlp_gate = nn.Parameter(torch.full((1,), float(config.gate_init)))
 
-    def forward(self, hidden_states, key_states, value_states, image_mask=None, output_attentions: bool = False):
+    def forward(
+        self, hidden_states=None, key_states=None, value_states=None, image_mask=None, output_attentions: bool = False, image_states=None
+    ):
+        """Text hidden states attending to this block's image keys/values; or, given only `image_states` (projected image
+        tokens, `(B, N, width)`), those keys/values. Both go through `forward`, so that a wrapper which gathers the
+        block's parameters around its forward (FSDP) sees both."""
+        if image_states is not None:
+            return self.cross_attn.project_key_value(image_states)
         attn_output, attn_weights = self.cross_attn(
             self.input_layernorm(hidden_states), key_states, value_states, output_attentions=output_attentions
         )
@@ -460,7 +467,15 @@ class HivePreTrainedModel(PreTrainedModel):
             raise ValueError("HIVE writes weights as safetensors only; drop safe_serialization=False.")
         self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **HIVE_AUTO_MAP}
         self.config.custom_pipelines = {**(getattr(self.config, "custom_pipelines", None) or {}), **HIVE_CUSTOM_PIPELINES}
-        return super().save_pretrained(save_directory, *args, **kwargs)
+        # The folder ships the code of this file's class. FSDP2 swaps a sharded model's class for a subclass it defines
+        # (`FSDPHiveForConditionalGeneration`, in torch's own module): saved as that, the folder would hold torch's FSDP
+        # files instead of HIVE's, and an auto_map entry pointing at them. Saved as the HIVE class, it is a normal folder.
+        wrapper = type(self)
+        self.__class__ = next(cls for cls in wrapper.__mro__ if cls.__module__ == __name__)
+        try:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            self.__class__ = wrapper
 
     def component_parameters(self) -> dict[str, list[nn.Parameter]]:
         """HIVE's four components and their parameters: vision, projector, cross_attention, llm (head included)."""
@@ -746,7 +761,7 @@ class HiveModel(HivePreTrainedModel):
         key_values = []
         for block, (vision_layer, _) in zip(self.cross_attention_layers, self.config.cross_attention_layers):
             image_states = all_levels if all_levels is not None else image_levels[level_index[vision_layer]]
-            key_values.append(block.cross_attn.project_key_value(image_states))
+            key_values.append(block(image_states=image_states))
         return key_values
 
     @can_return_tuple

@@ -65,19 +65,25 @@ class HiveFinetuneTrainer(HiveTrainer):
             self.optimizer = optimizer_cls(groups, lr=self.args.learning_rate, **optimizer_kwargs)
         return super().create_optimizer(model)
 
-    def save_adapter(self, output_dir, base_model_name_or_path: str | None = None) -> None:
-        """Writes the LLM's LoRA adapter in PEFT's format; `merge_adapter(base, output_dir)` merges it back."""
+    def save_adapter(self, output_dir, base_model_name_or_path: str | None = None, state_dict: dict | None = None) -> None:
+        """Writes the LLM's LoRA adapter in PEFT's format; `merge_adapter(base, output_dir)` merges it back. Under FSDP
+        pass the model's whole `state_dict`, which `accelerator.get_state_dict` gathered on every process."""
         if self.lora_model is None:
             raise ValueError("this run has no LoRA adapter (lora_r is 0).")
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
-        state = get_peft_model_state_dict(self.model, adapter_name="default")
+        state = get_peft_model_state_dict(self.model, state_dict=state_dict, adapter_name="default")
         # PeftModel keys its weights under `base_model.model.`; the adapter file follows that layout.
         tensors = {f"base_model.model.{key}": value.contiguous() for key, value in state.items()}
         save_file(tensors, output_dir / "adapter_model.safetensors", metadata={"format": "pt"})
         config = self.lora_model.peft_config["default"]
         config.base_model_name_or_path = base_model_name_or_path
         config.save_pretrained(output_dir)
+
+    @staticmethod
+    def base_state_dict(state_dict: dict) -> dict:
+        """The weights of the adapter's base (what `unload_lora` leaves) from the LoRA model's whole state dict."""
+        return {name.replace(".base_layer.", "."): tensor for name, tensor in state_dict.items() if ".lora_" not in name}
 
     def unload_lora(self):
         """Removes the LoRA layers without merging them and returns the base HIVE model (the adapter's base)."""

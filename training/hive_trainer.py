@@ -1,8 +1,16 @@
 """What stages 2 and 3 share: gate and trainable-parameter logging, the non-finite guards, completed-checkpoint markers."""
 
+import torch
+from torch.distributed.tensor import DTensor
 from transformers import Trainer
 
 from .callbacks import HiveCheckpointMarkerCallback, HiveNonFiniteGuardCallback, check_finite_loss
+
+
+def whole(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole value of a parameter, also one FSDP holds as a sharded DTensor (then an all-gather, which every
+    process must reach: the Trainer calls `log` on all of them)."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
 def gate_values(model) -> dict[str, float]:
@@ -11,8 +19,8 @@ def gate_values(model) -> dict[str, float]:
     values = {}
     for block, (vision_layer, text_layer) in zip(hive.cross_attention_layers, hive.config.cross_attention_layers):
         name = f"t{text_layer}_v{vision_layer}"
-        values[f"gate/attn_{name}"] = block.cross_attn_attn_gate.detach().tanh().item()
-        values[f"gate/mlp_{name}"] = block.cross_attn_mlp_gate.detach().tanh().item()
+        values[f"gate/attn_{name}"] = whole(block.cross_attn_attn_gate.detach()).tanh().item()
+        values[f"gate/mlp_{name}"] = whole(block.cross_attn_mlp_gate.detach()).tanh().item()
     return values
 
 

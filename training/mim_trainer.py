@@ -137,8 +137,15 @@ class HiveMIMTrainer(Trainer):
         check_finite_loss(loss, self.state.global_step + 1)
         return (loss, outputs) if return_outputs else loss
 
-    def save_encoder(self, output_dir: str, image_processor=None) -> None:
-        """Writes the trained encoder alone, loadable with `AutoModel.from_pretrained(output_dir)`."""
-        self.model.encoder.save_pretrained(output_dir)
+    def encoder_state_dict(self) -> dict:
+        """The encoder's weights, whole: accelerate gathers a sharded (FSDP) model's first, so every process calls this."""
+        state_dict = self.accelerator.get_state_dict(self.model)
+        return {name.removeprefix("encoder."): tensor for name, tensor in state_dict.items() if name.startswith("encoder.")}
+
+    def save_encoder(self, output_dir: str, image_processor=None, state_dict: dict | None = None) -> None:
+        """Writes the trained encoder alone, loadable with `AutoModel.from_pretrained(output_dir)`; under FSDP pass the
+        `encoder_state_dict()` every process gathered."""
+        encoder = self.accelerator.unwrap_model(self.model).encoder
+        encoder.save_pretrained(output_dir, state_dict=state_dict if state_dict is not None else self.encoder_state_dict())
         if image_processor is not None:
             image_processor.save_pretrained(output_dir)

@@ -153,9 +153,10 @@ class HiveRecipeRun:
         )
         trainer = HiveMIMTrainer(model=model, args=args, data_collator=collator, train_dataset=self.dataset(1))
         self._train(trainer, folder)
+        encoder_state = trainer.encoder_state_dict()
         if self.state.is_main_process:
             with atomic_folder(folder / "model") as out:
-                trainer.save_encoder(out, processor.image_processor)
+                trainer.save_encoder(out, processor.image_processor, state_dict=encoder_state)
         self.state.wait_for_everyone()
         return folder / "model"
 
@@ -173,7 +174,7 @@ class HiveRecipeRun:
         collator = HiveCaptionCollator(processor, prompt=args.caption_prompt, max_length=args.max_length or self.recipe.data.max_length, report=self.report)
         trainer = HiveAlignmentTrainer(model, args, data_collator=collator, train_dataset=self.dataset(2), processing_class=processor)
         self._train(trainer, folder)
-        return self._save_hive(trainer.model, processor, folder / "model")
+        return self._save_trained(trainer, processor, folder / "model")
 
     def run_stage3(self, processor) -> Path:
         folder, done = self._stage_dir(3)
@@ -187,21 +188,28 @@ class HiveRecipeRun:
         collator = HiveChatCollator(processor, max_length=args.max_length or self.recipe.data.max_length, report=self.report)
         trainer = HiveFinetuneTrainer(model, args, data_collator=collator, train_dataset=self.dataset(3), processing_class=processor)
         self._train(trainer, folder)
-        model = trainer.model
-        if trainer.lora_model is not None:
-            # The adapter and its base (trained encoder and cross-attention, unadapted LLM) in PEFT's layout, then
-            # the merged model, made from those two exactly as a user would.
-            if self.state.is_main_process:
-                with atomic_folder(folder / "adapter") as out:
-                    trainer.save_adapter(out, base_model_name_or_path=str(folder / "base"))
-            base = self._save_hive(trainer.unload_lora(), processor, folder / "base")
-            model = merge_adapter(HiveForConditionalGeneration.from_pretrained(base), folder / "adapter")
+        if trainer.lora_model is None:
+            return self._save_trained(trainer, processor, folder / "model")
+        # The adapter and its base (trained encoder and cross-attention, unadapted LLM) in PEFT's layout, then the
+        # merged model, made from those two exactly as a user would.
+        state_dict = trainer.accelerator.get_state_dict(trainer.model)  # every process: gathers sharded weights
+        if self.state.is_main_process:
+            with atomic_folder(folder / "adapter") as out:
+                trainer.save_adapter(out, base_model_name_or_path=str(folder / "base"), state_dict=state_dict)
+        base = self._save_hive(trainer.unload_lora(), processor, folder / "base", trainer.base_state_dict(state_dict))
+        model = merge_adapter(HiveForConditionalGeneration.from_pretrained(base), folder / "adapter")
         return self._save_hive(model, processor, folder / "model")
 
-    def _save_hive(self, model, processor, path: Path) -> Path:
+    def _save_trained(self, trainer, processor, path: Path) -> Path:
+        """The trainer's model as a HIVE folder at `path`. accelerate gathers the weights first, which a sharded (FSDP)
+        model needs from every process; the main one writes them."""
+        state_dict = trainer.accelerator.get_state_dict(trainer.model)
+        return self._save_hive(trainer.accelerator.unwrap_model(trainer.model), processor, path, state_dict)
+
+    def _save_hive(self, model, processor, path: Path, state_dict=None) -> Path:
         if self.state.is_main_process:
             with atomic_folder(path) as out:
-                model.save_pretrained(out)
+                model.save_pretrained(out, state_dict=state_dict)
                 processor.save_pretrained(out)
         self.state.wait_for_everyone()
         return path
