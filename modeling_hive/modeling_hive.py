@@ -281,14 +281,13 @@ class HiveCrossAttentionLayer(GradientCheckpointingLayer):
         self.mlp = HiveCrossAttentionMLP(config)
         self.cross_attn_mlp_gate = nn.Parameter(torch.full((1,), float(config.gate_init)))
 
-    def forward(
-        self, hidden_states=None, key_states=None, value_states=None, image_mask=None, output_attentions: bool = False, image_states=None
-    ):
-        """Text hidden states attending to this block's image keys/values; or, given only `image_states` (projected image
-        tokens, `(B, N, width)`), those keys/values. Both go through `forward`, so that a wrapper which gathers the
-        block's parameters around its forward (FSDP) sees both."""
-        if image_states is not None:
-            return self.cross_attn.project_key_value(image_states)
+    def forward(self, hidden_states, key_states=None, value_states=None, image_mask=None, output_attentions: bool = False):
+        """Text `hidden_states` attending to this block's image keys/values. Without `key_states`, `hidden_states` are
+        the block's projected image tokens `(B, N, width)` instead, and it returns their keys/values (done once per
+        image). Both go through `forward`, positionally: a wrapper that gathers the block's weights around `forward`
+        (FSDP) sees both, and a reentrant activation checkpoint keeps the gradient of both."""
+        if key_states is None:
+            return self.cross_attn.project_key_value(hidden_states)
         attn_output, attn_weights = self.cross_attn(
             self.input_layernorm(hidden_states), key_states, value_states, output_attentions=output_attentions
         )
@@ -761,7 +760,7 @@ class HiveModel(HivePreTrainedModel):
         key_values = []
         for block, (vision_layer, _) in zip(self.cross_attention_layers, self.config.cross_attention_layers):
             image_states = all_levels if all_levels is not None else image_levels[level_index[vision_layer]]
-            key_values.append(block(image_states=image_states))
+            key_values.append(block(image_states))
         return key_values
 
     @can_return_tuple

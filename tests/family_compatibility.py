@@ -448,7 +448,7 @@ def reload_and_compare(work: Path) -> dict:
     try:
         from transformers import AutoModelForImageTextToText
 
-        expected = torch.load(work / "expected.pt")
+        expected = torch.load(work / "expected.pt", weights_only=True)
         model = AutoModelForImageTextToText.from_pretrained(work / "hive", trust_remote_code=True).eval()
         with torch.no_grad():
             logits = model(input_ids=expected["input_ids"], pixel_values=expected["pixel_values"]).logits

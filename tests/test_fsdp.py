@@ -120,7 +120,7 @@ def test_a_sharded_run_killed_twice_resumes_to_the_uninterrupted_weights(tmp_pat
     for name in straight:
         torch.testing.assert_close(resumed[name], straight[name], atol=1e-6, rtol=1e-5, msg=name)
     # The optimizer holds state for the trainable weights only: the projectors and the cross-attention blocks.
-    optimizer = torch.load(tmp_path / "straight" / "stage2" / "checkpoint-2" / "optimizer.bin", weights_only=False)
+    optimizer = torch.load(tmp_path / "straight" / "stage2" / "checkpoint-2" / "optimizer.bin", weights_only=True)
     names = set(optimizer["state"])
     assert names and all(name.startswith(("model.multi_modal_projectors.", "model.cross_attention_layers.")) for name in names)
     assert names == {name for name in straight if name.startswith(("model.multi_modal_projectors.", "model.cross_attention_layers."))}

@@ -384,7 +384,7 @@ def test_hive_train_runs_a_swin_hive_and_final_reloads_as_remote_code(tmp_path):
         import json, torch
         from transformers import AutoModelForImageTextToText
         model = AutoModelForImageTextToText.from_pretrained({str(final)!r}, trust_remote_code=True).eval()
-        expected = torch.load({str(tmp_path / "expected.pt")!r})
+        expected = torch.load({str(tmp_path / "expected.pt")!r}, weights_only=True)
         with torch.no_grad():
             logits = model(input_ids=expected["input_ids"], pixel_values=expected["pixel_values"]).logits
         print(json.dumps({{"module": type(model).__module__, "vision": type(model.model.vision_model).__name__,
