@@ -163,6 +163,11 @@ def test_shipped_ablation_recipes_parse():
     assert learning.model["vision_config"]["image_size"] == learning.data["image_size"]
     default = load_settings(DEFAULT_RECIPE)
     assert not default.stage2["train_vision"] and default.fusion.gate_init == 0.0
+    swin = load_settings(DEFAULT_RECIPE.parent / "ablation-shapes-learning-swin.yaml")  # the learning study, Swin encoder
+    assert swin.model["vision_config"]["model_type"] == "swin"
+    assert {key: getattr(swin, key) for key in ("stage2", "stage3", "data", "fusion")} == {
+        key: getattr(learning, key) for key in ("stage2", "stage3", "data", "fusion")
+    }
 
 
 @pytest.mark.slow
