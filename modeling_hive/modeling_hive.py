@@ -21,7 +21,7 @@ from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicLayer
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.masking_utils import create_masks_for_generate
-from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_MAPPING
 from transformers.processing_utils import Unpack
@@ -100,7 +100,7 @@ class HiveVisionContext:
     key_values: list[tuple[torch.Tensor, torch.Tensor]]  # per block: (B, kv_heads, num_image_tokens, head_dim) x2
     image_mask: torch.Tensor | None  # (B,) bool: which samples have an image; None when all of them do
     cross_attentions: dict | None = None  # filled with block index -> weights when requested
-    reached: set | None = None  # the build-time probe: blocks whose decoder layer received this context (none run)
+    reached: dict | None = None  # the build-time probe: block index -> shape of the hidden states its layer received
 
 
 class HiveCrossAttentionCacheLayer(DynamicLayer):
@@ -672,7 +672,7 @@ class HiveModel(HivePreTrainedModel):
         embeddings = self.language_model.get_input_embeddings()
         if embeddings.weight.is_meta:
             return
-        context = HiveVisionContext(key_values=[], image_mask=None, reached=set())
+        context = HiveVisionContext(key_values=[], image_mask=None, reached={})
         reason = None
         try:
             with torch.no_grad():
@@ -683,13 +683,23 @@ class HiveModel(HivePreTrainedModel):
             reason = f"its forward does not take extra keyword arguments ({error})"
         missing = [pair[1] for i, pair in enumerate(self.config.cross_attention_layers) if i not in context.reached]
         if missing and reason is None:
-            reason = f"its base model calls decoder layer(s) {missing} without the keyword arguments given to its forward"
+            reason = (
+                f"its base model calls decoder layer(s) {missing} without the keyword arguments given to its forward, so "
+                "the image would be silently ignored"
+            )
+        width = self.config.text_config.hidden_size
+        shapes = {self.config.cross_attention_layers[i][1]: shape for i, shape in context.reached.items()}
+        if reason is None and any(len(shape) != 3 or shape[-1] != width for shape in shapes.values()):
+            reason = (
+                f"its decoder layers take hidden states of shapes {shapes} (by layer), not (batch, tokens, {width}), "
+                "so a block cannot add to them"
+            )
         if reason is not None:
             raise ValueError(
                 f"HIVE cannot insert cross-attention into {type(self.language_model).__name__} "
-                f"({self.config.text_config.model_type}): {reason}, so the image would be silently ignored. HIVE needs a "
-                "decoder-only LLM whose base model passes its **kwargs to every decoder layer (Llama, Qwen2, Mistral, "
-                "Gemma2, GPT-2, ...)."
+                f"({self.config.text_config.model_type}): {reason}. HIVE needs a decoder-only LLM whose base model "
+                "passes its **kwargs to every decoder layer, with hidden states of (batch, tokens, width) (Llama, Qwen2, "
+                "Mistral, Gemma2, GPT-2, ...)."
             )
 
     def get_input_embeddings(self):
@@ -706,10 +716,10 @@ class HiveModel(HivePreTrainedModel):
         context = kwargs.get("hive_vision_context")
         if context is None:
             return None
-        if context.reached is not None:
-            context.reached.add(index)
-            return None
         hidden_states = args[0] if args else kwargs["hidden_states"]
+        if context.reached is not None:
+            context.reached[index] = tuple(hidden_states.shape)
+            return None
         block = self.cross_attention_layers[index]
         key_states, value_states = context.key_values[index]
         output_attentions = context.cross_attentions is not None
@@ -1015,6 +1025,18 @@ def causal_lm_loss(logits: torch.Tensor, shift_labels: torch.Tensor, num_items_i
     return loss_sum / num_items_in_batch.clamp(min=1)
 
 
+class HiveComputedBaseModel(nn.Module):
+    """Stands in for a causal LM's base model and returns the last hidden states HIVE computed, so that the causal LM's
+    own forward maps them to logits (see `HiveForConditionalGeneration.llm_logits`)."""
+
+    def __init__(self, last_hidden_state: torch.Tensor):
+        super().__init__()
+        self.last_hidden_state = last_hidden_state
+
+    def forward(self, *args, **kwargs) -> BaseModelOutputWithPast:
+        return BaseModelOutputWithPast(last_hidden_state=self.last_hidden_state)
+
+
 class HiveScaledHead(nn.Module):
     """An output layer times a constant: large logits, for `HiveForConditionalGeneration.check_logits_are_the_llms`."""
 
@@ -1069,44 +1091,83 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         super().check_backbones()
         self.check_logits_are_the_llms()
 
-    def check_logits_are_the_llms(self) -> None:
-        """Refuses an LLM whose own causal-LM class computes its logits as more than its output layer applied to the
-        last hidden state (final soft-capping, logit scaling): HIVE's head would silently drop that step.
+    def causal_lm_shell(self) -> tuple[nn.Module, str]:
+        """The LLM's own causal-LM class, built once on the meta device and never registered as a submodule, with the
+        name of the attribute that holds its base model. `llm_logits` runs its forward around HIVE's own modules."""
+        if "_causal_lm_shell" not in self.__dict__:
+            text_config = self.config.text_config
+            causal_lm_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(text_config), None)
+            if causal_lm_class is None:
+                raise ValueError(
+                    f"HIVE cannot use a {text_config.model_type} LLM: transformers has no causal-LM class for "
+                    f"{type(text_config).__name__}."
+                )
+            with torch.device("meta"):
+                shell = causal_lm_class(text_config)
+            self.__dict__["_causal_lm_shell"] = (shell, base_model_name(shell, type(self.model.language_model)))
+        return self.__dict__["_causal_lm_shell"]
 
-        The LLM's causal-LM class is built on the meta device around HIVE's own LLM and head, and both compute the
-        logits of two tokens with the head scaled to logits near 100, where soft-capping shows. Skipped while the
-        weights are on the meta device (`from_pretrained` checks once they are loaded)."""
+    def llm_logits(self, hidden_states: torch.Tensor, logits_to_keep: int | torch.Tensor = 0, head: nn.Module | None = None):
+        """Next-token logits from the LLM's last hidden states, as the LLM's own causal-LM class computes them.
+
+        For most LLMs that is the output layer (`lm_head`, or `head`) applied to the hidden states. An LLM whose
+        causal-LM forward does more after its head (Gemma2's final soft-capping, Cohere's and Granite's scaling) gets
+        that forward itself, run by its own code around a stand-in base model that returns `hidden_states`: no
+        per-family rule is written here. Which of the two holds is measured once (`check_logits_are_the_llms`)."""
+        head = head or self.lm_head
+        if self.__dict__.get("_logits_by_causal_lm") is None:  # built on the meta device: measured at the first forward
+            self.check_logits_are_the_llms()
+        if self.__dict__["_logits_by_causal_lm"]:
+            return self._run_causal_lm(HiveComputedBaseModel(hidden_states), head, logits_to_keep=logits_to_keep)
+        slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        return head(hidden_states[:, slice_indices, :])
+
+    def _run_causal_lm(self, base_model: nn.Module, head: nn.Module, **inputs) -> torch.Tensor:
+        shell, base_name = self.causal_lm_shell()
+        setattr(shell, base_name, base_model)
+        shell.set_output_embeddings(head)
+        try:
+            return shell(**inputs, use_cache=False).logits
+        finally:
+            setattr(shell, base_name, None)  # the shell keeps no reference to the hidden states or the LLM
+
+    def check_logits_are_the_llms(self) -> None:
+        """Measures how the LLM's causal-LM forward computes its logits from its base model's last hidden state, and
+        refuses an LLM whose logits HIVE cannot reproduce. One forward of two tokens through the LLM's own causal-LM
+        class (built on the meta device around HIVE's LLM and head), with the head scaled to logits near 100, where
+        soft-capping shows. Equal to the head alone: `llm_logits` applies the head. Equal to that forward run on the
+        last hidden state: `llm_logits` runs it. Neither: refused. Skipped while the weights are on the meta device
+        (then measured at the first forward)."""
         embeddings = self.get_input_embeddings()
         if embeddings.weight.is_meta:
             return
-        text_config = self.config.text_config
-        family = f"{text_config.model_type}"
-        causal_lm_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(text_config), None)
-        if causal_lm_class is None:
-            raise ValueError(f"HIVE cannot use a {family} LLM: transformers has no causal-LM class for {type(text_config).__name__}.")
-        input_ids = torch.tensor([[1, 2]], device=embeddings.weight.device) % text_config.vocab_size
+        family = self.config.text_config.model_type
+        input_ids = torch.tensor([[1, 2]], device=embeddings.weight.device) % self.config.text_config.vocab_size
         with eval_mode(self), torch.no_grad():
-            hidden_states = self.model(input_ids=input_ids, use_cache=False).last_hidden_state
-            logits = self.lm_head(hidden_states)
-            head = HiveScaledHead(self.lm_head, 100.0 / logits.abs().max().clamp(min=1e-6).item())
             try:
-                with torch.device("meta"):
-                    llm = causal_lm_class(text_config)
-                setattr(llm, base_model_name(llm, type(self.model.language_model)), self.model.language_model)
-                llm.set_output_embeddings(head)
-                llm_logits = llm.eval()(input_ids=input_ids, use_cache=False).logits
+                hidden_states = self.model(input_ids=input_ids, use_cache=False).last_hidden_state
+                head = HiveScaledHead(self.lm_head, 100.0 / self.lm_head(hidden_states).abs().max().clamp(min=1e-6).item())
+                llm_logits = self._run_causal_lm(self.model.language_model, head, input_ids=input_ids).float()
             except Exception as error:
                 raise ValueError(
-                    f"HIVE cannot check that its logits are those of {causal_lm_class.__name__} ({family}): its own forward "
-                    f"failed around HIVE's LLM and head ({type(error).__name__}: {error})."
+                    f"HIVE cannot check that its logits are those of the {family} causal LM: its forward failed around "
+                    f"HIVE's LLM and head ({type(error).__name__}: {error})."
                 ) from error
-        difference = (head(hidden_states).float() - llm_logits.float()).abs().max().item()
-        if difference > 1e-3 * 100:
+            difference = (head(hidden_states).float() - llm_logits).abs().max().item()
+            by_causal_lm = difference > 1e-3 * 100
+            if by_causal_lm:  # soft-capping or scaling after the head: does its forward on the last hidden state give it?
+                try:
+                    logits = self._run_causal_lm(HiveComputedBaseModel(hidden_states), head).float()
+                    difference = (logits - llm_logits).abs().max().item()
+                except Exception as error:
+                    difference = f"not computable: {type(error).__name__}: {error}"
+        if by_causal_lm and not (isinstance(difference, float) and difference <= 1e-3 * 100):
             raise ValueError(
-                f"HIVE cannot reproduce the logits of {causal_lm_class.__name__} ({family}): they are not its output layer "
-                f"applied to its last hidden state (at logits near 100 they differ by {difference:.3g}: e.g. logit "
-                "soft-capping or scaling), and HIVE's head would silently drop that step."
+                f"HIVE cannot reproduce the logits of {type(self.causal_lm_shell()[0]).__name__} ({family}): its causal-LM "
+                "forward computes them from more than its base model's last hidden state (at logits near 100, HIVE's "
+                f"differ by {difference}), and HIVE would silently drop that part."
             )
+        self.__dict__["_logits_by_causal_lm"] = by_causal_lm
 
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()
@@ -1239,7 +1300,7 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         )
         hidden_states = outputs.last_hidden_state
         slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, slice_indices, :])
+        logits = self.llm_logits(hidden_states, logits_to_keep)
         loss = None
         if labels is not None or shift_labels is not None:
             if shift_labels is None:  # position t predicts token t + 1; the last position has no target

@@ -648,11 +648,18 @@ DOC_NOTES = """
   weights sit), and drops the rest.
 - **Weights HIVE does not use** (a pooler, a classifier head, an MIM decoder, layers above the deepest connected
   one) may be missing from an encoder checkpoint. They are reported once at info level and stay frozen.
-- **LLMs.** Cross-attention runs as a pre-hook on the decoder layers, so an LLM must pass its forward's keyword
-  arguments on to them; one two-token forward at build time checks this. The logits are checked against the LLM's
-  own causal-LM class, run around HIVE's LLM and head with logits near 100, where soft-capping and scaling show. A
-  biased output layer is refused when loading. State-space and hybrid LLMs (Mamba2, Jamba, Bamba, Falcon-H1, LFM2)
-  work: HIVE's image layers sit after the LLM's own cache layers and do not change which mask generation builds.
+- **LLMs.** Cross-attention runs as a pre-hook on the decoder layers. So an LLM must pass its forward's keyword
+  arguments on to them, with hidden states of shape (batch, tokens, width). One two-token forward at build time
+  checks both. Falcon, Bloom, GPT-Neo and Mamba drop the arguments; Gemma3n's layers take its AltUp streams, (streams,
+  batch, tokens, width).
+- **Logits as the LLM computes them.** At build time, HIVE measures how the LLM's own causal-LM class turns its last
+  hidden state into logits. That class is built on the meta device around HIVE's LLM and head, and the head is scaled
+  to logits near 100, where soft-capping shows. Where the head alone gives them, HIVE applies its head. Where the
+  forward does more (Gemma2's and RecurrentGemma's final soft-capping, Cohere's and Granite's scaling), HIVE runs that
+  forward itself on the hidden states it computed: no per-family rule is written. Anything else is refused. A biased
+  output layer (Phi, GPT-J, CodeGen) is refused when loading.
+- **State-space and hybrid LLMs** (Mamba2, Jamba, Bamba, Falcon-H1, LFM2) work. HIVE's image layers sit after the
+  LLM's own cache layers, and they do not change which mask generation builds.
 - **Check 4's fresh process** is forked from a worker that imported torch and transformers, but never HIVE, and
   that is blocked from importing this project. Only the saved folder's remote code can serve.
 """
