@@ -108,7 +108,7 @@ def extract_features(encoder, image_processor, examples: HiveExamples, pooling="
     import torch
     from tqdm.auto import tqdm
 
-    from modeling_hive.modeling_hive import as_tokens  # a convolutional encoder's (B, C, H, W) map as (B, H * W, C)
+    from modeling_hive.backbones_hive import as_tokens  # a convolutional encoder's (B, C, H, W) map as (B, H * W, C)
 
     if pooling not in ("mean", "cls"):
         raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}.")

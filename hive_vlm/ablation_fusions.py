@@ -32,7 +32,7 @@ from transformers import (
 )
 
 from modeling_hive import HiveForConditionalGeneration
-from modeling_hive.modeling_hive import as_tokens, eval_mode, probe_image_shape
+from modeling_hive.backbones_hive import as_tokens, eval_mode, probe_image_shape
 
 
 FUSIONS = ("hive-paired", "hive-all-levels", "single-level", "flat", "qformer")

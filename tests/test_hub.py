@@ -38,6 +38,7 @@ CORPUS = ["a red circle and a blue square .", "what colour is the circle ? red",
 QUESTION = "what colour is the circle ?"
 LOADABLE = {
     "README.md",
+    "backbones_hive.py",
     "chat_template.jinja",
     "config.json",
     "compatibility_hive.py",

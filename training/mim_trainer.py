@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import AutoModel, Trainer
+from transformers import Trainer
 from transformers.utils import ModelOutput
 
-from modeling_hive.modeling_hive import as_tokens, encoder_outputs_on_meta, eval_mode
+from modeling_hive.backbones_hive import as_tokens, encoder_outputs_on_meta, eval_mode
 
 from .callbacks import HiveCheckpointMarkerCallback, HiveNonFiniteGuardCallback, check_finite_loss
 
