@@ -514,9 +514,6 @@ class HivePreTrainedModel(PreTrainedModel):
         if isinstance(module, HiveCrossAttentionLayer):
             init.constant_(module.cross_attn_attn_gate, self.config.gate_init)
             init.constant_(module.cross_attn_mlp_gate, self.config.gate_init)
-        elif isinstance(module, HiveMultiModalProjector):
-            init.xavier_uniform_(module.linear_1.weight)
-            init.xavier_uniform_(module.linear_2.weight)
         elif isinstance(module, HiveModel) and module.level_embeddings is not None:
             init.normal_(module.level_embeddings, std=0.02)
 
