@@ -2,6 +2,7 @@
 a larger checkpoint, and the LLM's own causal-LM forward that HIVE runs around its modules. Imports only torch and
 transformers, like every file the Hub receives."""
 
+import functools
 import inspect
 from contextlib import contextmanager
 
@@ -102,6 +103,12 @@ def encoder_outputs_on_meta(vision: nn.Module, vision_config, requires_grad: boo
     kwargs = {"output_hidden_states": True, "return_dict": True}
     outputs = torch.func.functional_call(vision, meta, (probe,), kwargs, strict=False)
     return outputs, {n: meta[n] for n in parameters}
+
+
+@functools.cache
+def forward_parameters(module_class: type) -> frozenset[str]:
+    """The names a module class's `forward` takes, read once per class (a forward path asks on every call)."""
+    return frozenset(inspect.signature(module_class.forward).parameters)
 
 
 def missing_encoder_inputs(vision: nn.Module) -> list[str]:

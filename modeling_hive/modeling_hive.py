@@ -6,7 +6,6 @@ reads the image keys/values from a `HiveVisionContext` that travels to every dec
 therefore exactly those of their own checkpoints, under `model.vision_model.` and `model.language_model.`.
 """
 
-import inspect
 import math
 from dataclasses import dataclass, field, make_dataclass
 from functools import partial
@@ -35,6 +34,7 @@ from .backbones_hive import (
     decoder_layers,
     encoder_outputs_on_meta,
     eval_mode,
+    forward_parameters,
     load_vision_backbone,
     probe_image_shape,
     vision_level_widths,
@@ -650,7 +650,7 @@ class HiveModel(HivePreTrainedModel):
         `kwargs` go to the encoder (e.g. `interpolate_pos_encoding`)."""
         if output_attentions is not None:  # None would switch attentions off even where the encoder's config asks for them
             kwargs["output_attentions"] = output_attentions
-        if "noise" in inspect.signature(self.vision_model.forward).parameters and kwargs.get("noise") is None:
+        if "noise" in forward_parameters(type(self.vision_model)) and kwargs.get("noise") is None:
             # An MAE-style encoder orders (and drops) its patches by sorting random noise: ascending noise keeps every
             # patch in place, so one image always gives one answer (its mask ratio is 0 inside HIVE, see HiveConfig).
             patch_size = self.config.vision_config.patch_size
@@ -994,20 +994,21 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
                     f"HIVE cannot check that its logits are those of the {family} causal LM: its forward failed around "
                     f"HIVE's LLM and head ({type(error).__name__}: {error})."
                 ) from error
+            tolerance = 1e-3 * 100  # at logits near 100
             difference = (head(hidden_states).float() - llm_logits).abs().max().item()
-            by_causal_lm = difference > 1e-3 * 100
+            by_causal_lm, error = difference > tolerance, None
             if by_causal_lm:  # soft-capping or scaling after the head: does its forward on the last hidden state give it?
                 try:
                     logits = self._run_causal_lm(HiveComputedBaseModel(hidden_states), head).float()
                     difference = (logits - llm_logits).abs().max().item()
-                except Exception as error:
-                    difference = f"not computable: {type(error).__name__}: {error}"
-        if by_causal_lm and not (isinstance(difference, float) and difference <= 1e-3 * 100):
+                except Exception as failure:
+                    error, difference = failure, float("inf")
+        if by_causal_lm and difference > tolerance:
             raise ValueError(
                 f"HIVE cannot reproduce the logits of {type(self.causal_lm_shell()[0]).__name__} ({family}): its causal-LM "
                 "forward computes them from more than its base model's last hidden state (at logits near 100, HIVE's "
-                f"differ by {difference}), and HIVE would silently drop that part."
-            )
+                f"differ by {difference:.3g}), and HIVE would silently drop that part."
+            ) from error
         self.__dict__["_logits_by_causal_lm"] = by_causal_lm
 
     def get_input_embeddings(self):
