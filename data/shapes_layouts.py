@@ -18,10 +18,10 @@ Training layouts (`hive_vlm.data.schema`):
 
 import datasets
 
+from .prompts import SHORT_ANSWER_PROMPT
 from .schema import chat_features, text_message
 from .shapes import COLORS, LEVELS, SHAPES, TEXTURES, HiveShapesConfig
 
-SHORT_ANSWER_PROMPT = "\nAnswer the question using a single word or phrase."
 CLASSIFICATION_TARGETS = ("shape", "color", "texture", "count")
 
 _SKILLS = {

@@ -8,9 +8,10 @@ from pathlib import Path
 import datasets
 import PIL.Image
 
+from hive_vlm.data.prompts import SHORT_ANSWER_PROMPT  # noqa: F401  (the adapters' short-answer prompt)
+
 
 METRICS_DIR = Path(__file__).parent / "metrics"
-SHORT_ANSWER_PROMPT = "\nAnswer the question using a single word or phrase."
 _SHARD_NAME = re.compile(r"^(?P<split>.+?)-\d+-of-\d+$")
 
 

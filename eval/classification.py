@@ -3,7 +3,8 @@
 import datasets
 
 from .benchmark import HiveBenchmark, HiveExamples, first_rows, load_metric, load_published
-from .runner import model_identity, write_json_atomic
+from .runner import model_identity
+from hive_vlm.files import write_json_atomic
 
 
 ZERO_SHOT_QUESTION = "What type of object is in this photo?"

@@ -2,7 +2,9 @@
 
 from collections import Counter
 
-from .benchmark import SHORT_ANSWER_PROMPT, HiveBenchmark, HiveExamples, load_metric, load_published, require_columns
+from hive_vlm.data.prompts import SHORT_ANSWER_PROMPT, mme_prompt
+
+from .benchmark import HiveBenchmark, HiveExamples, load_metric, load_published, require_columns
 
 
 class HiveMMEBenchmark(HiveBenchmark):
@@ -51,7 +53,7 @@ class HiveMMEBenchmark(HiveBenchmark):
         return ids
 
     def build_prompt(self, example: dict) -> str:
-        return example["question"].strip().replace(" Please answer yes or no.", "") + SHORT_ANSWER_PROMPT
+        return mme_prompt(example["question"])
 
     def reference(self, example: dict) -> dict:
         return {"answer": example["answer"], "question_id": example["question_id"], "category": example["category"]}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import PIL.Image
 
-from hive_vlm.files import write_atomically
+from hive_vlm.files import write_atomically, write_json_atomic
 
 from .benchmark import HiveBenchmark
 
@@ -246,6 +246,3 @@ def _read_sidecar(sidecar: Path, header: dict) -> dict:
         write_atomically(sidecar, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
     return {record["id"]: record for record in records[1:]}
 
-
-def write_json_atomic(path, payload: dict) -> None:
-    write_atomically(path, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")

@@ -1,10 +1,11 @@
 """ScienceQA-IMG test: multiple-choice science questions with an image (lmms-lab/ScienceQA layout)."""
 
+from hive_vlm.data.prompts import ANSWER_WITH_LETTER, scienceqa_prompt
+
 from .benchmark import HiveBenchmark, HiveExamples, first_rows, load_metric, load_published, require_columns
 
 
 CONFIG = "ScienceQA-IMG"
-ANSWER_WITH_LETTER = "\nAnswer with the option's letter from the given choices directly."
 
 
 class HiveScienceQABenchmark(HiveBenchmark):
@@ -35,9 +36,7 @@ class HiveScienceQABenchmark(HiveBenchmark):
         return HiveExamples(first_rows(rows, limit))
 
     def build_prompt(self, example: dict) -> str:
-        context = f"Context: {example['hint']}\n" if example["hint"] else ""
-        options = "\n".join(f"{chr(ord('A') + index)}. {choice}" for index, choice in enumerate(example["choices"]))
-        return f"{context}{example['question']}\n{options}{ANSWER_WITH_LETTER}"
+        return scienceqa_prompt(example["hint"], example["question"], example["choices"])
 
     def reference(self, example: dict) -> dict:
         return {"answer": int(example["answer"]), "num_choices": len(example["choices"])}

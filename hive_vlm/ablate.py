@@ -31,7 +31,8 @@ from pathlib import Path
 import yaml
 
 from .ablation_fusions import FUSIONS, HiveFusionSettings
-from .shapes_text import CAPTION_PROMPT, pretraining_sequences, shapes_conversations
+from hive_vlm.data.shapes_text import CAPTION_PROMPT, shapes_conversations
+from hive_vlm.training.lm_trainer import pretraining_sequences
 
 
 logger = logging.getLogger(__name__)
@@ -223,8 +224,8 @@ def prepare_shared(settings: HiveAblationSettings, folder) -> dict:
     from hive_vlm.data.schema import message_text
     from hive_vlm.data.shapes import HiveShapesConfig, generate_shapes
     from hive_vlm.data.shapes_layouts import SHORT_ANSWER_PROMPT, to_mme, to_okvqa, to_scienceqa
-    from hive_vlm.eval.runner import write_json_atomic
-    from hive_vlm.tokenizer import build_tokenizer
+    from hive_vlm.files import write_json_atomic
+    from hive_vlm.data.tokenizer import build_tokenizer
     from hive_vlm.files import atomic_folder
     from modeling_hive import HiveProcessor
 
@@ -286,7 +287,8 @@ def prepare_shared(settings: HiveAblationSettings, folder) -> dict:
                    "intermediate_size": 128, "max_position_embeddings": 2 * data["max_length"], **settings.model["text_config"],
                    "vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
                    "eos_token_id": tokenizer.eos_token_id}  # fmt: skip
-    sequences = pretraining_sequences(shapes["train"], chats, tokenizer, processor.chat_template, data["max_length"])
+    sequences = pretraining_sequences(shapes["train"]["caption"], chats["messages"], tokenizer, processor.chat_template,
+                                      data["max_length"], CAPTION_PROMPT)
     with atomic_folder(folder / "backbones" / "text") as out:
         pretrain_text_model(text_config, sequences, tokenizer.pad_token_id, settings.pretrain, out, data["seed"])
         tokenizer.save_pretrained(out)

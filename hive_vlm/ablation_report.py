@@ -202,7 +202,7 @@ def write_report(out, settings, meta: dict, runs: list[dict], matched: dict | No
     """
     from dataclasses import asdict
 
-    from hive_vlm.eval.runner import write_json_atomic
+    from hive_vlm.files import write_json_atomic
     from hive_vlm.files import write_atomically
 
     out = Path(out)

@@ -233,7 +233,7 @@ def run_fusion(spec: dict) -> dict:
 
     from hive_vlm.data.collators import HiveCaptionCollator, HiveChatCollator
     from hive_vlm.data.shapes_layouts import to_caption_pairs
-    from hive_vlm.eval.runner import write_json_atomic
+    from hive_vlm.files import write_json_atomic
     from modeling_hive import HiveProcessor
 
     from .ablation_fusions import HiveFusionSettings, build_fusion

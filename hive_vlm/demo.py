@@ -14,7 +14,7 @@ Phases (each prints its progress):
     8. figure     per-level cross-attention maps and gates (`hive visualize`)
 
 Layout of `--out`:
-    run/        the training run (processor/, data/, backbones/, stage1-3/, final/; see hive_vlm.training.pipeline)
+    run/        the training run (processor/, data/, backbones/, stage0-3/, final/; see hive_vlm.training.pipeline)
     model/      the Hub-ready folder
     results/    one results JSON per evaluation, baselines.json and summary.json
     fresh_scene.png, attention.png
@@ -38,11 +38,11 @@ from pathlib import Path
 
 from transformers import ViTImageProcessorPil
 
-from hive_vlm.data.schema import message_text
 from hive_vlm.data.shapes import LEVELS, QUESTION_TYPES, HiveShapesConfig, generate_scene
 from hive_vlm.data.shapes_layouts import SHORT_ANSWER_PROMPT, to_mme, to_okvqa, to_scienceqa
 from hive_vlm.files import atomic_folder
-from hive_vlm.shapes_text import CAPTION_PROMPT, pretraining_sequences, shapes_conversations
+from hive_vlm.hub.push import push_training_run
+from hive_vlm.data.shapes_text import CAPTION_PROMPT
 from hive_vlm.training.pipeline import HiveRecipeRun
 from hive_vlm.training.recipe import HiveRecipe, parse_recipe
 from modeling_hive import HiveProcessor
@@ -64,7 +64,7 @@ class HiveDemoSettings:
         hierarchy_mode, cross_attention_intermediate_size, gate_init: as in `HiveConfig`.
         num_train, num_test: hive-shapes scenes in train and in each of test and test_compositional.
         pretrain_steps, pretrain_batch_size, pretrain_learning_rate: stage 0, the LLM's causal-LM pretraining.
-        turns_per_chat: question-answer turns per stage-3 chat (see `hive_vlm.shapes_text.shapes_conversations`).
+        turns_per_chat: question-answer turns per stage-3 chat (see `hive_vlm.data.shapes_text.shapes_conversations`).
         stage1, stage2, stage3: the recipe's `TrainingArguments` fields of each stage. Stage 3 is where the model
             learns to pick out the object a question names, and it gains from every chat it sees: 86,400 chats
             (2700 steps of 32) score 73.1% on test, 28,800 score 63.8% (docs/demo.md). Steps of 32 cost less per
@@ -147,37 +147,14 @@ class HiveDemoProgress:
 
 
 class HiveDemoRun(HiveRecipeRun):
-    """The demo's training run: stage 3 trains on `shapes_conversations`, and the shapes tokenizer also learns the
-    words of the MME and ScienceQA layouts. Everything else is `HiveRecipeRun`.
+    """The demo's training run: `HiveRecipeRun`, with the tiny ViT starting from sine-cosine position embeddings and
+    a given LLM's own tokenizer.
 
     Example:
-        >>> run = HiveDemoRun(demo_recipe(FAST, "runs/demo", text_model="runs/demo/backbones/text-pretrained"))  # doctest: +SKIP
-        >>> run.run(stages=[1, 2, 3])  # doctest: +SKIP
+        >>> run = HiveDemoRun(demo_recipe(FAST, "runs/demo"))  # doctest: +SKIP
+        >>> run.run()  # stages 0 to 3  # doctest: +SKIP
         'runs/demo/final'
     """
-
-    def __init__(self, recipe: HiveRecipe, output_dir=None, resume: bool = False, turns_per_chat: int = 3):
-        super().__init__(recipe, output_dir, resume)
-        self.turns_per_chat = turns_per_chat
-        self._conversations = None
-
-    def conversations(self):
-        """The stage-3 chats of the train split, built once."""
-        if self._conversations is None:
-            self._conversations = shapes_conversations(self.shapes()["train"], self.recipe.seed, self.turns_per_chat)
-        return self._conversations
-
-    def tokenizer_corpus(self):
-        yield from super().tokenizer_corpus()
-        for messages in self.conversations()["messages"]:
-            for message in messages:
-                yield message_text(message)
-
-    def dataset(self, stage: int):
-        source = self.recipe.data.stage3
-        if stage == 3 and source is not None and source.source == "shapes":
-            return self.conversations()
-        return super().dataset(stage)
 
     def vision_source(self) -> str:
         """As `HiveRecipeRun.vision_source`; a ViT built from a config starts from 2-D sine-cosine position embeddings."""
@@ -202,19 +179,15 @@ class HiveDemoRun(HiveRecipeRun):
             encoder.save_pretrained(out)
         return str(path)
 
-    def processor(self) -> HiveProcessor:
+    def build_processor(self) -> HiveProcessor:
         """The shapes tokenizer for an LLM the demo pretrains; the backbones' own processors for a given LLM."""
-        path = self.output_dir / "processor"
-        if path.is_dir() or self.recipe.data.tokenizer == "shapes" or self.recipe.model.vision_model:
-            return super().processor()
+        if self.recipe.data.tokenizer == "shapes" or self.recipe.model.vision_model:
+            return super().build_processor()
         vision = self.vision_source()
         if not (Path(vision) / "preprocessor_config.json").exists():
             size = self.recipe.model.vision_config.get("image_size", 224)
             ViTImageProcessorPil(size={"height": size, "width": size}).save_pretrained(vision)
-        processor = HiveProcessor.from_backbones(vision, self.recipe.model.text_model)
-        with atomic_folder(path) as out:
-            processor.save_pretrained(out)
-        return processor
+        return HiveProcessor.from_backbones(vision, self.recipe.model.text_model)
 
 
 def sincos_position_embeddings(grid: int, dim: int):
@@ -243,25 +216,29 @@ def sincos_position_embeddings(grid: int, dim: int):
     return torch.cat([one_axis(rows.flatten()), one_axis(columns.flatten())], dim=1)
 
 
-def demo_recipe(settings: HiveDemoSettings, output_dir, text_model: str, vision_model: str | None = None,
-                cross_attention_layers=None, seed: int = 0, shapes_tokenizer: bool = True) -> HiveRecipe:
-    """The demo's `HiveRecipe`: `settings` for sizes and schedules, `text_model` the (pretrained) LLM's folder or id.
+def demo_recipe(settings: HiveDemoSettings, output_dir, text_model: str | None = None, vision_model: str | None = None,
+                cross_attention_layers=None, seed: int = 0) -> HiveRecipe:
+    """The demo's `HiveRecipe`: `settings` for sizes and schedules.
 
     Args:
         settings (`HiveDemoSettings`): sizes, data and schedules.
         output_dir (`str`): the run's folder.
-        text_model (`str`): the LLM: the folder stage 0 writes, or a user's Hub id or folder.
+        text_model (`str`, *optional*): a user's LLM (Hub id or folder), with its own tokenizer. When unset, the tiny
+            LLM is built from `settings`, with a word-level tokenizer built from hive-shapes, and stage 0 pretrains it.
         vision_model (`str`, *optional*): an encoder's Hub id or folder; a tiny ViT is built from `settings` when unset.
         cross_attention_layers (`list`, *optional*): the layer pairs; `settings.cross_attention_layers` when unset.
         seed (`int`): the run's seed (data, initialisation, data order).
-        shapes_tokenizer (`bool`): build the tokenizer from hive-shapes (for an LLM pretrained on it).
     """
-    model = {"text_model": str(text_model), "hive": {
+    model = {"hive": {
         "cross_attention_layers": cross_attention_layers or settings.cross_attention_layers,
         "hierarchy_mode": settings.hierarchy_mode, "gate_init": settings.gate_init,
     }}  # fmt: skip
     if settings.cross_attention_intermediate_size:
         model["hive"]["cross_attention_intermediate_size"] = settings.cross_attention_intermediate_size
+    if text_model:
+        model["text_model"] = str(text_model)
+    else:
+        model["text_config"] = text_config(settings)
     if vision_model:
         model["vision_model"] = str(vision_model)
     else:
@@ -274,15 +251,20 @@ def demo_recipe(settings: HiveDemoSettings, output_dir, text_model: str, vision_
         "seed": seed,
         "model": model,
         "data": {
-            "tokenizer": "shapes" if shapes_tokenizer else None,
+            "tokenizer": None if text_model else "shapes",
             "max_length": MAX_LENGTH,
             "shapes": {"seed": seed, "image_size": settings.image_size, "num_train": settings.num_train,
                        "num_validation": 8, "num_test": settings.num_test,
-                       "num_test_compositional": settings.num_test},
+                       "num_test_compositional": settings.num_test, "turns_per_chat": settings.turns_per_chat},
             "stage1": {"source": "shapes"},
             "stage2": {"source": "shapes"},
             "stage3": {"source": "shapes"},
         },
+        # Stage 0 saves nothing but its model: HIVE assumes a pretrained LLM, and this one is pretrained in minutes.
+        **({} if text_model else {"stage0": {
+            "max_steps": settings.pretrain_steps, "per_device_train_batch_size": settings.pretrain_batch_size,
+            "learning_rate": settings.pretrain_learning_rate, "logging_steps": 50, "save_strategy": "no",
+        }}),
         "stage1": {**common, "save_steps": settings.stage1["max_steps"], **settings.stage1},
         "stage2": {**common, "save_steps": settings.stage2["max_steps"], "caption_prompt": CAPTION_PROMPT, **settings.stage2},
         "stage3": {**common, "save_steps": settings.stage3["max_steps"], **settings.stage3},
@@ -298,41 +280,11 @@ def vision_config(settings: HiveDemoSettings) -> dict:
             "initializer_range": settings.vision_initializer_range}  # fmt: skip
 
 
-def text_config(settings: HiveDemoSettings, tokenizer) -> dict:
-    """The tiny Llama-style LLM's config, sized to `tokenizer` (4 heads, 2 key/value heads)."""
-    return {"model_type": "llama", "vocab_size": len(tokenizer), "hidden_size": settings.text_hidden_size,
-            "num_hidden_layers": settings.text_layers, "num_attention_heads": 4, "num_key_value_heads": 2,
-            "intermediate_size": 2 * settings.text_hidden_size, "max_position_embeddings": MAX_LENGTH,
-            "initializer_range": settings.text_initializer_range,
-            "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
-            "eos_token_id": tokenizer.eos_token_id}  # fmt: skip
-
-
-def pretrain_text_model(config: dict, tokenizer, sequences: list[list[int]], settings: HiveDemoSettings, output_dir,
-                        seed: int = 0) -> str:
-    """Stage 0: a causal LM built from `config` and trained on `sequences` with a plain `Trainer`; written, with its
-    tokenizer, to `output_dir/model` (a folder `AutoModelForCausalLM` loads). Returns that folder."""
-    import datasets
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, DataCollatorForLanguageModeling, Trainer, TrainingArguments
-
-    folder = Path(output_dir) / "model"
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config))
-    args = TrainingArguments(
-        output_dir=str(output_dir), max_steps=settings.pretrain_steps, per_device_train_batch_size=settings.pretrain_batch_size,
-        learning_rate=settings.pretrain_learning_rate, lr_scheduler_type="cosine", warmup_steps=max(1, settings.pretrain_steps // 20),
-        weight_decay=0.01, logging_steps=50, save_strategy="no", report_to="none", seed=seed,
-    )  # fmt: skip
-    trainer = Trainer(
-        model=model, args=args, train_dataset=datasets.Dataset.from_dict({"input_ids": sequences}),
-        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
-    )  # fmt: skip
-    trainer.train()
-    with atomic_folder(folder) as out:
-        trainer.model.save_pretrained(out)
-        tokenizer.save_pretrained(out)
-    return str(folder)
+def text_config(settings: HiveDemoSettings) -> dict:
+    """The tiny Llama-style LLM's config (4 heads, 2 key/value heads); the run sizes its vocabulary to the tokenizer."""
+    return {"model_type": "llama", "hidden_size": settings.text_hidden_size, "num_hidden_layers": settings.text_layers,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 2 * settings.text_hidden_size,
+            "max_position_embeddings": MAX_LENGTH, "initializer_range": settings.text_initializer_range}  # fmt: skip
 
 
 def majority_answers(scenes) -> dict[str, str]:
@@ -439,7 +391,8 @@ def evaluate_demo(model_dir, shapes_dir, views: dict[str, str], results_dir, maj
     from hive_vlm.eval.hive_shapes import HiveShapesBenchmark
     from hive_vlm.eval.mme import HiveMMEBenchmark
     from hive_vlm.eval.okvqa import HiveOKVQABenchmark
-    from hive_vlm.eval.runner import evaluate_benchmark, generate_answers, load_model, model_identity, write_json_atomic
+    from hive_vlm.eval.runner import evaluate_benchmark, generate_answers, load_model, model_identity
+    from hive_vlm.files import write_json_atomic
     from hive_vlm.eval.scienceqa import HiveScienceQABenchmark
 
     model, processor = load_model(model_dir)
@@ -543,7 +496,7 @@ def run_demo(out, settings: HiveDemoSettings = FULL, text_model: str | None = No
         >>> sorted(summary["results"])  # doctest: +SKIP
         ['hive-shapes-test', 'hive-shapes-test_compositional', 'mme', 'okvqa', 'scienceqa']
     """
-    from hive_vlm.eval.runner import write_json_atomic
+    from hive_vlm.files import write_json_atomic
     from hive_vlm.visualize import visualize
 
     out = Path(out)
@@ -553,9 +506,8 @@ def run_demo(out, settings: HiveDemoSettings = FULL, text_model: str | None = No
     results_dir.mkdir(parents=True, exist_ok=True)
     pretrain = text_model is None
     pairs = real_backbone_pairs(settings, vision_model, text_model) if (text_model or vision_model) else None
-    text_source = text_model or str(run_dir / "backbones" / "text-pretrained" / "model")
-    recipe = demo_recipe(settings, run_dir, text_source, vision_model, pairs, seed=seed, shapes_tokenizer=pretrain)
-    run = HiveDemoRun(recipe, run_dir, turns_per_chat=settings.turns_per_chat)
+    recipe = demo_recipe(settings, run_dir, text_model, vision_model, pairs, seed=seed)
+    run = HiveDemoRun(recipe, run_dir)
     progress = HiveDemoProgress(8)
 
     progress.phase("data", f"hive-shapes: {settings.num_train} train scenes, {settings.num_test} test and "
@@ -573,14 +525,11 @@ def run_demo(out, settings: HiveDemoSettings = FULL, text_model: str | None = No
     progress.phase("stage0", "stage 0: pretraining the LLM on the synthetic text" if pretrain else
                    f"stage 0 skipped: the LLM is {text_model}")
     if pretrain:
-        tokenizer = processor.tokenizer
-        sequences = pretraining_sequences(shapes["train"], run.conversations(), tokenizer, processor.chat_template, MAX_LENGTH)
-        print(f"      {len(sequences)} sequences, {sum(map(len, sequences))} tokens", flush=True)
-        pretrain_text_model(text_config(settings, tokenizer), tokenizer, sequences, settings,
-                            run_dir / "backbones" / "text-pretrained", seed=seed)  # fmt: skip
+        run.run([0])
 
     progress.phase("stages1-3", "stages 1-3: masked image modelling, hierarchical alignment, joint fine-tuning")
     final = run.run([1, 2, 3])
+    push_training_run(recipe, run_dir, [1, 2, 3])  # the training record and model card, as `hive train` writes them
 
     progress.phase("eval", "evaluation: hive-shapes per level and the MME, ScienceQA and OK-VQA views")
     results = evaluate_demo(final, run_dir / "data" / "shapes", views, results_dir, majority, settings.eval_batch_size)

@@ -1,5 +1,6 @@
 """Files that appear whole or not at all: a kill mid-write leaves the old version (or nothing), never half a file."""
 
+import json
 import os
 import shutil
 import tempfile
@@ -35,3 +36,8 @@ def atomic_folder(path):
     if path.exists():
         shutil.rmtree(path)
     os.replace(temporary, path)
+
+
+def write_json_atomic(path, payload: dict) -> None:
+    """`payload` as indented UTF-8 JSON at `path`, written atomically (`write_atomically`)."""
+    write_atomically(path, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")

@@ -24,7 +24,7 @@ from hive_vlm.data.collators import HiveCaptionCollator, HiveChatCollator, HiveM
 from hive_vlm.eval.hive_shapes import HiveShapesBenchmark
 from hive_vlm.eval.runner import evaluate_benchmark
 from hive_vlm.tiny import tiny_hive_config, tiny_text_config, tiny_vision_config
-from hive_vlm.tokenizer import build_tokenizer
+from hive_vlm.data.tokenizer import build_tokenizer
 from hive_vlm.training.pipeline import HiveRecipeRun
 from hive_vlm.training.recipe import load_recipe, parse_recipe
 from modeling_hive import HiveConfig, HiveForConditionalGeneration, HiveProcessor

@@ -10,7 +10,7 @@ from transformers import ViTConfig, ViTImageProcessorPil, ViTModel
 from eval_fixtures import write_classification
 from hive_vlm.eval.classification import linear_probe, top_k_accuracy, train_linear_probe
 from hive_vlm.tiny import tiny_hive_config
-from hive_vlm.tokenizer import build_tokenizer
+from hive_vlm.data.tokenizer import build_tokenizer
 from modeling_hive import HiveForConditionalGeneration
 from modeling_hive.processing_hive import HiveProcessor
 

@@ -13,7 +13,7 @@ from hive_vlm.eval.benchmark import to_rgb
 from hive_vlm.eval.hive_shapes import HiveShapesBenchmark
 from hive_vlm.eval.runner import evaluate_benchmark, generate_answers
 from hive_vlm.tiny import tiny_hive_config
-from hive_vlm.tokenizer import build_tokenizer
+from hive_vlm.data.tokenizer import build_tokenizer
 from modeling_hive import HiveForConditionalGeneration
 from modeling_hive.pipeline_hive import HiveVisualQuestionAnsweringPipeline
 from modeling_hive.processing_hive import HiveProcessor

@@ -12,7 +12,7 @@ from PIL import Image
 from transformers import ViTImageProcessorPil
 
 from hive_vlm.data.collators import IGNORE_INDEX, HiveCaptionCollator, HiveChatCollator, HiveMaskedImageCollator
-from hive_vlm.tokenizer import build_tokenizer
+from hive_vlm.data.tokenizer import build_tokenizer
 from modeling_hive import HiveProcessor
 
 

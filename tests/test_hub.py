@@ -25,7 +25,7 @@ from hive_vlm.hub import push as push_command
 from hive_vlm.hub.card import build_model_card, template_path, write_model_card
 from hive_vlm.hub.push import dry_run, hub_settings, push_folder, push_training_run, upload_files
 from hive_vlm.tiny import tiny_hive_config
-from hive_vlm.tokenizer import build_tokenizer
+from hive_vlm.data.tokenizer import build_tokenizer
 from hive_vlm.training.recipe import parse_recipe
 from modeling_hive import HiveForConditionalGeneration
 from modeling_hive.pipeline_hive import HiveVisualQuestionAnsweringPipeline

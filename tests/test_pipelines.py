@@ -11,7 +11,7 @@ from PIL import Image
 from transformers import ViTImageProcessorPil, pipeline
 
 from hive_vlm.tiny import tiny_hive_config
-from hive_vlm.tokenizer import build_tokenizer
+from hive_vlm.data.tokenizer import build_tokenizer
 from modeling_hive import HiveForConditionalGeneration
 from modeling_hive.pipeline_hive import HiveVisualQuestionAnsweringPipeline
 from modeling_hive.processing_hive import HiveProcessor

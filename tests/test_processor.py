@@ -14,7 +14,7 @@ from transformers import (
 )
 from transformers.testing_utils import CaptureLogger
 
-from hive_vlm.tokenizer import build_tokenizer
+from hive_vlm.data.tokenizer import build_tokenizer
 from modeling_hive import processing_hive
 from modeling_hive.processing_hive import HIVE_CHAT_TEMPLATE, HiveProcessor, load_rgb_image
 

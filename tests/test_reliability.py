@@ -27,7 +27,7 @@ from transformers import ViTImageProcessorPil, ViTModel
 
 from hive_vlm.data.collators import HiveCaptionCollator, HiveChatCollator, HiveMaskedImageCollator
 from hive_vlm.tiny import tiny_hive_config, tiny_vision_config
-from hive_vlm.tokenizer import build_tokenizer
+from hive_vlm.data.tokenizer import build_tokenizer
 from hive_vlm.training.alignment_config import HiveAlignmentConfig
 from hive_vlm.training.alignment_trainer import HiveAlignmentTrainer
 from hive_vlm.training.callbacks import COMPLETE_MARKER

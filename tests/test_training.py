@@ -19,7 +19,7 @@ from transformers import AutoModel, SwinModel, ViTImageProcessorPil, ViTModel
 
 from hive_vlm.data.collators import HiveCaptionCollator, HiveChatCollator, HiveMaskedImageCollator
 from hive_vlm.tiny import tiny_hive_config, tiny_vision_config
-from hive_vlm.tokenizer import build_tokenizer
+from hive_vlm.data.tokenizer import build_tokenizer
 from isolated import run_isolated
 from hive_vlm.training.alignment_config import HiveAlignmentConfig
 from hive_vlm.training.alignment_trainer import HiveAlignmentTrainer
@@ -343,10 +343,50 @@ SMALL = ["data.shapes.num_train=64", "stage1.max_steps=3", "stage2.max_steps=3",
          "stage2.save_steps=2", "stage3.save_steps=2"]
 
 
+def test_stage0_pretraining_lowers_the_loss_on_the_text(tmp_path):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from hive_vlm.training.lm_config import HiveLMConfig
+    from hive_vlm.training.lm_trainer import HiveLMTrainer, pretraining_sequences
+
+    from modeling_hive.processing_hive import HIVE_CHAT_TEMPLATE
+
+    tokenizer = processor_for().tokenizer
+    chats = [row["messages"] for row in chat_rows(4)]
+    sequences = pretraining_sequences(["a red circle", "a blue square"] * 4, chats, tokenizer, HIVE_CHAT_TEMPLATE, 64, "describe :")
+    assert len(sequences) == 12 and sequences[0][: len(tokenizer("describe :")["input_ids"])] == tokenizer("describe :")["input_ids"]
+    config = {"model_type": "llama", "vocab_size": len(tokenizer), "hidden_size": 32, "num_hidden_layers": 2,
+              "num_attention_heads": 2, "num_key_value_heads": 1, "intermediate_size": 64, "pad_token_id": tokenizer.pad_token_id}
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config))
+
+    def loss():
+        batch = torch.tensor([sequences[0]])
+        with torch.no_grad():
+            return model(input_ids=batch, labels=batch).loss.item()
+
+    before = loss()
+    args = HiveLMConfig(output_dir=str(tmp_path), max_steps=30, per_device_train_batch_size=4, learning_rate=1e-2,
+                        save_strategy="no", report_to="none", use_cpu=True)
+    assert args.warmup_steps == 1 and args.lr_scheduler_type == "cosine"
+    HiveLMTrainer(model, args, tokenizer, sequences).train()
+    assert loss() < 0.5 * before
+    with pytest.raises(ValueError, match="no text to train on"):
+        HiveLMTrainer(model, args, tokenizer, [])
+
+
 @pytest.mark.slow
 def test_hive_train_runs_all_stages_and_final_loads_with_pipeline(tmp_path):
-    hive_train(["--recipe", "recipes/tiny-shapes.yaml", "--output-dir", str(tmp_path / "run"), *SMALL])
+    # With a stage0 section, stage 0 pretrains the LLM on the captions and chats before stage 2 connects it.
+    hive_train(["--recipe", "recipes/tiny-shapes.yaml", "--output-dir", str(tmp_path / "run"), *SMALL, "stage0.max_steps=3",
+                "stage0.use_cpu=true", "data.shapes.turns_per_chat=2"])
     run = tmp_path / "run"
+    stage0 = load_file(run / "stage0" / "model" / "model.safetensors")
+    random_llm = load_file(run / "backbones" / "text" / "model.safetensors")
+    stage2_weights = load_file(run / "stage2" / "model" / "model.safetensors")
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(stage0[name], random_llm[name])
+    assert torch.equal(stage0[name], stage2_weights[f"model.language_model.layers.0.self_attn.q_proj.weight"])
     assert AutoModel.from_pretrained(run / "stage1" / "model").config.model_type == "vit"
     for folder in ("stage2/model", "stage3/model", "stage3/adapter", "stage3/base", "final"):
         assert (run / folder).is_dir(), folder

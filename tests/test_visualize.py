@@ -11,8 +11,8 @@ from transformers import ViTImageProcessorPil
 
 from hive_vlm import cli
 from hive_vlm.tiny import tiny_hive_config
-from hive_vlm.tokenizer import build_tokenizer
-from hive_vlm.visualize import _prompt, _question_positions, cross_attention_maps, visualize
+from hive_vlm.data.tokenizer import build_tokenizer
+from hive_vlm.visualize.maps import _prompt, _question_positions, cross_attention_maps, visualize
 from modeling_hive import HiveForConditionalGeneration, HiveProcessor
 
 

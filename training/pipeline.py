@@ -4,6 +4,8 @@ Layout of `output_dir`:
     processor/            the HiveProcessor (image processor, tokenizer, chat template)
     data/shapes/          hive-shapes, when a stage trains on it
     backbones/{vision,text}/  backbones built from configs (random weights), when the recipe gives configs
+    stage0/               with a `stage0` section: Trainer checkpoints; stage0/model/ is the pretrained LLM (and
+                          its tokenizer), which stage 2 then connects to the encoder
     stage1/               Trainer checkpoints; stage1/model/ is the MIM-trained encoder (AutoModel loads it)
     stage2/, stage3/      Trainer checkpoints; stageN/model/ is a full HIVE folder. With LoRA, stage3/adapter/ (PEFT
                           format) and stage3/base/ (its base HIVE folder) too; stage3/model/ is the two merged
@@ -26,15 +28,17 @@ from hive_vlm.data.collators import HiveCaptionCollator, HiveChatCollator, HiveM
 from hive_vlm.data.report import HiveDataReport
 from hive_vlm.data.shapes import HiveShapesConfig, generate_shapes
 from hive_vlm.data.shapes_layouts import SHORT_ANSWER_PROMPT, to_caption_pairs, to_conversations
+from hive_vlm.data.schema import message_text
+from hive_vlm.data.shapes_text import shapes_conversations
 from hive_vlm.files import atomic_folder
-from hive_vlm.hub.push import hub_settings, push_training_run
-from hive_vlm.tokenizer import build_tokenizer
+from hive_vlm.data.tokenizer import build_tokenizer
 from modeling_hive import HiveForConditionalGeneration, HiveProcessor
 
 from .alignment_config import HiveAlignmentConfig
 from .alignment_trainer import HiveAlignmentTrainer
 from .callbacks import last_complete_checkpoint
 from .finetune_trainer import HiveFinetuneTrainer, merge_adapter
+from .lm_trainer import HiveLMTrainer, pretraining_sequences
 from .mim_trainer import HiveMIMModel, HiveMIMTrainer, load_encoder_for_mim
 from .recipe import HiveRecipe
 
@@ -55,7 +59,7 @@ class HiveRecipeRun:
     Example:
         >>> from hive_vlm.training.recipe import load_recipe
         >>> run = HiveRecipeRun(load_recipe("recipes/tiny-shapes.yaml"), "outputs/tiny")  # doctest: +SKIP
-        >>> run.run(stages=[1, 2, 3])  # doctest: +SKIP
+        >>> run.run()  # doctest: +SKIP
         'outputs/tiny/final'
     """
 
@@ -66,24 +70,23 @@ class HiveRecipeRun:
         self.report = HiveDataReport()
         self.dtype = getattr(torch, recipe.model.dtype) if recipe.model.dtype else None
         self.state = PartialState()
+        self._conversations = None
 
     # ------------------------------------------------------------------------------------------------ stages
 
-    def run(self, stages=(1, 2, 3)) -> str:
-        """Runs the chosen stages and writes `final/` with its model card; returns its path.
-
-        When a stage's arguments set `push_to_hub`, `final/` is uploaded at the end through `hive push`'s allow-list
-        (to that stage's `hub_model_id`); the Trainer's own push, which would upload checkpoints, stays off.
-        """
-        stages = sorted(set(stages))
-        hub_settings(self.recipe, stages)  # a missing hub_model_id fails now, not after the last stage
+    def run(self, stages=None) -> str:
+        """Runs the chosen stages and writes `final/`; returns its path. `hive train` then writes its model card and,
+        when a stage sets `push_to_hub`, uploads it (`hive_vlm.hub.push.push_training_run`)."""
+        stages = sorted(set(self.recipe.stages if stages is None else stages))
+        if 0 in stages and self.recipe.stage0 is None:
+            raise ValueError("stage 0 needs a `stage0` section in the recipe (the LLM's pretraining settings).")
         self.check_data(stages)
         with self.state.main_process_first():  # under `accelerate launch`, one process prepares the shared folders
             self.output_dir.mkdir(parents=True, exist_ok=True)
             processor = self.processor()
             if 1 in stages or 2 in stages:
                 self.vision_source()
-            if 2 in stages:
+            if 0 in stages or 2 in stages:
                 self.text_source()
         last = None
         for stage in stages:
@@ -96,8 +99,6 @@ class HiveRecipeRun:
                 logger.info("HIVE model written to %s", final)
             self.state.wait_for_everyone()
             last = final
-            if self.state.is_main_process:
-                push_training_run(self.recipe, self.output_dir, stages)
         summary = self.report.summary()
         if summary:
             logger.warning("data report: %s", summary)
@@ -105,7 +106,7 @@ class HiveRecipeRun:
 
     def check_data(self, stages) -> None:
         """Fails before any work when a chosen stage's data path does not exist, not when that stage starts."""
-        for stage in stages:
+        for stage in sorted(set(stages) - {0} | ({2, 3} if 0 in stages else set())):  # stage 0 reads stages 2 and 3's text
             source = getattr(self.recipe.data, f"stage{stage}")
             if source is None or "shapes" in (source.source, source.format):
                 continue
@@ -138,6 +139,33 @@ class HiveRecipeRun:
             logger.info("resuming from %s", checkpoint)
         trainer.train(resume_from_checkpoint=checkpoint)
 
+    def run_stage0(self, processor) -> Path:
+        folder, done = self._stage_dir(0)
+        if done:
+            return folder / "model"
+        args = self.recipe.stage_arguments(0, str(folder), push_to_hub=False)
+        tokenizer = processor.tokenizer
+        sequences = self.pretraining_sequences(processor, args.max_length or self.recipe.data.max_length)
+        logger.info("stage 0: %d sequences, %d tokens", len(sequences), sum(map(len, sequences)))
+        set_seed(args.seed)
+        model = AutoModelForCausalLM.from_pretrained(self.text_source(), dtype=self.dtype)
+        trainer = HiveLMTrainer(model, args, tokenizer, sequences)
+        self._train(trainer, folder)
+        state_dict = trainer.accelerator.get_state_dict(trainer.model)
+        if self.state.is_main_process:
+            with atomic_folder(folder / "model") as out:
+                trainer.accelerator.unwrap_model(trainer.model).save_pretrained(out, state_dict=state_dict)
+                tokenizer.save_pretrained(out)
+        self.state.wait_for_everyone()
+        return folder / "model"
+
+    def pretraining_sequences(self, processor, max_length: int) -> list[list[int]]:
+        """Stage 0's text: the captions of stage 2's data as stage 2 prompts them, and the chats of stage 3's data."""
+        captions = (row["text"] for row in self.dataset(2).select_columns(["text"]))
+        chats = (row["messages"] for row in self.dataset(3).select_columns(["messages"]))
+        prompt = self.recipe.stage2.get("caption_prompt", HiveAlignmentConfig.caption_prompt)
+        return pretraining_sequences(captions, chats, processor.tokenizer, processor.chat_template, max_length, prompt)
+
     def run_stage1(self, processor) -> Path:
         folder, done = self._stage_dir(1)
         if done:
@@ -168,7 +196,7 @@ class HiveRecipeRun:
         stage1 = self.output_dir / "stage1" / "model"
         vision = str(stage1) if stage1.is_dir() else self.vision_source()
         set_seed(args.seed)  # the new projectors and cross-attention blocks start the same in every process and run
-        model = HiveForConditionalGeneration.from_backbones(vision, self.text_source(), torch_dtype=self.dtype, **self.recipe.model.hive)
+        model = HiveForConditionalGeneration.from_backbones(vision, self.llm_source(), torch_dtype=self.dtype, **self.recipe.model.hive)
         if len(processor.tokenizer) > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(len(processor.tokenizer))
         collator = HiveCaptionCollator(processor, prompt=args.caption_prompt, max_length=args.max_length or self.recipe.data.max_length, report=self.report)
@@ -229,6 +257,15 @@ class HiveRecipeRun:
                 AutoModel.from_config(config).save_pretrained(out)
         return str(path)
 
+    def llm_source(self) -> str:
+        """The LLM stage 2 connects: stage 0's model when the recipe has a stage 0, else the recipe's LLM."""
+        if self.recipe.stage0 is None:
+            return self.text_source()
+        stage0 = self.output_dir / "stage0" / "model"
+        if not stage0.is_dir():
+            raise ValueError(f"the recipe pretrains its LLM in stage 0, and {stage0} does not exist; run --stage 0 first (or --stage all).")
+        return str(stage0)
+
     def text_source(self) -> str:
         """The LLM's Hub id or folder; a config-built LLM (sized to the built tokenizer) is written to backbones/text."""
         model = self.recipe.model
@@ -251,6 +288,13 @@ class HiveRecipeRun:
         path = self.output_dir / "processor"
         if path.is_dir():
             return HiveProcessor.from_pretrained(path)
+        processor = self.build_processor()
+        with atomic_folder(path) as out:
+            processor.save_pretrained(out)
+        return processor
+
+    def build_processor(self) -> HiveProcessor:
+        """The backbones' own processors, or for a `tokenizer: shapes` recipe a word-level tokenizer built from the data."""
         model = self.recipe.model
         if model.vision_model and model.text_model and self.recipe.data.tokenizer is None:
             processor = HiveProcessor.from_backbones(model.vision_model, model.text_model)
@@ -264,8 +308,6 @@ class HiveRecipeRun:
                 image_processor = ViTImageProcessorPil(size={"height": size, "width": size})
             tokenizer = build_tokenizer(self.tokenizer_corpus())
             processor = HiveProcessor(image_processor=image_processor, tokenizer=tokenizer)
-        with atomic_folder(path) as out:
-            processor.save_pretrained(out)
         return processor
 
     def tokenizer_corpus(self):
@@ -280,12 +322,29 @@ class HiveRecipeRun:
             for question in questions:
                 yield question["question"]
                 yield question["answer"]
+        if self.turns_per_chat:  # the chats' words: the MME and ScienceQA layouts' prompts and the letters
+            for messages in self.conversations()["messages"]:
+                for message in messages:
+                    yield message_text(message)
+
+    @property
+    def turns_per_chat(self) -> int | None:
+        """`data.shapes.turns_per_chat`: stage 3 trains on `shapes_conversations` chats of that many turns; unset, on
+        one chat per scene with all its questions (`to_conversations`)."""
+        return self.recipe.data.shapes.get("turns_per_chat")
+
+    def conversations(self) -> datasets.Dataset:
+        """The stage-3 chats of hive-shapes' train split in the benchmark layouts (`shapes_conversations`), built once."""
+        if self._conversations is None:
+            self._conversations = shapes_conversations(self.shapes()["train"], self.recipe.seed, self.turns_per_chat)
+        return self._conversations
 
     def shapes(self) -> datasets.DatasetDict:
         """hive-shapes as the recipe sets it up, generated once into data/shapes."""
         path = self.output_dir / "data" / "shapes"
         if not path.is_dir():
             settings = {**SHAPES_DEFAULTS, **self.recipe.data.shapes}
+            settings.pop("turns_per_chat", None)
             generator = {k: settings.pop(k) for k in list(settings) if k in HiveShapesConfig.__dataclass_fields__}
             with atomic_folder(path) as out:
                 generate_shapes(config=HiveShapesConfig(**generator), **settings).save_to_disk(str(out))
@@ -295,10 +354,13 @@ class HiveRecipeRun:
         """The training data of a stage, in the schema its collator reads."""
         source = getattr(self.recipe.data, f"stage{stage}")
         if source is None or source.source == "shapes" or source.format == "shapes":
-            split = self.shapes()[source.split if source else "train"]
+            name = source.split if source else "train"
+            split = self.shapes()[name]
             if stage == 1:
                 return split.select_columns(["image"])
-            return to_caption_pairs(split) if stage == 2 else to_conversations(split)
+            if stage == 2:
+                return to_caption_pairs(split)
+            return self.conversations() if self.turns_per_chat and name == "train" else to_conversations(split)
         common = dict(streaming=source.streaming, strict=source.strict, report=self.report)
         if stage == 1:
             return loaders.load_images(source.source, format=source.format, split=source.split, **common)

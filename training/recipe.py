@@ -21,10 +21,11 @@ from modeling_hive import HiveConfig
 
 from .alignment_config import HiveAlignmentConfig
 from .finetune_config import HiveFinetuneConfig
+from .lm_config import HiveLMConfig
 from .mim_config import HiveMIMConfig
 
 
-STAGE_CONFIGS = {1: HiveMIMConfig, 2: HiveAlignmentConfig, 3: HiveFinetuneConfig}
+STAGE_CONFIGS = {0: HiveLMConfig, 1: HiveMIMConfig, 2: HiveAlignmentConfig, 3: HiveFinetuneConfig}
 DATA_FORMATS = ("shapes", "disk", "parquet", "imagefolder", "webdataset", "llava", None)
 
 
@@ -69,13 +70,19 @@ class HiveRecipe:
     model: HiveModelRecipe
     data: HiveDataRecipe
     seed: int = 0
+    stage0: dict | None = None  # present: stage 0 pretrains the LLM on the text of stages 2 and 3 before HIVE is built
     stage1: dict = field(default_factory=dict)
     stage2: dict = field(default_factory=dict)
     stage3: dict = field(default_factory=dict)
 
+    @property
+    def stages(self) -> list[int]:
+        """The recipe's stages in order: 0 (LLM pretraining) only when the recipe has a `stage0` section."""
+        return [0, 1, 2, 3] if self.stage0 is not None else [1, 2, 3]
+
     def stage_arguments(self, stage: int, output_dir: str, **extra):
         """The stage's `TrainingArguments` subclass, built from the recipe (unknown keys raise naming the key)."""
-        values = {"seed": self.seed, "report_to": "none", **getattr(self, f"stage{stage}"), **extra}
+        values = {"seed": self.seed, "report_to": "none", **(getattr(self, f"stage{stage}") or {}), **extra}
         config_class = STAGE_CONFIGS[stage]
         known = {f.name for f in dataclasses.fields(config_class)}
         unknown = sorted(set(values) - known)
@@ -145,7 +152,7 @@ _TYPES = {
         "stage3": (dict,),
     },
     HiveRecipe: {
-        "name": (str,), "output_dir": (str,), "model": (dict,), "data": (dict,), "seed": (int,), "stage1": (dict,),
+        "name": (str,), "output_dir": (str,), "model": (dict,), "data": (dict,), "seed": (int,), "stage0": (dict,), "stage1": (dict,),
         "stage2": (dict,), "stage3": (dict,),
     },
 }
@@ -205,7 +212,7 @@ def parse_recipe(values: dict, where: str = "recipe") -> HiveRecipe:
     # Fail at load time, not hours into a run. A GPU recipe read on a CPU-only machine is checked as if use_cpu
     # were set (its bf16 and the like are verified against the hardware when it runs).
     hardware = {} if torch.cuda.is_available() else {"use_cpu": True}
-    for stage in (1, 2, 3):
+    for stage in (0, 1, 2, 3) if recipe.stage0 is not None else (1, 2, 3):
         recipe.stage_arguments(stage, "unused", **hardware)
     return recipe
 

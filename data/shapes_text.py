@@ -1,10 +1,10 @@
 """The text `hive demo` and `hive ablate` train on, built from hive-shapes scenes.
 
     shapes_conversations   stage-3 chats: short answers, MME-style yes/no and ScienceQA-style multiple choice
-    pretraining_sequences  stage 0's token sequences: every caption as stage 2 sees it and every chat, images left out
+    CAPTION_PROMPT         the prompt stage 2 puts before every caption
 
-Both the demo and the ablation harness pretrain their tiny LLM on exactly these sequences (HIVE assumes a
-pretrained LLM, and none can be downloaded here), so the two share one definition.
+A recipe asks for these chats with `data.shapes.turns_per_chat`; stage 0 pretrains a tiny LLM on them and on the
+captions (`hive_vlm.training.lm_trainer.pretraining_sequences`).
 
 Example:
     >>> from hive_vlm.data.shapes import generate_shapes
@@ -35,23 +35,19 @@ def shapes_conversations(scenes, seed: int = 0, turns_per_chat: int = 3):
     import numpy as np
 
     from hive_vlm.data.schema import chat_features, text_message
-    from hive_vlm.data.shapes_layouts import SHORT_ANSWER_PROMPT
-    from hive_vlm.eval.mme import HiveMMEBenchmark
-    from hive_vlm.eval.scienceqa import HiveScienceQABenchmark
+    from hive_vlm.data.prompts import SHORT_ANSWER_PROMPT, mme_prompt, scienceqa_prompt
 
     if turns_per_chat < 1:
         raise ValueError(f"turns_per_chat must be at least 1, got {turns_per_chat}.")
-    mme, scienceqa = HiveMMEBenchmark(), HiveScienceQABenchmark()
 
     def convert(batch, indices):
         rows = {"image": [], "messages": []}
         for index, image, questions, yes_no in zip(indices, batch["image"], batch["questions"], batch["yes_no"]):
             rng = np.random.default_rng([seed, index])
             turns = [(q["question"] + SHORT_ANSWER_PROMPT, q["answer"]) for q in questions]
-            turns += [(mme.build_prompt(pair), pair["answer"]) for pair in yes_no]
+            turns += [(mme_prompt(pair["question"]), pair["answer"]) for pair in yes_no]
             asked = questions[int(rng.integers(len(questions)))]
-            choice = {"hint": "", "question": asked["question"], "choices": asked["choices"]}
-            turns.append((scienceqa.build_prompt(choice), chr(ord("A") + asked["choices"].index(asked["answer"]))))
+            turns.append((scienceqa_prompt("", asked["question"], asked["choices"]), chr(ord("A") + asked["choices"].index(asked["answer"]))))
             order = rng.permutation(len(turns))
             for start in range(0, len(order), turns_per_chat):
                 messages = []
@@ -67,17 +63,3 @@ def shapes_conversations(scenes, seed: int = 0, turns_per_chat: int = 3):
     return raw.map(convert, batched=True, with_indices=True, remove_columns=raw.column_names, features=chat_features(),
                    desc="stage-3 chats")  # fmt: skip
 
-
-def pretraining_sequences(scenes, conversations, tokenizer, chat_template: str, max_length: int) -> list[list[int]]:
-    """Stage 0's token sequences: every caption as stage 2 sees it (`CAPTION_PROMPT`, caption, eos) and every chat
-    of `conversations` rendered by `chat_template`, images left out, cut at `max_length` tokens."""
-    from hive_vlm.data.schema import message_text
-
-    prompt = tokenizer(CAPTION_PROMPT)["input_ids"]
-    sequences = [prompt + tokenizer(caption, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-                 for caption in scenes["caption"]]  # fmt: skip
-    for messages in conversations["messages"]:
-        plain = [{"role": m["role"], "content": message_text(m)} for m in messages]
-        text = tokenizer.apply_chat_template(plain, tokenize=False, chat_template=chat_template)
-        sequences.append(tokenizer(text, add_special_tokens=False)["input_ids"][:max_length])
-    return sequences
