@@ -21,7 +21,7 @@ COMMANDS = {
     "push": ("hive_vlm.hub.push", "Upload a saved HIVE folder to the Hub through an allow-list."),
     "demo": ("hive_vlm.demo", "The whole method end to end on one machine, offline."),
     "visualize": ("hive_vlm.visualize", "Draw the per-level cross-attention maps and gates."),
-    "ablate": ("hive_vlm.ablate", "Compare fusion strategies on equal terms."),
+    "ablate": ("hive_vlm.ablation.study", "Compare fusion strategies on equal terms."),
     "bench": ("hive_vlm.bench.cli", "Measure HIVE against LLaVA-style fusion."),
 }
 

@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from transformers import ViTImageProcessorPil
 
 from hive_vlm.data.shapes import LEVELS, QUESTION_TYPES, HiveShapesConfig, generate_scene
 from hive_vlm.data.shapes_layouts import SHORT_ANSWER_PROMPT, to_mme, to_okvqa, to_scienceqa
@@ -45,7 +44,6 @@ from hive_vlm.hub.push import push_training_run
 from hive_vlm.data.shapes_text import CAPTION_PROMPT
 from hive_vlm.training.pipeline import HiveRecipeRun
 from hive_vlm.training.recipe import HiveRecipe, parse_recipe
-from modeling_hive import HiveProcessor
 
 
 @dataclass
@@ -147,8 +145,7 @@ class HiveDemoProgress:
 
 
 class HiveDemoRun(HiveRecipeRun):
-    """The demo's training run: `HiveRecipeRun`, with the tiny ViT starting from sine-cosine position embeddings and
-    a given LLM's own tokenizer.
+    """The demo's training run: `HiveRecipeRun`, with the tiny ViT starting from sine-cosine position embeddings.
 
     Example:
         >>> run = HiveDemoRun(demo_recipe(FAST, "runs/demo"))  # doctest: +SKIP
@@ -178,16 +175,6 @@ class HiveDemoRun(HiveRecipeRun):
         with atomic_folder(path) as out:
             encoder.save_pretrained(out)
         return str(path)
-
-    def build_processor(self) -> HiveProcessor:
-        """The shapes tokenizer for an LLM the demo pretrains; the backbones' own processors for a given LLM."""
-        if self.recipe.data.tokenizer == "shapes" or self.recipe.model.vision_model:
-            return super().build_processor()
-        vision = self.vision_source()
-        if not (Path(vision) / "preprocessor_config.json").exists():
-            size = self.recipe.model.vision_config.get("image_size", 224)
-            ViTImageProcessorPil(size={"height": size, "width": size}).save_pretrained(vision)
-        return HiveProcessor.from_backbones(vision, self.recipe.model.text_model)
 
 
 def sincos_position_embeddings(grid: int, dim: int):

@@ -2,14 +2,17 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from hive_vlm.ablate import DEFAULT_RECIPE, load_settings, parse_settings, run_ablation
-from hive_vlm.ablation_fusions import FUSIONS, build_fusion, insert_image_tokens, match_budgets
-from hive_vlm.ablation_report import aggregate, noise_verdicts
+from hive_vlm.ablation.fusions import FUSIONS, build_fusion, insert_image_tokens, match_budgets
+from hive_vlm.ablation.report import aggregate, noise_verdicts
+from hive_vlm.ablation.settings import DEFAULT_RECIPE, load_study, study_from_values
+from hive_vlm.ablation.shared import shared_path
+from hive_vlm.ablation.study import run_ablation
 
 
 # Where each fusion's own weights live: the only names stage 2 may train.
@@ -26,9 +29,16 @@ VISION_PREFIXES = {"flat": "model.vision_tower.", "qformer": "vision_model."}
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("ablation")
-    settings = load_settings(quick=True)
-    report = run_ablation(settings, out, isolate=False)
-    return out, settings, report
+    recipe, study = load_study(quick=True)
+    report = run_ablation(recipe, study, out, isolate=False)
+    return out, study, report
+
+
+def backbones(out):
+    """The encoder and LLM folders every fusion of the study at `out` starts from."""
+    shared = out / "shared"
+    meta = json.loads((shared / "meta.json").read_text())
+    return shared_path(shared, meta["vision"]), shared_path(shared, meta["text"]), meta
 
 
 def test_quick_mode_runs_every_fusion_and_writes_table_json_and_plots(quick):
@@ -38,7 +48,7 @@ def test_quick_mode_runs_every_fusion_and_writes_table_json_and_plots(quick):
     assert sorted(saved["aggregate"]) == sorted(FUSIONS)
     for fusion in FUSIONS:
         row = saved["aggregate"][fusion]
-        for metric in ("test/all", "test_compositional/all", "mme/perception", "scienceqa/accuracy", "okvqa/vqa_accuracy",
+        for metric in ("test/accuracy", "test_compositional/accuracy", "mme/perception", "scienceqa/accuracy", "okvqa/vqa_accuracy",
                        "probe/low", "probe/mid", "probe/high", "seconds_per_step/stage2", "memory/peak_rss_delta_mb"):
             assert metric in row, (fusion, metric)
         assert row["seconds_per_step/stage3"]["mean"] > 0
@@ -67,12 +77,10 @@ def test_every_fusion_sees_identical_batches(quick):
 
 def test_reported_parameter_counts_are_the_weights_that_train(quick):
     out, settings, report = quick
-    shared = out / "shared"
-    meta = json.loads((shared / "meta.json").read_text())
+    vision, text, meta = backbones(out)
     reported = {run["fusion"]: run["parameters"] for run in report["runs"]}
     for name in FUSIONS:
-        fusion = build_fusion(name, shared / "backbones" / "vision", shared / "backbones" / "text", meta["image_token_id"],
-                              settings.fusion, seed=0)  # fmt: skip
+        fusion = build_fusion(name, vision, text, meta["image_token_id"], settings.fusion, seed=0)
         for stage in (2, 3):
             counts = fusion.set_stage(stage)
             named = list(fusion.model.named_parameters())
@@ -85,36 +93,48 @@ def test_reported_parameter_counts_are_the_weights_that_train(quick):
             assert counts["vision"]["trainable"] == in_vision
             assert in_fusion + in_vision == counts["trainable"]  # the LLM never trains
             assert (in_vision > 0) == (stage == 3)
-    hive = build_fusion("hive-paired", shared / "backbones" / "vision", shared / "backbones" / "text", meta["image_token_id"],
-                        settings.fusion)  # fmt: skip
+    hive = build_fusion("hive-paired", vision, text, meta["image_token_id"], settings.fusion)
     counts = hive.set_stage(3)
     # HIVE reads encoder layers, not the final norm or the pooler: those never get a gradient, so they are not counted.
     assert 0 < counts["vision"]["trainable"] < counts["vision"]["total"]
-    counts = hive.set_stage(3, train_llm=True)
-    assert counts["llm"]["trainable"] == sum(p.numel() for p in hive.components["llm"] if p.requires_grad) > 0
     # stage2.train_vision: the encoder trains with the fusion in stage 2, the LLM still does not.
     counts = hive.set_stage(2, train_vision=True)
     assert counts["vision"]["trainable"] > 0 and counts["llm"]["trainable"] == 0
 
 
+def test_stage3_lora_adapts_the_same_llm_projections_in_every_fusion(quick):
+    # A recipe's stage3.lora_r: every fusion's LLM gets the same adapters, which train in stage 3 only.
+    out, settings, _ = quick
+    vision, text, meta = backbones(out)
+    adapted = {}
+    for name in FUSIONS:
+        fusion = build_fusion(name, vision, text, meta["image_token_id"], settings.fusion)
+        fusion.add_lora(4, 8)
+        lora = {n: p for n, p in fusion.llm.named_parameters() if "lora_" in n}
+        adapted[name] = sorted(n.replace("base_model.", "").split(".lora_")[0] for n in lora if "lora_A" in n)
+        counts = fusion.set_stage(3)
+        assert counts["lora"]["trainable"] == sum(p.numel() for p in lora.values()) > 0
+        assert counts["llm"]["trainable"] == 0  # the LLM's own weights stay frozen
+        trainable = {n for n, p in fusion.model.named_parameters() if p.requires_grad and "lora_" in n}
+        assert len(trainable) == len(lora)
+        assert fusion.set_stage(2)["lora"]["trainable"] == 0
+    assert len({tuple(names) for names in adapted.values()}) == 1 and adapted["flat"], adapted
+
+
 def test_gate_init_reaches_the_hive_fusions(quick):
     out, settings, _ = quick
-    shared = out / "shared"
-    meta = json.loads((shared / "meta.json").read_text())
+    vision, text, meta = backbones(out)
     fusion_settings = dataclasses.replace(settings.fusion, gate_init=0.25)
     for name in ("hive-paired", "hive-all-levels", "single-level"):
-        fusion = build_fusion(name, shared / "backbones" / "vision", shared / "backbones" / "text", meta["image_token_id"],
-                              fusion_settings)  # fmt: skip
+        fusion = build_fusion(name, vision, text, meta["image_token_id"], fusion_settings)
         gates = [p for n, p in fusion.model.named_parameters() if n.endswith("_gate")]
         assert gates and all(torch.all(gate == 0.25) for gate in gates), name
 
 
 def test_match_params_brings_budgets_within_ten_percent(quick):
     out, settings, _ = quick
-    shared = out / "shared"
-    meta = json.loads((shared / "meta.json").read_text())
-    matched = match_budgets(FUSIONS, "hive-paired", shared / "backbones" / "vision", shared / "backbones" / "text",
-                            meta["image_token_id"], settings.fusion)  # fmt: skip
+    vision, text, meta = backbones(out)
+    matched = match_budgets(FUSIONS, "hive-paired", vision, text, meta["image_token_id"], settings.fusion)
     target = matched["hive-paired"]["budget"]
     for name in FUSIONS:
         assert abs(matched[name]["budget"] - target) <= 0.10 * target, (name, matched[name])
@@ -132,10 +152,11 @@ def test_insert_image_tokens_keeps_padding_and_masks_labels():
 
 
 def test_noise_rule_needs_a_gap_larger_than_both_stds():
-    runs = [{"fusion": "hive-paired", "metrics": {"test/all": v}} for v in (50.0, 52.0, 54.0)]
-    runs += [{"fusion": "flat", "metrics": {"test/all": v}} for v in (47.0, 49.0, 51.0)]  # 3 points lower, stds 2 + 2
-    runs += [{"fusion": "qformer", "metrics": {"test/all": v}} for v in (40.0, 41.0, 42.0)]  # 11 lower, stds 2 + 1
-    verdicts = {v["fusion"]: v for v in noise_verdicts(aggregate(runs), metrics=("test/all",))}
+    runs = [{"fusion": "hive-paired", "metrics": {"test/all": v, "params/stage2": 9}} for v in (50.0, 52.0, 54.0)]
+    runs += [{"fusion": "flat", "metrics": {"test/all": v, "params/stage2": 7}} for v in (47.0, 49.0, 51.0)]  # 3 lower, stds 2 + 2
+    runs += [{"fusion": "qformer", "metrics": {"test/all": v, "params/stage2": 5}} for v in (40.0, 41.0, 42.0)]  # 11 lower, stds 2 + 1
+    verdicts = {v["fusion"]: v for v in noise_verdicts(aggregate(runs), ["test"])}
+    assert len(noise_verdicts(aggregate(runs), ["test"])) == 2  # the parameter counts are not a quality metric
     assert verdicts["flat"]["verdict"] == "within seed noise"
     assert verdicts["flat"]["difference"] == -3.0
     assert verdicts["qformer"]["verdict"] == "qformer worse beyond seed noise"
@@ -143,54 +164,81 @@ def test_noise_rule_needs_a_gap_larger_than_both_stds():
 
 def test_recipe_errors_name_the_key():
     values = yaml.safe_load(DEFAULT_RECIPE.read_text())
-    assert parse_settings(values).seeds == [0, 1, 2]
+    assert study_from_values(values)[1].seeds == [0, 1, 2]
     with pytest.raises(ValueError, match=r"stage3: unknown key\(s\) \['stepz'\]"):
-        parse_settings({**values, "stage3": {"stepz": 3}})
+        study_from_values({**values, "stage3": {"stepz": 3}})
     with pytest.raises(ValueError, match=r"stage2.learning_rate: expected float, got str \('1e-3'\) \(YAML reads 1e-3 as text"):
-        load_settings(DEFAULT_RECIPE, overrides=["stage2.learning_rate=1e-3"])
+        load_study(DEFAULT_RECIPE, overrides=["stage2.learning_rate=1e-3"])
     with pytest.raises(ValueError, match=r"stage3.train_vision: expected bool, got str"):
-        parse_settings({**values, "stage3": {"train_vision": "yes please"}})
-    assert load_settings(DEFAULT_RECIPE, overrides=["stage2.learning_rate=1.0e-3"]).stage2["learning_rate"] == 1e-3
-    with pytest.raises(ValueError, match="fusions"):
-        parse_settings({**values, "fusions": ["hive-paired", "perceiver"]})
+        study_from_values({**values, "stage3": {"train_vision": "yes please"}})
+    assert load_study(DEFAULT_RECIPE, overrides=["stage2.learning_rate=1.0e-3"])[1].stage2["learning_rate"] == 1e-3
+    with pytest.raises(ValueError, match="study.fusions"):
+        study_from_values({**values, "study": {"fusions": ["hive-paired", "perceiver"]}})
+    with pytest.raises(ValueError, match=r"study: unknown key\(s\) \['seedz'\]"):
+        study_from_values({**values, "study": {"seedz": 2}})
+    with pytest.raises(ValueError, match=r"study.fusion: unknown key\(s\) \['gate_init'\] \(the HIVE fusions take them from model.hive\)"):
+        study_from_values({**values, "study": {"fusion": {"gate_init": 0.5}}})
+    with pytest.raises(ValueError, match="streaming: false"):
+        study_from_values({**values, "data": {**values["data"], "stage3": {"source": "chats.json", "streaming": True}}})
     with pytest.raises(ValueError, match="unknown fusion 'perceiver'"):
         build_fusion("perceiver", "v", "t", 5)
 
 
 def test_shipped_ablation_recipes_parse():
-    learning = load_settings(DEFAULT_RECIPE.parent / "ablation-shapes-learning.yaml")
+    _, learning = load_study(DEFAULT_RECIPE.parent / "ablation-shapes-learning.yaml")
     assert learning.stage2["train_vision"] and learning.fusion.gate_init == 0.1
-    assert learning.model["vision_config"]["image_size"] == learning.data["image_size"]
-    default = load_settings(DEFAULT_RECIPE)
-    assert not default.stage2["train_vision"] and default.fusion.gate_init == 0.0
-    swin = load_settings(DEFAULT_RECIPE.parent / "ablation-shapes-learning-swin.yaml")  # the learning study, Swin encoder
-    assert swin.model["vision_config"]["model_type"] == "swin"
-    assert {key: getattr(swin, key) for key in ("stage2", "stage3", "data", "fusion")} == {
-        key: getattr(learning, key) for key in ("stage2", "stage3", "data", "fusion")
+    assert learning.stage2 == {"steps": 600, "batch_size": 32, "learning_rate": 2e-3, "vision_learning_rate": 1e-3,
+                               "weight_decay": 0.0, "train_vision": True}
+    recipe, default = load_study(DEFAULT_RECIPE)
+    assert not default.stage2["train_vision"] and default.fusion.gate_init == 0.0 and recipe.stages == [0, 1, 2, 3]
+    swin_recipe, swin = load_study(DEFAULT_RECIPE.parent / "ablation-shapes-learning-swin.yaml")  # the learning study, Swin encoder
+    assert swin_recipe.model.vision_config["model_type"] == "swin"
+    assert {key: getattr(swin, key) for key in ("stage2", "stage3", "fusion", "eval", "seeds")} == {
+        key: getattr(learning, key) for key in ("stage2", "stage3", "fusion", "eval", "seeds")
     }
+    # A recipe without a study section: the default fusions and seeds, and the study says so.
+    recipe, tiny = load_study(DEFAULT_RECIPE.parent / "tiny-shapes.yaml")
+    assert tiny.default_study and tiny.fusions == list(FUSIONS) and tiny.seeds == [0, 1, 2]
+    assert tiny.stage3["lora_r"] == 4 and tiny.stage2["steps"] == recipe.stage2["max_steps"]
 
 
 @pytest.mark.slow
 def test_a_study_on_a_multi_scale_encoder_runs_hive_and_flat(tmp_path):
     # recipes/ablation-shapes-swin.yaml: the same study around a 4-stage Swin, whose levels differ in width and scale.
-    settings = load_settings(DEFAULT_RECIPE.parent / "ablation-shapes-swin.yaml", quick=True)
-    assert settings.model["vision_config"]["model_type"] == "swin"
+    recipe, settings = load_study(DEFAULT_RECIPE.parent / "ablation-shapes-swin.yaml", quick=True)
     settings = dataclasses.replace(settings, fusions=["hive-paired", "single-level", "flat"])
-    report = run_ablation(settings, tmp_path, isolate=False)
+    report = run_ablation(recipe, settings, tmp_path, isolate=False)
     assert sorted(report["aggregate"]) == ["flat", "hive-paired", "single-level"]
-    meta = json.loads((tmp_path / "shared" / "meta.json").read_text())
-    assert meta["vision_config"]["model_type"] == "swin"
-    fusion = build_fusion("hive-paired", tmp_path / "shared" / "backbones" / "vision", tmp_path / "shared" / "backbones" / "text",
-                          meta["image_token_id"], settings.fusion)
+    vision, text, meta = backbones(tmp_path)
+    assert json.loads((Path(vision) / "config.json").read_text())["model_type"] == "swin"
+    fusion = build_fusion("hive-paired", vision, text, meta["image_token_id"], settings.fusion)
     widths = [projector.linear_1.in_features for projector in fusion.model.model.multi_modal_projectors]
     assert widths == [64, 128, 128]  # stages 1-3: one projector per stage width
 
 
 def test_peak_memory_window_sees_an_allocation_made_inside_it():
-    from hive_vlm.ablation_run import peak_rss_mb, reset_peak_rss
+    from hive_vlm.ablation.run import peak_rss_mb, reset_peak_rss
 
     method, baseline = reset_peak_rss()
     block = torch.ones(200 * 2**20, dtype=torch.uint8)  # 200 MiB, touched
     peak = peak_rss_mb(method)
     del block
     assert peak - baseline >= 180, (method, baseline, peak)
+
+
+def test_hive_ablate_runs_on_the_recipe_hive_train_reads(tmp_path, capsys, monkeypatch):
+    # The natural first study: the recipe a user trains with, with no study section of its own.
+    from hive_vlm.cli import main
+
+    monkeypatch.chdir(DEFAULT_RECIPE.parents[1])
+    assert main(["ablate", "--recipe", "recipes/tiny-shapes.yaml", "--quick", "--out", str(tmp_path), "--no-isolate"]) == 0
+    printed = capsys.readouterr().out
+    assert "the recipe has no `study` section: the default fusions" in printed
+    report = json.loads((tmp_path / "ablation.json").read_text())
+    assert sorted(report["aggregate"]) == sorted(FUSIONS)
+    assert "The recipe has no `study` section" in (tmp_path / "ablation.md").read_text()
+    assert report["study"]["stage3"]["lora_r"] == 4  # tiny-shapes' stage 3 adapts the LLM with LoRA: so does every fusion
+    assert all(run["parameters"]["stage3"]["lora"]["trainable"] > 0 for run in report["runs"])
+    # the same file still trains: nothing in it is ablation-only
+    assert main(["train", "--recipe", "recipes/tiny-shapes.yaml", "--stage", "1", "--output-dir", str(tmp_path / "train"),
+                 "stage1.max_steps=1", "data.shapes.num_train=16"]) == 0

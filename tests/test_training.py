@@ -222,10 +222,15 @@ def test_stage2_can_train_the_encoder_when_the_recipe_says_so(tmp_path):
     processor = processor_for()
     model = hive_model(processor)
     before = snapshot(model)
-    args = args_for(HiveAlignmentConfig, tmp_path, train_vision=True)
-    HiveAlignmentTrainer(model, args, data_collator=HiveCaptionCollator(processor), train_dataset=caption_rows()).train()
+    args = args_for(HiveAlignmentConfig, tmp_path, train_vision=True, vision_learning_rate=1e-4)
+    trainer = HiveAlignmentTrainer(model, args, data_collator=HiveCaptionCollator(processor), train_dataset=caption_rows())
+    trainer.train()
     assert_trainable_changed_and_frozen_identical(model, before)
     assert any(p.requires_grad for p in model.model.vision_model.parameters())
+    vision = {id(p) for p in model.model.vision_model.parameters()}
+    for group in trainer.optimizer.param_groups:  # the encoder at its own learning rate, the fusion at learning_rate
+        in_vision = {id(p) in vision for p in group["params"]}
+        assert len(in_vision) == 1 and group["initial_lr"] == (1e-4 if in_vision == {True} else args.learning_rate)
 
 
 def test_loss_falls_on_a_batch_the_model_can_memorise(tmp_path):

@@ -15,6 +15,9 @@ class HiveAlignmentConfig(TrainingArguments):
     """
 
     train_vision: bool = field(default=False, metadata={"help": "Also train the vision encoder (the paper keeps it frozen)."})
+    vision_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of the vision encoder when train_vision; learning_rate when unset."}
+    )
     caption_prompt: str = field(default="Describe the image.", metadata={"help": "Text before every caption; masked out of the loss."})
     max_length: int | None = field(default=None, metadata={"help": "Longest sequence in tokens; the recipe's data.max_length when unset."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep raw image columns for the collator."})

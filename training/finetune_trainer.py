@@ -46,25 +46,6 @@ class HiveFinetuneTrainer(HiveTrainer):
         # llm=None keeps the LoRA weights trainable and the rest of the LLM frozen (LoraModel froze it).
         return {"vision": args.train_vision, "projector": True, "cross_attention": True, "llm": None if args.lora_r > 0 else False}
 
-    def create_optimizer(self, model=None):
-        if self.optimizer is None:
-            model = self.model
-            vision = {id(p) for p in model.component_parameters()["vision"]}
-            decay = set(self.get_decay_parameter_names(model))
-            groups = []
-            for is_vision, lr in ((False, self.args.learning_rate), (True, self.args.vision_learning_rate)):
-                for has_decay, weight_decay in ((True, self.args.weight_decay), (False, 0.0)):
-                    params = [
-                        p for n, p in model.named_parameters()
-                        if p.requires_grad and (id(p) in vision) == is_vision and (n in decay) == has_decay
-                    ]
-                    if params:
-                        groups.append({"params": params, "weight_decay": weight_decay, "lr": lr})
-            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
-            optimizer_kwargs.pop("lr", None)
-            self.optimizer = optimizer_cls(groups, lr=self.args.learning_rate, **optimizer_kwargs)
-        return super().create_optimizer(model)
-
     def save_adapter(self, output_dir, base_model_name_or_path: str | None = None, state_dict: dict | None = None) -> None:
         """Writes the LLM's LoRA adapter in PEFT's format; `merge_adapter(base, output_dir)` merges it back. Under FSDP
         pass the model's whole `state_dict`, which `accelerator.get_state_dict` gathered on every process."""

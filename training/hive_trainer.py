@@ -43,6 +43,27 @@ class HiveTrainer(Trainer):
     def trainable_components(self, args) -> dict[str, bool | None]:
         raise NotImplementedError
 
+    def create_optimizer(self, model=None):
+        """The encoder at `args.vision_learning_rate` (when set), everything else at `args.learning_rate`; weight decay
+        as the Trainer applies it."""
+        if self.optimizer is None and getattr(self.args, "vision_learning_rate", None) is not None:
+            model = self.model
+            vision = {id(p) for p in model.component_parameters()["vision"]}
+            decay = set(self.get_decay_parameter_names(model))
+            groups = []
+            for is_vision, lr in ((False, self.args.learning_rate), (True, self.args.vision_learning_rate)):
+                for has_decay, weight_decay in ((True, self.args.weight_decay), (False, 0.0)):
+                    params = [
+                        p for n, p in model.named_parameters()
+                        if p.requires_grad and (id(p) in vision) == is_vision and (n in decay) == has_decay
+                    ]
+                    if params:
+                        groups.append({"params": params, "weight_decay": weight_decay, "lr": lr})
+            optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+            optimizer_kwargs.pop("lr", None)
+            self.optimizer = optimizer_cls(groups, lr=self.args.learning_rate, **optimizer_kwargs)
+        return super().create_optimizer(model)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
         check_finite_loss(loss, self.state.global_step + 1)

@@ -294,10 +294,15 @@ class HiveRecipeRun:
         return processor
 
     def build_processor(self) -> HiveProcessor:
-        """The backbones' own processors, or for a `tokenizer: shapes` recipe a word-level tokenizer built from the data."""
+        """The backbones' own processors (an encoder built from a config gets a ViT-style one of its image size), or for
+        a `tokenizer: shapes` recipe a word-level tokenizer built from the data."""
         model = self.recipe.model
-        if model.vision_model and model.text_model and self.recipe.data.tokenizer is None:
-            processor = HiveProcessor.from_backbones(model.vision_model, model.text_model)
+        if model.text_model and self.recipe.data.tokenizer is None:
+            vision = model.vision_model or self.vision_source()
+            if not model.vision_model and not (Path(vision) / "preprocessor_config.json").exists():
+                size = model.vision_config.get("image_size", 224)
+                ViTImageProcessorPil(size={"height": size, "width": size}).save_pretrained(vision)
+            processor = HiveProcessor.from_backbones(vision, model.text_model)
         else:
             if model.vision_model:
                 from transformers import AutoImageProcessor

@@ -64,6 +64,27 @@ class HiveDataRecipe:
 
 
 @dataclass
+class HiveEvalEntry:
+    """One benchmark a study scores: an adapter of `hive eval` on a dataset in its published layout.
+
+    `data: shapes` is hive-shapes as the recipe generates it (`split` test, test_compositional or validation); with
+    `benchmark` mme, scienceqa or okvqa it is that benchmark's layout of hive-shapes test.
+    """
+
+    benchmark: str
+    data: str
+    name: str | None = None  # how results are named; the benchmark (and split) when unset
+    split: str | None = None
+    image_root: str | None = None  # llava-qa: the folder image paths are relative to
+    limit: int | None = None
+    protocol: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name or (f"{self.benchmark}-{self.split}" if self.split else self.benchmark)
+
+
+@dataclass
 class HiveRecipe:
     name: str
     output_dir: str
@@ -74,6 +95,8 @@ class HiveRecipe:
     stage1: dict = field(default_factory=dict)
     stage2: dict = field(default_factory=dict)
     stage3: dict = field(default_factory=dict)
+    eval: list | None = None  # HiveEvalEntry per benchmark `hive ablate` scores (hive-shapes' own when unset)
+    study: dict | None = None  # `hive ablate`'s section: fusions, seeds, ... (read by hive_vlm.ablation.settings)
 
     @property
     def stages(self) -> list[int]:
@@ -153,7 +176,11 @@ _TYPES = {
     },
     HiveRecipe: {
         "name": (str,), "output_dir": (str,), "model": (dict,), "data": (dict,), "seed": (int,), "stage0": (dict,), "stage1": (dict,),
-        "stage2": (dict,), "stage3": (dict,),
+        "stage2": (dict,), "stage3": (dict,), "eval": (list,), "study": (dict,),
+    },
+    HiveEvalEntry: {
+        "benchmark": (str,), "data": (str,), "name": (str,), "split": (str,), "image_root": (str,), "limit": (int,),
+        "protocol": (str,),
     },
 }
 
@@ -201,6 +228,11 @@ def parse_recipe(values: dict, where: str = "recipe") -> HiveRecipe:
                 raise ValueError(f"{where}.data.stage{stage}.format: {source.format!r} is not one of {DATA_FORMATS[:-1]}.")
             setattr(data, f"stage{stage}", source)
     recipe.data = data
+    if recipe.eval is not None:
+        recipe.eval = [_build(HiveEvalEntry, entry, f"{where}.eval[{index}]") for index, entry in enumerate(recipe.eval)]
+        labels = [entry.label for entry in recipe.eval]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"{where}.eval: two entries are named alike ({labels}); give each a distinct `name`.")
     model = recipe.model
     if (model.vision_model is None) == (model.vision_config is None):
         raise ValueError(f"{where}.model: give exactly one of vision_model (Hub id or folder) or vision_config.")

@@ -36,6 +36,8 @@ from modeling_hive.backbones_hive import as_tokens, eval_mode, probe_image_shape
 
 
 FUSIONS = ("hive-paired", "hive-all-levels", "single-level", "flat", "qformer")
+# LoRA's targets in the LLM: the names transformers' causal LMs give their attention and MLP projections.
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "c_attn", "c_proj", "c_fc")
 IGNORE_INDEX = -100
 
 
@@ -76,17 +78,20 @@ class HiveAblationFusion:
     Args:
         name (`str`): one of `FUSIONS`.
         model (`nn.Module`): its forward takes `input_ids`, `attention_mask`, `pixel_values` and `labels`.
-        components (`dict[str, list[nn.Parameter]]`): the `vision`, `fusion` and `llm` parameters.
+        components (`dict[str, list[nn.Parameter]]`): the `vision`, `fusion` and `llm` parameters (and `lora` once
+            `add_lora` ran).
         encoder (`nn.Module`): the vision encoder (for the linear probe).
+        llm (`nn.Module`): the LLM's decoder, where `add_lora` puts its adapters.
         image_token_id (`int`), num_image_tokens (`int`): placeholder tokens inserted after the first token of every
             sequence (0 for HIVE, which reads the image through cross-attention).
     """
 
-    def __init__(self, name, model, components, encoder, image_token_id: int, num_image_tokens: int):
+    def __init__(self, name, model, components, encoder, llm, image_token_id: int, num_image_tokens: int):
         self.name = name
         self.model = model
         self.components = components
         self.encoder = encoder
+        self.llm = llm
         self.image_token_id = image_token_id
         self.num_image_tokens = num_image_tokens
 
@@ -105,12 +110,25 @@ class HiveAblationFusion:
     def loss(self, batch: dict) -> torch.Tensor:
         return self.model(**self.model_inputs(batch)).loss
 
-    def set_stage(self, stage: int, train_vision: bool | None = None, train_llm: bool = False) -> dict:
+    def add_lora(self, r: int, alpha: float, dropout: float = 0.0) -> None:
+        """LoRA adapters (PEFT) on the LLM's attention and MLP projections, as `hive train`'s stage 3 puts them; they
+        form the `lora` component, which trains in stage 3. The same modules get them in every fusion."""
+        from peft import LoraConfig, inject_adapter_in_model
+
+        names = {name.rsplit(".", 1)[-1] for name, module in self.llm.named_modules() if isinstance(module, nn.Linear)}
+        targets = sorted(names & set(LORA_TARGETS))
+        if not targets:
+            raise ValueError(f"stage3.lora_r: the LLM has none of the projections LoRA adapts ({', '.join(LORA_TARGETS)}).")
+        inject_adapter_in_model(LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets), self.llm)
+        # The wrapped projections keep their weight tensors (now under `base_layer`): the `llm` list stays right.
+        self.components["lora"] = [p for name, p in self.llm.named_parameters() if "lora_" in name]
+
+    def set_stage(self, stage: int, train_vision: bool | None = None) -> dict:
         """Freezes everything but what `stage` trains: the fusion, the encoder with `train_vision` (default: in stage
-        3 only) and, in stage 3, the whole LLM with `train_llm`. Parameters the loss never reaches (found by one probe
-        backward) stay frozen. Returns the counts."""
+        3 only) and, in stage 3, the LLM's LoRA adapters when there are any; the LLM's own weights never train.
+        Parameters the loss never reaches (found by one probe backward) stay frozen. Returns the counts."""
         train_vision = stage == 3 if train_vision is None else train_vision
-        wanted = {"vision": train_vision, "fusion": True, "llm": stage == 3 and train_llm}
+        wanted = {"vision": train_vision, "fusion": True, "llm": False, "lora": stage == 3}
         for name, params in self.components.items():
             for parameter in params:
                 parameter.requires_grad_(wanted[name])
@@ -189,7 +207,7 @@ def _hive(name, vision_dir, text_dir, settings: HiveFusionSettings, image_token_
     model = HiveForConditionalGeneration.from_backbones(str(vision_dir), str(text_dir), **kwargs)
     parts = model.component_parameters()
     components = {"vision": parts["vision"], "fusion": parts["projector"] + parts["cross_attention"], "llm": parts["llm"]}
-    return HiveAblationFusion(name, model, components, model.model.vision_model, image_token_id, 0)
+    return HiveAblationFusion(name, model, components, model.model.vision_model, model.model.language_model, image_token_id, 0)
 
 
 def _flat(vision_dir, text_dir, settings: HiveFusionSettings, image_token_id) -> HiveAblationFusion:
@@ -213,7 +231,8 @@ def _flat(vision_dir, text_dir, settings: HiveFusionSettings, image_token_id) ->
     components = {"vision": list(model.model.vision_tower.parameters()),
                   "fusion": list(projector.parameters()),
                   "llm": list(model.model.language_model.parameters()) + list(model.lm_head.parameters())}  # fmt: skip
-    return HiveAblationFusion("flat", model, components, model.model.vision_tower, image_token_id, num_tokens)
+    return HiveAblationFusion("flat", model, components, model.model.vision_tower, model.model.language_model, image_token_id,
+                              num_tokens)
 
 
 def _qformer(vision_dir, text_dir, settings: HiveFusionSettings, image_token_id) -> HiveAblationFusion:
@@ -236,20 +255,23 @@ def _qformer(vision_dir, text_dir, settings: HiveFusionSettings, image_token_id)
     components = {"vision": list(vision.parameters()),
                   "fusion": [model.query_tokens, *model.qformer.parameters(), *model.language_projection.parameters()],
                   "llm": list(model.language_model.parameters())}  # fmt: skip
-    return HiveAblationFusion("qformer", model, components, vision, image_token_id, settings.qformer_num_query_tokens)
+    return HiveAblationFusion("qformer", model, components, vision, model.language_model.get_decoder(), image_token_id,
+                              settings.qformer_num_query_tokens)
 
 
 def build_fusion(name: str, vision_dir, text_dir, image_token_id: int, settings: HiveFusionSettings | None = None,
-                 seed: int = 0) -> HiveAblationFusion:
+                 seed: int = 0, vocab_size: int | None = None) -> HiveAblationFusion:
     """Builds fusion `name` around the encoder in `vision_dir` and the causal LM in `text_dir` (both loaded
     unchanged); the fusion's new weights are initialised from `seed`.
 
     Args:
         name (`str`): one of `FUSIONS`.
-        vision_dir, text_dir (`str`): folders `AutoModel` and `AutoModelForCausalLM` load.
+        vision_dir, text_dir (`str`): folders (or Hub ids) `AutoModel` and `AutoModelForCausalLM` load.
         image_token_id (`int`): the tokenizer's image placeholder (flat and qformer).
         settings (`HiveFusionSettings`, *optional*): the fusions' shapes.
         seed (`int`): seeds the fusion's fresh weights.
+        vocab_size (`int`, *optional*): the tokenizer's size; an LLM with fewer embeddings (a pretrained LLM whose
+            tokenizer gained the image placeholder) is resized to it.
     """
     settings = settings or HiveFusionSettings()
     if name not in FUSIONS:
@@ -260,6 +282,10 @@ def build_fusion(name: str, vision_dir, text_dir, image_token_id: int, settings:
         fusion = builders[name](str(vision_dir), str(text_dir), settings, image_token_id)
     else:
         fusion = _hive(name, vision_dir, text_dir, settings, image_token_id)
+    if vocab_size and fusion.model.get_input_embeddings().num_embeddings < vocab_size:
+        fusion.model.resize_token_embeddings(vocab_size)  # new embedding tensors: the LLM's list is rebuilt around them
+        others = {id(p) for name in ("vision", "fusion") for p in fusion.components[name]}
+        fusion.components["llm"] = [p for p in fusion.model.parameters() if id(p) not in others]
     fusion.model.float().train()
     return fusion
 

@@ -13,26 +13,26 @@ import statistics
 from pathlib import Path
 
 
-LEVELS = ("low", "mid", "high")
 REFERENCE = "hive-paired"
-ACCURACY_METRICS = [f"{split}/{level}" for split in ("test", "test_compositional") for level in (*LEVELS, "all")]
-VIEW_METRICS = ("mme/perception", "scienceqa/accuracy", "okvqa/vqa_accuracy")
-PROBE_METRICS = tuple(f"probe/{level}" for level in LEVELS)
-NOISE_METRICS = ("test/all", "test_compositional/all", *(f"test/{level}" for level in LEVELS), *VIEW_METRICS, *PROBE_METRICS)
+PROBE_LEVELS = ("low", "mid", "high")  # linear-probe targets: colour, shape, count
+
+
+def _numbers(scores: dict) -> dict:
+    return {key: value for key, value in scores.items() if isinstance(value, (int, float)) and not isinstance(value, bool)}
+
+
+def headline(scores: dict) -> str:
+    """The first number an adapter reports: its main score (hive-shapes `accuracy`, VQA accuracy, MME perception)."""
+    return next(iter(_numbers(scores)))
 
 
 def run_metrics(run: dict) -> dict:
-    """One run's numbers, flattened to `"group/name": value`."""
-    final = run["final"]
+    """One run's numbers, flattened to `"group/name": value`: every number of every evaluation (`label/key`), the
+    linear probe, trainable parameters, seconds per step and peak memory."""
     metrics = {}
-    for split in ("test", "test_compositional"):
-        scores = final[f"hive-shapes-{split}"]
-        metrics.update({f"{split}/{level}": scores[level] for level in LEVELS if level in scores})
-        metrics[f"{split}/all"] = scores["accuracy"]
-    metrics["mme/perception"] = final["mme"]["perception"]
-    metrics["scienceqa/accuracy"] = final["scienceqa"]["accuracy"]
-    metrics["okvqa/vqa_accuracy"] = final["okvqa"]["vqa_accuracy"]
-    metrics.update({f"probe/{level}": value for level, value in run["linear_probe"].items()})
+    for label, scores in run["final"].items():
+        metrics.update({f"{label}/{key}": value for key, value in _numbers(scores).items()})
+    metrics.update({f"probe/{level}": value for level, value in (run.get("linear_probe") or {}).items()})
     metrics["params/stage2"] = run["parameters"]["stage2"]["trainable"]
     metrics["params/stage3"] = run["parameters"]["stage3"]["trainable"]
     metrics["seconds_per_step/stage2"] = run["timing"]["stage2_seconds_per_step"]
@@ -40,6 +40,11 @@ def run_metrics(run: dict) -> dict:
     metrics["memory/peak_rss_mb"] = run["memory"]["peak_rss_mb"]
     metrics["memory/peak_rss_delta_mb"] = run["memory"]["peak_rss_delta_mb"]
     return metrics
+
+
+def quality_metrics(meta: dict) -> list[str]:
+    """The metrics the seed-noise verdicts cover: every evaluation's numbers, then the probe."""
+    return [*(entry["label"] for entry in meta["evaluations"]), "probe"]
 
 
 def aggregate(runs: list[dict]) -> dict:
@@ -54,16 +59,17 @@ def aggregate(runs: list[dict]) -> dict:
             for fusion, metrics in values.items()}  # fmt: skip
 
 
-def noise_verdicts(table: dict, reference: str = REFERENCE, metrics=NOISE_METRICS) -> list[dict]:
-    """Each fusion against `reference` on `metrics`: the mean difference and whether it lies within the seed noise."""
+def noise_verdicts(table: dict, groups, reference: str = REFERENCE) -> list[dict]:
+    """Each fusion against `reference` on every metric of `groups` (metric names `group/key`): the mean difference and
+    whether it lies within the seed noise."""
     if reference not in table:
         return []
     verdicts = []
     for fusion, row in table.items():
         if fusion == reference:
             continue
-        for metric in metrics:
-            if metric not in row or metric not in table[reference]:
+        for metric in [m for group in groups for m in table[reference] if m.split("/")[0] == group]:
+            if metric not in row:
                 continue
             ours, theirs = table[reference][metric], row[metric]
             difference = round(theirs["mean"] - ours["mean"], 2)
@@ -95,30 +101,32 @@ def _table(table: dict, fusions: list, columns: list[tuple[str, str]], digits: i
     return lines
 
 
-def markdown(settings, meta: dict, table: dict, verdicts: list[dict], matched: dict | None, plots: dict) -> str:
-    """The report's tables as markdown (what docs/ablation.md quotes)."""
-    fusions = [fusion for fusion in settings.fusions if fusion in table]
-    seeds = settings.seeds
-    lines = [f"# Ablation: {settings.name}", "",
-             f"Fusions: {', '.join(fusions)}. Seeds: {seeds} (mean ± sample std over seeds). Stage 2: {settings.stage2['steps']} steps "
-             f"× {settings.stage2['batch_size']}; stage 3: {settings.stage3['steps']} steps × {settings.stage3['batch_size']} "
-             f"(encoder {'trained' if settings.stage3['train_vision'] else 'frozen'}); LLM "
-             f"{'trained in stage 3' if settings.stage3['train_llm'] else 'frozen throughout'}. "
-             f"hive-shapes: {settings.data['num_train']} train scenes, {settings.data['num_test']} test and "
-             f"{settings.data['num_test_compositional']} compositional test scenes of {settings.data['image_size']} px.", ""]  # fmt: skip
+def markdown(study, meta: dict, table: dict, verdicts: list[dict], matched: dict | None, plots: dict) -> str:
+    """The report's tables as markdown (what docs/ablation.md quotes): one per evaluation, with its per-level or
+    per-group columns when the benchmark reports them."""
+    fusions = [fusion for fusion in study.fusions if fusion in table]
+    stage2, stage3 = study.stage2, study.stage3
+    llm = f"LoRA r={stage3['lora_r']} on the LLM in stage 3" if stage3.get("lora_r") else "LLM frozen throughout"
+    lines = [f"# Ablation: {study.name}", ""]
+    if study.default_study:
+        lines += ["The recipe has no `study` section: the default fusions and seeds ran.", ""]
+    lines += [f"Fusions: {', '.join(fusions)}. Seeds: {study.seeds} (mean ± sample std over seeds). Stage 2: {stage2['steps']} steps "
+              f"× {stage2['batch_size']}; stage 3: {stage3['steps']} steps × {stage3['batch_size']} "
+              f"(encoder {'trained' if stage3['train_vision'] else 'frozen'}); {llm}.", ""]  # fmt: skip
     if matched:
         lines += ["Budgets matched to hive-paired's stage-2 budget (`--match-params`): " +
                   ", ".join(f"{name} width {row['width']} → {row['budget']:,}" for name, row in matched.items() if row["width"]), ""]  # fmt: skip
-    lines += ["## hive-shapes accuracy (%)", ""]
-    lines += _table(table, fusions, [(m, m.replace("test_compositional", "comp").replace("/", " ")) for m in ACCURACY_METRICS])
-    lines += ["", "## Benchmark views of hive-shapes test", ""]
-    lines += _table(table, fusions, [("mme/perception", "MME perception (max 2000)"), ("scienceqa/accuracy", "ScienceQA acc. (%)"),
-                                      ("okvqa/vqa_accuracy", "VQA acc. (%)")])  # fmt: skip
-    before = meta.get("linear_probe_before", {})
-    lines += ["", "## Linear probe of the encoder after training (top-1 %, low: colour, mid: shape, high: count)", ""]
-    lines += _table(table, fusions, [(m, m.split("/")[1]) for m in PROBE_METRICS])
-    if before:
-        lines.append("| encoder before fusion training | " + " | ".join(f"{before[level]:.1f}" for level in LEVELS) + " |")
+    for entry in meta["evaluations"]:
+        label = entry["label"]
+        keys = [m.split("/", 1)[1] for m in table.get(fusions[0], {}) if m.split("/")[0] == label] if fusions else []
+        where = f"{entry['benchmark']}" + (f", split {entry['split']}" if entry["split"] else "")
+        lines += ["", f"## {label} ({where})", ""] + _table(table, fusions, [(f"{label}/{key}", key) for key in keys])
+    if any("probe/low" in table.get(fusion, {}) for fusion in fusions):
+        before = meta.get("linear_probe_before", {})
+        lines += ["", "## Linear probe of the encoder after training (top-1 %, low: colour, mid: shape, high: count)", ""]
+        lines += _table(table, fusions, [(f"probe/{level}", level) for level in PROBE_LEVELS])
+        if before:
+            lines.append("| encoder before fusion training | " + " | ".join(f"{before[level]:.1f}" for level in PROBE_LEVELS) + " |")
     lines += ["", "## Cost", ""]
     lines += _table(table, fusions, [("params/stage2", "trainable params stage 2"), ("params/stage3", "trainable params stage 3")], digits=0)
     lines += [""] + _table(table, fusions, [("seconds_per_step/stage2", "s/step stage 2 (median)"), ("seconds_per_step/stage3", "s/step stage 3 (median)"),
@@ -132,9 +140,9 @@ def markdown(settings, meta: dict, table: dict, verdicts: list[dict], matched: d
     return "\n".join(lines) + "\n"
 
 
-def plot(out: Path, settings, runs: list[dict], table: dict) -> dict:
-    """PNG plots: validation accuracy against stage-3 steps per fusion; test and compositional accuracy per level;
-    linear-probe accuracy per level. Returns name -> path relative to `out`."""
+def plot(out: Path, study, meta: dict, runs: list[dict], table: dict) -> dict:
+    """PNG plots: the checkpoint evaluation's main score against stage-3 steps per fusion; per level (or group) of every
+    evaluation that reports levels, and of the linear probe. Returns name -> path relative to `out`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -142,39 +150,48 @@ def plot(out: Path, settings, runs: list[dict], table: dict) -> dict:
 
     folder = out / "plots"
     folder.mkdir(parents=True, exist_ok=True)
-    fusions = [fusion for fusion in settings.fusions if fusion in table]
+    fusions = [fusion for fusion in study.fusions if fusion in table]
     paths = {}
 
     figure, axis = plt.subplots(figsize=(6, 4))
+    key = None
     for fusion in fusions:
         curves = [run["curve"] for run in runs if run["fusion"] == fusion]
+        key = headline({k: v for k, v in curves[0][0].items() if k != "step"})
         steps = [point["step"] for point in curves[0]]
-        values = [[curve[i]["accuracy"] for curve in curves] for i in range(len(steps))]
+        values = [[curve[i][key] for curve in curves] for i in range(len(steps))]
         means = [statistics.fmean(v) for v in values]
         stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
         axis.errorbar(steps, means, yerr=stds, marker="o", capsize=3, label=fusion)
     axis.set_xlabel("stage-3 step")
-    axis.set_ylabel("hive-shapes validation accuracy (%)")
-    axis.set_title("Accuracy against training steps (mean ± std over seeds)")
+    axis.set_ylabel(f"{meta['validation']['label']} {key}")
+    axis.set_title("Score against training steps (mean ± std over seeds)")
     axis.legend()
     figure.tight_layout()
     paths["accuracy_vs_steps"] = _save(figure, folder / "accuracy_vs_steps.png", out)
 
-    panels = [("test", "test"), ("test_compositional", "test_compositional"), ("probe", "linear probe")]
-    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
-    width = 0.8 / max(1, len(fusions))
-    for axis, (group, title) in zip(axes, panels):
-        for k, fusion in enumerate(fusions):
-            entries = [table[fusion].get(f"{group}/{level}") for level in LEVELS]
-            xs = [i + (k - (len(fusions) - 1) / 2) * width for i in range(len(LEVELS))]
-            axis.bar(xs, [e["mean"] if e else 0 for e in entries], width, yerr=[e["std"] if e else 0 for e in entries],
-                     capsize=2, label=fusion)  # fmt: skip
-        axis.set_xticks(range(len(LEVELS)), LEVELS)
-        axis.set_title(title)
-        axis.set_ylabel("accuracy (%)")
-    axes[0].legend(fontsize="small")
-    figure.tight_layout()
-    paths["accuracy_per_level"] = _save(figure, folder / "accuracy_per_level.png", out)
+    panels = []
+    for entry in meta["evaluations"]:
+        keys = [m.split("/", 1)[1] for m in table[fusions[0]] if m.split("/")[0] == entry["label"]]
+        if len(keys) > 2:  # a main score and at least two levels or groups
+            panels.append((entry["label"], keys[1:]))
+    if "probe/low" in table[fusions[0]]:
+        panels.append(("probe", list(PROBE_LEVELS)))
+    if panels:
+        figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+        width = 0.8 / max(1, len(fusions))
+        for axis, (group, keys) in zip(axes[0], panels):
+            for k, fusion in enumerate(fusions):
+                entries = [table[fusion].get(f"{group}/{level}") for level in keys]
+                xs = [i + (k - (len(fusions) - 1) / 2) * width for i in range(len(keys))]
+                axis.bar(xs, [e["mean"] if e else 0 for e in entries], width, yerr=[e["std"] if e else 0 for e in entries],
+                         capsize=2, label=fusion)  # fmt: skip
+            axis.set_xticks(range(len(keys)), keys)
+            axis.set_title(group)
+            axis.set_ylabel("score")
+        axes[0][0].legend(fontsize="small")
+        figure.tight_layout()
+        paths["accuracy_per_level"] = _save(figure, folder / "accuracy_per_level.png", out)
     return paths
 
 
@@ -190,28 +207,27 @@ def _save(figure, path: Path, out: Path) -> str:
     return str(path.relative_to(out))
 
 
-def write_report(out, settings, meta: dict, runs: list[dict], matched: dict | None = None) -> dict:
+def write_report(out, study, meta: dict, runs: list[dict], matched: dict | None = None) -> dict:
     """Writes `ablation.json`, `ablation.md` and `plots/` into `out`; returns the JSON content.
 
     Args:
         out (`str` or `os.PathLike`): the study's folder.
-        settings (`HiveAblationSettings`): what ran.
+        study (`HiveStudySettings`): what ran.
         meta (`dict`): the shared preparation's meta (`prepare_shared`).
         runs (`list[dict]`): every run's result (`run_fusion`).
         matched (`dict`, *optional*): `match_budgets`'s widths and budgets.
     """
     from dataclasses import asdict
 
-    from hive_vlm.files import write_json_atomic
-    from hive_vlm.files import write_atomically
+    from hive_vlm.files import write_atomically, write_json_atomic
 
     out = Path(out)
     flat = [{"fusion": run["fusion"], "seed": run["seed"], "metrics": run_metrics(run)} for run in runs]
     table = aggregate(flat)
-    verdicts = noise_verdicts(table)
-    plots = plot(out, settings, runs, table)
+    verdicts = noise_verdicts(table, quality_metrics(meta))
+    plots = plot(out, study, meta, runs, table)
     report = {
-        "settings": asdict(settings),
+        "study": asdict(study),
         "meta": meta,
         "noise_rule": "within seed noise when |mean difference| <= std(fusion) + std(hive-paired); sample std over seeds",
         "aggregate": table,
@@ -224,5 +240,5 @@ def write_report(out, settings, meta: dict, runs: list[dict], matched: dict | No
         "plots": plots,
     }  # fmt: skip
     write_json_atomic(out / "ablation.json", report)
-    write_atomically(out / "ablation.md", markdown(settings, meta, table, verdicts, matched, plots))
+    write_atomically(out / "ablation.md", markdown(study, meta, table, verdicts, matched, plots))
     return report

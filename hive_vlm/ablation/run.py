@@ -2,17 +2,17 @@
 
 Every fusion sees the same batches in the same order (the seed fixes the order; each batch's SHA-256 over its pixels,
 token ids and labels is recorded per step), trains the same numbers of steps with the same optimiser, and is
-evaluated by the same adapters and scorers. The LLM stays frozen unless `stage3.train_llm` is set.
+evaluated by the same adapters and scorers. The LLM stays frozen unless stage 3 sets `lora_r`.
 
-    stage 2  the fusion weights train on captions (`HiveCaptionCollator`); the encoder too with
+    stage 2  the fusion weights train on the recipe's stage-2 captions (`HiveCaptionCollator`); the encoder too with
              `stage2.train_vision` (frozen by default, as in the paper)
-    stage 3  the fusion weights and the encoder (its own learning rate) train on chats (`HiveChatCollator`); the
-             LLM too with `stage3.train_llm` (at the fusion's learning rate)
+    stage 3  the fusion weights and the encoder (its own learning rate) train on the recipe's stage-3 chats
+             (`HiveChatCollator`); with `stage3.lora_r`, LoRA adapters on every fusion's LLM too
 
 Example:
     >>> result = run_fusion({"fusion": "flat", "seed": 0, "shared": "abl/shared", "out": "abl/runs/flat-0",
-    ...                      "settings": settings_dict})  # doctest: +SKIP
-    >>> result["final"]["hive-shapes-test"]["accuracy"]  # doctest: +SKIP
+    ...                      "study": study_dict})  # doctest: +SKIP
+    >>> result["final"]["test"]["accuracy"]  # doctest: +SKIP
 """
 
 import hashlib
@@ -155,37 +155,27 @@ def train_stage(fusion, dataset, collator, stage: dict, seed: int, on_step=None)
     return {"batch_hashes": hashes, "losses": losses, "seconds_per_step": statistics.median(seconds)}
 
 
-def evaluate_fusion(fusion, processor, shared: Path, out: Path, eval_settings: dict, final: bool) -> dict:
-    """hive-shapes accuracy per level (validation at a checkpoint; test, test_compositional and the MME, ScienceQA
-    and OK-VQA views at the end), each through its adapter and official scorer."""
-    from hive_vlm.eval.hive_shapes import HiveShapesBenchmark
-    from hive_vlm.eval.mme import HiveMMEBenchmark
-    from hive_vlm.eval.okvqa import HiveOKVQABenchmark
+def evaluate_fusion(fusion, processor, entries: list[dict], out: Path, eval_settings: dict, limit: int | None) -> dict:
+    """Scores `fusion` on each evaluation of `entries` (`hive_vlm.ablation.shared.evaluations`) through its adapter
+    and official scorer; results are written to `out/<label>.json` and returned as label -> scores."""
+    from hive_vlm.eval.cli import benchmark_adapter
     from hive_vlm.eval.runner import evaluate_benchmark
-    from hive_vlm.eval.scienceqa import HiveScienceQABenchmark
 
-    shapes = str(shared / "data" / "shapes")
-    if final:
-        limit = eval_settings.get("limit")
-        jobs = [(f"hive-shapes-{split}", HiveShapesBenchmark(), shapes, split) for split in ("test", "test_compositional")]
-        jobs += [(b.name, b, str(shared / "data" / "views" / b.name), None)
-                 for b in (HiveMMEBenchmark(), HiveScienceQABenchmark(), HiveOKVQABenchmark())]  # fmt: skip
-    else:
-        limit = eval_settings["validation_limit"]
-        jobs = [("hive-shapes-validation", HiveShapesBenchmark(), shapes, "validation")]
     scores = {}
-    for name, benchmark, data, split in jobs:
-        path = out / f"{name}.json"
+    for entry in entries:
+        benchmark = benchmark_adapter(entry["benchmark"], image_root=entry["image_root"])
+        path = out / f"{entry['label']}.json"
         path.unlink(missing_ok=True)
         predict = partial(predict_answers, fusion, processor, max_new_tokens=benchmark.max_new_tokens)
-        protocol = "lmms-eval" if benchmark.name == "scienceqa" else None  # the lowercasing tokenizer writes "a", not "A"
-        result = evaluate_benchmark(benchmark, data, predict, path, protocol=protocol, split=split, limit=limit,
-                                    batch_size=eval_settings["batch_size"], progress=False)  # fmt: skip
-        scores[name] = result["scores"]
+        limits = [value for value in (entry["limit"], limit) if value]
+        result = evaluate_benchmark(benchmark, entry["data"], predict, path, protocol=entry["protocol"], split=entry["split"],
+                                    limit=min(limits) if limits else None, batch_size=eval_settings["batch_size"],
+                                    progress=False)  # fmt: skip
+        scores[entry["label"]] = result["scores"]
     return scores
 
 
-def probe_encoder(encoder, image_processor, shared: Path, epochs: int, limit: int | None = None) -> dict:
+def probe_encoder(encoder, image_processor, shapes_path, epochs: int, limit: int | None = None) -> dict:
     """Linear-probe top-1 accuracy (MAE protocol, `hive_vlm.eval.classification`) of `encoder`'s mean-pooled last
     hidden state on one hive-shapes label per level: colour (low), shape (mid), object count (high)."""
     import datasets
@@ -194,7 +184,7 @@ def probe_encoder(encoder, image_processor, shared: Path, epochs: int, limit: in
     from hive_vlm.eval.benchmark import HiveExamples
     from hive_vlm.eval.classification import extract_features, top_k_accuracy, train_linear_probe
 
-    shapes = datasets.load_from_disk(str(shared / "data" / "shapes"))
+    shapes = datasets.load_from_disk(str(shapes_path))
     train, test = shapes["train"], shapes["test"]
     if limit:
         train, test = train.select(range(min(limit, len(train)))), test.select(range(min(limit, len(test))))
@@ -227,59 +217,63 @@ def run_fusion(spec: dict) -> dict:
 
     Args:
         spec (`dict`): `fusion`, `seed`, `shared` (the folder `prepare_shared` wrote), `out` (this run's folder) and
-            `settings` (`HiveAblationSettings` as a dict, with `fusion` holding `HiveFusionSettings` fields).
+            `study` (`HiveStudySettings` as a dict, with `fusion` holding `HiveFusionSettings` fields).
     """
     import datasets
 
     from hive_vlm.data.collators import HiveCaptionCollator, HiveChatCollator
-    from hive_vlm.data.shapes_layouts import to_caption_pairs
     from hive_vlm.files import write_json_atomic
     from modeling_hive import HiveProcessor
 
-    from .ablation_fusions import HiveFusionSettings, build_fusion
+    from .fusions import HiveFusionSettings, build_fusion
+    from .shared import shared_path
 
     quiet()
-    settings, seed, name = spec["settings"], spec["seed"], spec["fusion"]
+    study, seed, name = spec["study"], spec["seed"], spec["fusion"]
     shared, out = Path(spec["shared"]), Path(spec["out"])
     out.mkdir(parents=True, exist_ok=True)
     meta = json.loads((shared / "meta.json").read_text())
     processor = HiveProcessor.from_pretrained(shared / "processor")
-    train = datasets.load_from_disk(str(shared / "data" / "shapes"))["train"]
-    captions = to_caption_pairs(train)
-    chats = datasets.load_from_disk(str(shared / "data" / "chats"))
-    max_length = settings["data"]["max_length"]
+    captions = datasets.load_from_disk(str(shared / "data" / "stage2"))
+    chats = datasets.load_from_disk(str(shared / "data" / "stage3"))
     memory_method, baseline_rss = reset_peak_rss()
     started = time.perf_counter()
 
-    fusion = build_fusion(name, shared / "backbones" / "vision", shared / "backbones" / "text", meta["image_token_id"],
-                          HiveFusionSettings(**settings["fusion"]), seed=seed)  # fmt: skip
-    result = {"fusion": name, "seed": seed, "settings": settings, "num_image_tokens": fusion.num_image_tokens, "parameters": {}, "stages": {}}
+    fusion = build_fusion(name, shared_path(shared, meta["vision"]), shared_path(shared, meta["text"]), meta["image_token_id"],
+                          HiveFusionSettings(**study["fusion"]), seed=seed, vocab_size=meta["vocab_size"])  # fmt: skip
+    result = {"fusion": name, "seed": seed, "study": study, "num_image_tokens": fusion.num_image_tokens, "parameters": {}, "stages": {}}
 
-    result["parameters"]["stage2"] = fusion.set_stage(2, train_vision=settings["stage2"].get("train_vision", False))
-    stage2 = train_stage(fusion, captions, HiveCaptionCollator(processor, prompt=meta["caption_prompt"], max_length=max_length),
-                         settings["stage2"], seed * 1000 + 2)  # fmt: skip
+    result["parameters"]["stage2"] = fusion.set_stage(2, train_vision=study["stage2"]["train_vision"])
+    collator = HiveCaptionCollator(processor, prompt=meta["caption_prompt"], max_length=meta["max_length"]["stage2"])
+    stage2 = train_stage(fusion, captions, collator, study["stage2"], seed * 1000 + 2)
 
-    stage3_settings = settings["stage3"]
-    result["parameters"]["stage3"] = fusion.set_stage(3, train_vision=stage3_settings.get("train_vision", True),
-                                                      train_llm=stage3_settings.get("train_llm", False))  # fmt: skip
-    eval_settings = settings["eval"]
+    stage3_settings = study["stage3"]
+    if stage3_settings.get("lora_r"):
+        torch.manual_seed(seed * 1000 + 4)
+        fusion.add_lora(stage3_settings["lora_r"], stage3_settings["lora_alpha"], stage3_settings["lora_dropout"])
+    result["parameters"]["stage3"] = fusion.set_stage(3, train_vision=stage3_settings["train_vision"])
+    eval_settings = study["eval"]
     checkpoints = sorted({round(stage3_settings["steps"] * k / eval_settings["checkpoints"]) for k in range(eval_settings["checkpoints"] + 1)})
     curve = []
 
     def checkpoint(step: int) -> None:
         if step in checkpoints:
-            scores = evaluate_fusion(fusion, processor, shared, out / "checkpoints" / f"step-{step}", eval_settings, final=False)
-            curve.append({"step": step, **scores["hive-shapes-validation"]})
+            validation = meta["validation"]
+            scores = evaluate_fusion(fusion, processor, [validation], out / "checkpoints" / f"step-{step}", eval_settings,
+                                     eval_settings["validation_limit"])  # fmt: skip
+            curve.append({"step": step, **scores[validation["label"]]})
 
     checkpoint(0)
-    stage3 = train_stage(fusion, chats, HiveChatCollator(processor, max_length=max_length), stage3_settings, seed * 1000 + 3, checkpoint)
+    stage3 = train_stage(fusion, chats, HiveChatCollator(processor, max_length=meta["max_length"]["stage3"]), stage3_settings,
+                         seed * 1000 + 3, checkpoint)  # fmt: skip
     train_seconds = time.perf_counter() - started
     for label, stage in (("stage2", stage2), ("stage3", stage3)):
         result["stages"][label] = stage
     result["curve"] = curve
-    result["final"] = evaluate_fusion(fusion, processor, shared, out / "final", eval_settings, final=True)
-    result["linear_probe"] = probe_encoder(fusion.encoder, processor.image_processor, shared, eval_settings["probe_epochs"],
-                                           eval_settings.get("probe_limit"))  # fmt: skip
+    result["final"] = evaluate_fusion(fusion, processor, meta["evaluations"], out / "final", eval_settings, eval_settings.get("limit"))
+    if meta["shapes"]:
+        result["linear_probe"] = probe_encoder(fusion.encoder, processor.image_processor, shared / "data" / "shapes",
+                                               eval_settings["probe_epochs"], eval_settings.get("probe_limit"))  # fmt: skip
     peak = peak_rss_mb(memory_method)
     result["timing"] = {"stage2_seconds_per_step": round(stage2["seconds_per_step"], 4),
                         "stage3_seconds_per_step": round(stage3["seconds_per_step"], 4),

@@ -1,0 +1,9 @@
+"""`hive ablate`: fusion strategies compared on equal terms, on the data of any `hive train` recipe.
+
+    settings  the recipe's `study` section (fusions, seeds, ...) and what the training loop reads from its stages
+    shared    what every run shares, built by the recipe's own stages 0 and 1
+    fusions   the five fusions around the same encoder and LLM
+    run       one fusion trained and evaluated with one seed
+    report    mean ± std over seeds, seed-noise verdicts, markdown, JSON and plots
+    study     the command: every fusion with every seed, then the report
+"""

@@ -1,0 +1,177 @@
+"""What `hive ablate` runs, read from a `hive train` recipe: its backbones, data, stages and evaluation, plus the
+recipe's optional `study` section (the fusions, seeds and study-only settings).
+
+    study:
+      fusions: [hive-paired, hive-all-levels, single-level, flat, qformer]
+      seeds: [0, 1, 2]            # fusion initialisation and batch order; data and backbones are shared by all seeds
+      match_params: false         # true: every fusion's stage-2 budget within 10% of hive-paired's (widths rescaled)
+      benchmarks: null            # names of the recipe's `eval` entries to score; null: all of them
+      fusion: {...}               # HiveFusionSettings, except what model.hive already sets
+      eval: {checkpoints: 4, validation_limit: 64, batch_size: 32, limit: null, probe_epochs: 30, probe_limit: null}
+
+The HIVE fusions take `cross_attention_layers`, `cross_attention_intermediate_size` and `gate_init` from `model.hive`.
+Stages 2 and 3 take `max_steps`, `per_device_train_batch_size`, `learning_rate`, `vision_learning_rate`,
+`weight_decay`, `train_vision` and (stage 3) the LoRA settings from the recipe's stage sections; every fusion trains
+through the same loop (`hive_vlm.ablation.run.train_stage`), whatever else the sections set for the Trainer.
+
+Example:
+    >>> from hive_vlm.ablation.settings import load_study
+    >>> recipe, study = load_study("recipes/tiny-shapes.yaml", quick=True)
+    >>> study.fusions, study.seeds, study.stage3["steps"]
+    (['hive-paired', 'hive-all-levels', 'single-level', 'flat', 'qformer'], [0], 4)
+"""
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from hive_vlm.training.recipe import HiveRecipe, apply_overrides, check_scalar, parse_recipe
+
+from .fusions import FUSIONS, HiveFusionSettings
+
+
+DEFAULT_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "ablation-shapes.yaml"
+DEFAULT_SEEDS = [0, 1, 2]
+EVAL_DEFAULTS = {"checkpoints": 4, "validation_limit": 64, "batch_size": 32, "limit": None, "probe_epochs": 30, "probe_limit": None}
+FROM_MODEL_HIVE = ("cross_attention_layers", "cross_attention_intermediate_size", "gate_init")
+# --quick: every fusion end to end in minutes on the recipe's own backbones; the numbers mean nothing.
+QUICK = {
+    "data": {"shapes": {"num_train": 48, "num_validation": 4, "num_test": 4, "num_test_compositional": 4}},
+    "stage0": {"max_steps": 4, "per_device_train_batch_size": 16},
+    "stage1": {"max_steps": 2, "per_device_train_batch_size": 16},
+    "stage2": {"max_steps": 3, "per_device_train_batch_size": 4},
+    "stage3": {"max_steps": 4, "per_device_train_batch_size": 4},
+    "study": {"seeds": [0], "fusion": {"qformer_num_hidden_layers": 1, "qformer_num_query_tokens": 4},
+              "eval": {"checkpoints": 2, "validation_limit": 4, "batch_size": 16, "limit": 4, "probe_epochs": 2, "probe_limit": 16}},
+}  # fmt: skip
+
+
+@dataclass
+class HiveStudySettings:
+    """A study: which fusions and seeds, and what every fusion trains the same way.
+
+    Args:
+        name (`str`): the recipe's name.
+        fusions (`list[str]`): fusions to compare, from `FUSIONS`.
+        seeds (`list[int]`): seeds (fusion initialisation and batch order).
+        match_params (`bool`): widen or narrow each fusion until its stage-2 budget is within 10% of hive-paired's.
+        benchmarks (`list[str]`, *optional*): the recipe's evaluation entries to score (all when unset).
+        fusion (`HiveFusionSettings`): the fusions' shapes.
+        stage2, stage3 (`dict`): `steps`, `batch_size`, `learning_rate`, `vision_learning_rate`, `weight_decay`,
+            `train_vision`; stage 3 also `lora_r`, `lora_alpha`, `lora_dropout` (LoRA on every fusion's LLM).
+        eval (`dict`): `EVAL_DEFAULTS`' keys.
+        default_study (`bool`): the recipe had no `study` section, so the default fusions and seeds run.
+    """
+
+    name: str
+    fusions: list = field(default_factory=lambda: list(FUSIONS))
+    seeds: list = field(default_factory=lambda: list(DEFAULT_SEEDS))
+    match_params: bool = False
+    benchmarks: list | None = None
+    fusion: HiveFusionSettings = field(default_factory=HiveFusionSettings)
+    stage2: dict = field(default_factory=dict)
+    stage3: dict = field(default_factory=dict)
+    eval: dict = field(default_factory=lambda: dict(EVAL_DEFAULTS))
+    default_study: bool = False
+
+
+def _merge(base: dict, update: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def stage_loop_settings(recipe: HiveRecipe, stage: int) -> dict:
+    """What the study's training loop reads from a recipe stage (its `TrainingArguments`, defaults filled in)."""
+    args = recipe.stage_arguments(stage, "unused", use_cpu=True)
+    values = {"steps": args.max_steps, "batch_size": args.per_device_train_batch_size, "learning_rate": args.learning_rate,
+              "vision_learning_rate": args.vision_learning_rate or args.learning_rate, "weight_decay": args.weight_decay,
+              "train_vision": args.train_vision}  # fmt: skip
+    if stage == 3:
+        values.update(lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout)
+    if values["steps"] < 1 or values["batch_size"] < 1:
+        raise ValueError(f"stage{stage}: the study needs max_steps and per_device_train_batch_size of at least 1.")
+    return values
+
+
+def parse_study(recipe: HiveRecipe, where: str = "recipe") -> HiveStudySettings:
+    """The study of a validated recipe: its `study` section checked (unknown keys and wrong kinds raise, naming the
+    key) and filled with defaults."""
+    values = recipe.study
+    default_study = values is None
+    values = values or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{where}.study: expected a mapping, got {type(values).__name__}.")
+    allowed = {"fusions", "seeds", "match_params", "benchmarks", "fusion", "eval"}
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        raise ValueError(f"{where}.study: unknown key(s) {unknown}; allowed: {sorted(allowed)}.")
+    fusions = list(values.get("fusions") or FUSIONS)
+    wrong = [name for name in fusions if name not in FUSIONS]
+    if wrong or len(set(fusions)) != len(fusions):
+        raise ValueError(f"{where}.study.fusions: {fusions} must be distinct names from {list(FUSIONS)}.")
+    seeds = values.get("seeds", DEFAULT_SEEDS)
+    seeds = list(range(seeds)) if isinstance(seeds, int) and not isinstance(seeds, bool) else seeds
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ValueError(f"{where}.study.seeds: give a number of seeds or a list of integers, got {values.get('seeds')!r}.")
+    given = values.get("eval") or {}
+    extra = sorted(set(given) - set(EVAL_DEFAULTS))
+    if extra:
+        raise ValueError(f"{where}.study.eval: unknown key(s) {extra}; allowed: {sorted(EVAL_DEFAULTS)}.")
+    for key, value in given.items():
+        check_scalar(f"{where}.study.eval.{key}", value, int)
+    evaluation = {**EVAL_DEFAULTS, **given}
+    if evaluation["checkpoints"] < 1:
+        raise ValueError(f"{where}.study.eval.checkpoints must be at least 1 (the end of stage 3).")
+    fusion_values = values.get("fusion") or {}
+    known = set(HiveFusionSettings.__dataclass_fields__) - set(FROM_MODEL_HIVE) - {"intermediate_sizes"}
+    extra = sorted(set(fusion_values) - known)
+    if extra:
+        hint = " (the HIVE fusions take them from model.hive)" if set(extra) & set(FROM_MODEL_HIVE) else ""
+        raise ValueError(f"{where}.study.fusion: unknown key(s) {extra}{hint}; allowed: {sorted(known)}.")
+    from_hive = {key: recipe.model.hive[key] for key in FROM_MODEL_HIVE if key in recipe.model.hive}
+    match_params = values.get("match_params", False)
+    check_scalar(f"{where}.study.match_params", match_params, bool)
+    benchmarks = values.get("benchmarks")
+    if benchmarks is not None and (not isinstance(benchmarks, list) or not all(isinstance(b, str) for b in benchmarks)):
+        raise ValueError(f"{where}.study.benchmarks: give a list of the recipe's eval entry names, got {benchmarks!r}.")
+    for stage in (2, 3):
+        source = getattr(recipe.data, f"stage{stage}")
+        if source is not None and source.streaming:
+            raise ValueError(f"{where}.data.stage{stage}.streaming: a study draws the same seeded batches for every fusion "
+                             "and needs indexable data; set streaming: false.")  # fmt: skip
+    return HiveStudySettings(name=recipe.name, fusions=fusions, seeds=seeds, match_params=bool(match_params), benchmarks=benchmarks,
+                             fusion=HiveFusionSettings(**from_hive, **fusion_values), stage2=stage_loop_settings(recipe, 2),
+                             stage3=stage_loop_settings(recipe, 3), eval=evaluation, default_study=default_study)  # fmt: skip
+
+
+def load_study(path=None, quick: bool = False, overrides: list[str] | None = None) -> tuple[HiveRecipe, HiveStudySettings]:
+    """Reads a `hive train` recipe (the default study's when `path` is None), applies `--quick` and `key=value`
+    overrides, and returns the validated recipe and its study."""
+    path = Path(path or DEFAULT_RECIPE)
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe {str(path)!r} does not exist; see recipes/ for examples.")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"recipe {str(path)!r} is not valid YAML: {' '.join(str(error).split())}") from error
+    return study_from_values(values, quick, overrides, where=path.name)
+
+
+def study_from_values(values: dict, quick: bool = False, overrides: list[str] | None = None, where: str = "recipe"):
+    """`load_study` on a recipe mapping; returns `(recipe, study)`."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(values).__name__}.")
+    default_study = values.get("study") is None
+    if quick:
+        quick_values = copy.deepcopy(QUICK)
+        if "stage0" not in values:
+            del quick_values["stage0"]  # a recipe without stage 0 keeps its LLM as it is
+        values = _merge(values, quick_values)
+    recipe = parse_recipe(apply_overrides(values, overrides or []), where=where)
+    study = parse_study(recipe, where=where)
+    study.default_study = default_study and not any(o.split("=", 1)[0].startswith("study") for o in overrides or [])
+    return recipe, study

@@ -1,0 +1,158 @@
+"""`hive ablate`: does hierarchy help? HIVE against flat (LLaVA) and Q-Former (BLIP-2) fusion on equal terms, on the
+data of any `hive train` recipe.
+
+Every fusion gets the same pretrained encoder and LLM weights, the same tokenizer, the same batches in the same order,
+the same step counts, optimiser and seeds, and the same evaluation adapters and scorers. Per fusion and seed it
+records the score of every evaluation the recipe names (per level or group where the benchmark reports them; on
+hive-shapes, its test splits per level and its MME-, ScienceQA- and OK-VQA-layout views), the encoder's linear-probe
+accuracy after training (hive-shapes), seconds per training step and peak memory; then it aggregates mean and
+standard deviation over seeds and says which differences lie within the seed noise.
+
+The recipe is the one `hive train` reads; its optional `study` section (see `hive_vlm.ablation.settings`) chooses the
+fusions, seeds and study-only settings. Without one, the default fusions and seeds run, and the report says so.
+
+Phases:
+    shared/     the recipe's tokenizer (with an image placeholder), stage 0 of the LLM when the recipe has one and
+                stage 1 of the encoder, the training data and the evaluations: built once, shared by every run
+    runs/       one folder per fusion and seed (each run in its own process, so its peak memory is its own)
+    report      ablation.md (tables), ablation.json (everything) and plots/ (score against steps, per level)
+
+Example:
+    $ hive ablate --recipe recipes/ablation-shapes.yaml --out ablation
+    $ hive ablate --recipe recipes/tiny-shapes.yaml --quick --out /tmp/ablation-quick
+    $ hive ablate --recipe my-llava-data.yaml --fusions hive-paired flat --seeds 2 --out my-study
+    $ hive ablate --recipe recipes/ablation-shapes.yaml --match-params stage3.max_steps=400 --out ablation-matched
+"""
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from .fusions import FUSIONS
+from .settings import HiveStudySettings, load_study
+from .shared import prepare_shared, shared_path
+
+
+logger = logging.getLogger(__name__)
+
+
+def run_one(spec: dict, isolate: bool) -> dict:
+    """One fusion and seed: in a fresh spawned process when `isolate` (peak memory is then that run's own)."""
+    from .run import run_fusion, run_fusion_in_child
+
+    if not isolate:
+        return run_fusion(spec)
+    import multiprocessing
+
+    process = multiprocessing.get_context("spawn").Process(target=run_fusion_in_child, args=(spec,))
+    process.start()
+    process.join()
+    path = Path(spec["out"]) / "result.json"
+    if process.exitcode != 0 or not path.is_file():
+        raise RuntimeError(f"{spec['fusion']} seed {spec['seed']} failed (exit code {process.exitcode}); see the log above.")
+    return json.loads(path.read_text())
+
+
+def _run_identity(study: dict) -> dict:
+    """What one run depends on: everything but the lists of fusions and seeds (so a study can grow or shrink)."""
+    return {key: value for key, value in study.items() if key not in ("fusions", "seeds", "default_study", "benchmarks")}
+
+
+def run_ablation(recipe, study: HiveStudySettings, out, isolate: bool = True, threads: int | None = None) -> dict:
+    """Prepares the shared backbones and data, runs every fusion with every seed (finished runs are kept and
+    reused), and writes the report. Returns the report's JSON content.
+
+    Args:
+        recipe (`HiveRecipe`): the recipe (backbones, data, stages, evaluations).
+        study (`HiveStudySettings`): what to compare (`load_study` returns both).
+        out (`str` or `os.PathLike`): the study's folder (`shared/`, `runs/`, `ablation.md`, `ablation.json`, `plots/`).
+        isolate (`bool`): one process per run (honest per-run peak memory); False runs everything in this process.
+        threads (`int`, *optional*): torch threads per run (torch's default when unset). On a machine shared with
+            other jobs, 1 avoids oversubscribed threads spinning against each other (several times slower).
+
+    Example:
+        >>> recipe, study = load_study("recipes/tiny-shapes.yaml", quick=True)  # doctest: +SKIP
+        >>> report = run_ablation(recipe, study, "/tmp/ablation-quick")  # doctest: +SKIP
+        >>> sorted(report["aggregate"])  # doctest: +SKIP
+        ['flat', 'hive-all-levels', 'hive-paired', 'qformer', 'single-level']
+    """
+    from .fusions import match_budgets
+    from .report import write_report
+    from .run import quiet
+
+    quiet()
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    if study.default_study:
+        print(f"[ablate] the recipe has no `study` section: the default fusions {study.fusions} and seeds {study.seeds}", flush=True)
+    print(f"[ablate] shared backbones and data in {out / 'shared'}", flush=True)
+    shared = out / "shared"
+    meta = prepare_shared(recipe, study, shared)
+    matched = None
+    if study.match_params:
+        matched = match_budgets(study.fusions, "hive-paired", shared_path(shared, meta["vision"]), shared_path(shared, meta["text"]),
+                                meta["image_token_id"], study.fusion)  # fmt: skip
+        study.fusion.intermediate_sizes = {name: row["width"] for name, row in matched.items() if row["width"]}
+        print(f"[ablate] matched budgets: {matched}", flush=True)
+    runs = []
+    for seed in study.seeds:
+        for name in study.fusions:
+            run_dir = out / "runs" / f"{name}-seed{seed}"
+            spec = {"fusion": name, "seed": seed, "shared": str(shared), "out": str(run_dir), "study": asdict(study), "threads": threads}
+            if (run_dir / "result.json").is_file():
+                kept = json.loads((run_dir / "result.json").read_text())
+                if _run_identity(kept.get("study") or {}) != _run_identity(json.loads(json.dumps(spec["study"]))):
+                    raise ValueError(f"{run_dir} holds a run with other settings; pass a new --out (or delete that folder).")
+                print(f"[ablate] {name} seed {seed}: kept from an earlier run", flush=True)
+                runs.append(kept)
+                continue
+            print(f"[ablate] {name} seed {seed} (t={time.perf_counter() - started:.0f}s)", flush=True)
+            result = run_one(spec, isolate)
+            runs.append(result)
+            scores = ", ".join(f"{label} {next(iter(v for v in s.values() if isinstance(v, (int, float))))}"
+                               for label, s in result["final"].items())  # fmt: skip
+            print(f"[ablate] {name} seed {seed}: {scores}; {result['timing']['wall_seconds']:.0f}s", flush=True)
+    report = write_report(out, study, meta, runs, matched)
+    print(f"[ablate] report: {out / 'ablation.md'} ({time.perf_counter() - started:.0f}s)", flush=True)
+    return report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = __doc__.split("\n\n")[0]
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = __doc__.split("\n\n", 1)[1]
+    parser.add_argument("--recipe", help="A hive train recipe, with an optional study section (default recipes/ablation-shapes.yaml).")
+    parser.add_argument("--out", default="ablation", help="Folder for the study (reruns keep finished runs).")
+    parser.add_argument("--fusions", nargs="+", choices=FUSIONS, help="Fusions to compare (default: the recipe's, all five).")
+    parser.add_argument("--seeds", type=int, help="Number of seeds 0..N-1 (default: the recipe's).")
+    parser.add_argument("--match-params", action="store_true", help="Match every fusion's trainable budget to hive-paired's within 10%%.")
+    parser.add_argument("--quick", action="store_true", help="A few steps on a few examples: every output in minutes (numbers mean nothing).")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="Override a recipe value, e.g. --set stage3.max_steps=400 (repeatable).")  # fmt: skip
+    parser.add_argument("--threads", type=int, help="Torch threads per run (default: torch's); 1 on a machine shared with other jobs.")
+    parser.add_argument("--no-isolate", action="store_true", help="Run every fusion in this process (faster to start; memory then shares one process).")
+    parser.add_argument("extra_overrides", nargs="*", metavar="KEY=VALUE", help="Recipe overrides, as hive train takes them.")
+
+
+def run(args) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    overrides = [*args.overrides, *args.extra_overrides]
+    if args.fusions:
+        overrides.append(f"study.fusions={json.dumps(args.fusions)}")
+    if args.seeds is not None:
+        overrides.append(f"study.seeds={args.seeds}")
+    if args.match_params:
+        overrides.append("study.match_params=true")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {args.threads}.")
+    recipe, study = load_study(args.recipe, quick=args.quick, overrides=overrides)
+    run_ablation(recipe, study, args.out, isolate=not args.no_isolate, threads=args.threads)
+    return 0
