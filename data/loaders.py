@@ -28,8 +28,8 @@ FORMATS = ("disk", "parquet", "imagefolder", "webdataset", "llava")
 IMAGE_COLUMNS = ("image", "img", "jpg", "jpeg", "png", "webp")
 TEXT_COLUMNS = ("text", "caption", "txt")
 IMAGE_TAG = "<image>"
-_USER_ROLES = ("human", "user")
-_ASSISTANT_ROLES = ("gpt", "assistant")
+USER_ROLES = ("human", "user")
+ASSISTANT_ROLES = ("gpt", "assistant")
 _UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
@@ -212,7 +212,7 @@ def _pick_column(columns, requested, candidates, what, source):
                      f"Pass {what}_column=.")
 
 
-def _image_error(value) -> str | None:
+def image_error(value) -> str | None:
     """Why `value` (an undecoded `Image` value: None, bytes/path dict, or path) cannot be read; None if it can."""
     if value is None:
         return "no image"
@@ -241,7 +241,7 @@ def _check_row(index, example, kind, image_column, text_column, strict, report) 
     row, file = _describe_row(index, example, kind, image_column)
     if text_column is not None and not isinstance(example.get(text_column), str):
         raise ValueError(f"{row}: text column {text_column!r} holds {example.get(text_column)!r}, not a string.")
-    error = _image_error(example.get(image_column))
+    error = image_error(example.get(image_column))
     if error is None:
         return True
     if strict:
@@ -276,7 +276,7 @@ def _normalise(dataset, renames, features):
     return dataset if dataset.features == features else dataset.cast(features)
 
 
-def _read_records(path):
+def read_records(path):
     """(row, record) pairs of a JSON list or a JSON Lines file."""
     with open(path, encoding="utf-8") as handle:
         if path.endswith(".jsonl"):
@@ -298,7 +298,7 @@ def _read_records(path):
 
 
 def _conversation_rows(path, image_root, strict, report):
-    for number, record in _read_records(path):
+    for number, record in read_records(path):
         row = f"row {number}"
         if isinstance(record, dict) and record.get("id") is not None:
             row += f" (id {record['id']!r})"
@@ -306,7 +306,7 @@ def _conversation_rows(path, image_root, strict, report):
         image, messages = _parse_conversation(record, row)
         if image is not None:
             file = image if os.path.isabs(image) else os.path.join(image_root, image)
-            error = _image_error(file)
+            error = image_error(file)
             if error is not None:
                 if strict:
                     raise ValueError(f"{row}: image {file!r} cannot be read ({error}). Fix or remove it, or load "
@@ -339,9 +339,9 @@ def _parse_conversation(record, row):
         if speaker == "system" and j == 0:
             messages.append(text_message("system", text))
             continue
-        if speaker in _USER_ROLES:
+        if speaker in USER_ROLES:
             role = "user"
-        elif speaker in _ASSISTANT_ROLES:
+        elif speaker in ASSISTANT_ROLES:
             role = "assistant"
         else:
             raise ValueError(f"{row}: turn {j} comes from {speaker!r}; expected 'human' or 'gpt'.")

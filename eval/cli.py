@@ -1,7 +1,9 @@
-"""`hive eval`: score a saved model on MME, GQA, OK-VQA, ScienceQA-IMG, hive-shapes, classification or a probe.
+"""`hive eval`: score a saved model on MME, GQA, OK-VQA, ScienceQA-IMG, hive-shapes, classification, a probe, or
+a LLaVA-format test file of your own (llava-qa: VQA accuracy, per `level` or `type` when the records have one).
 
 Examples:
     $ hive eval --model runs/hive --benchmark hive-shapes --data shapes/ --limit 200
+    $ hive eval --model runs/hive --benchmark llava-qa --data test.json --image-root images/
     $ hive eval --model runs/hive --benchmark mme --data MME/ --protocol lmms-eval --out results/mme.json
     $ hive eval --model runs/hive --benchmark all --data mme=MME/ --data gqa=GQA/ --out results/
     $ hive eval --model runs/encoder --benchmark linear-probe --data cifar10/
@@ -20,6 +22,7 @@ def _benchmarks() -> dict:
     from .classification import HiveZeroShotClassificationBenchmark
     from .gqa import HiveGQABenchmark
     from .hive_shapes import HiveShapesBenchmark
+    from .llava_qa import HiveLlavaQABenchmark
     from .mme import HiveMMEBenchmark
     from .okvqa import HiveOKVQABenchmark
     from .scienceqa import HiveScienceQABenchmark
@@ -30,14 +33,30 @@ def _benchmarks() -> dict:
         HiveOKVQABenchmark(),
         HiveScienceQABenchmark(),
         HiveShapesBenchmark(),
+        HiveLlavaQABenchmark(),
         HiveZeroShotClassificationBenchmark(),
         HiveZeroShotClassificationBenchmark(with_labels=True),
     ]
     return {adapter.name: adapter for adapter in adapters}
 
 
+def benchmark_adapter(name: str, image_root: str | None = None):
+    """The adapter `hive eval --benchmark name` scores with, by name (`hive ablate` scores a recipe's evaluations
+    through it); `image_root` is where a LLaVA-format file's relative image paths point."""
+    adapters = _benchmarks()
+    if name not in adapters:
+        raise ValueError(f"unknown benchmark {name!r}; choose from {', '.join(sorted(adapters))}.")
+    if image_root is None:
+        return adapters[name]
+    try:
+        return type(adapters[name])(image_root=image_root)
+    except TypeError:
+        raise ValueError(f"benchmark {name!r} reads its images from its own files; image_root does not apply.") from None
+
+
 NAMES = (
-    "mme", "gqa", "okvqa", "scienceqa", "hive-shapes", "classification", "classification-with-labels", "linear-probe",
+    "mme", "gqa", "okvqa", "scienceqa", "hive-shapes", "llava-qa", "classification", "classification-with-labels",
+    "linear-probe",
 )  # fmt: skip
 
 
@@ -49,9 +68,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--benchmark", required=True, choices=(*NAMES, "all"), help="Benchmark to run, or 'all'.")
     parser.add_argument(
         "--data", required=True, action="append", metavar="[NAME=]PATH",
-        help="Benchmark data: a save_to_disk folder, parquet file(s), the dataset repo's files, or a Hub id. "
+        help="Benchmark data: a save_to_disk folder, parquet file(s), the dataset repo's files, or a Hub id "
+        "(llava-qa: a LLaVA-format .json or .jsonl file). "
         "Repeat as NAME=PATH with --benchmark all; 'all' runs every benchmark whose data is given.",
     )  # fmt: skip
+    parser.add_argument(
+        "--image-root", help="llava-qa: the folder its --data file's image paths are relative to (default: the file's)."
+    )
     parser.add_argument("--limit", type=int, help="Evaluate only the first N questions (images for linear-probe).")
     parser.add_argument("--batch-size", type=int, default=8, help="Prompts per generate() call (default 8).")
     parser.add_argument(
@@ -98,6 +121,8 @@ def run(args) -> int:
             raise ValueError(f"--data names no data for {args.benchmark}.")
         data.setdefault(args.benchmark, data.get(None))
         outputs = {args.benchmark: Path(args.out) if args.out else DEFAULT_OUT_DIR / f"{args.benchmark}.json"}
+    if args.image_root is not None and "llava-qa" not in names:
+        raise ValueError("--image-root applies to llava-qa only, which this run does not score.")
 
     from .runner import evaluate_benchmark, generate_answers, load_model, model_identity
 
@@ -116,7 +141,7 @@ def run(args) -> int:
         else:
             if model is None:
                 model, processor = load_model(args.model, device=args.device, dtype=args.dtype)
-            adapter = adapters[name]
+            adapter = benchmark_adapter(name, image_root=args.image_root) if name == "llava-qa" else adapters[name]
             predict = partial(generate_answers, model, processor, max_new_tokens=adapter.max_new_tokens)
             results = evaluate_benchmark(
                 adapter, data[name], predict, outputs[name], protocol=protocols.get(name, protocols.get(None)),

@@ -16,7 +16,7 @@ COMMANDS = {
     "data": ("hive_vlm.data.cli", "Generate hive-shapes or inspect training data."),
     "train": ("hive_vlm.train.cli", "Run the three-stage HIVE recipe (or one stage of it)."),
     "export-vision": ("hive_vlm.training.export_vision", "Write the trained encoder as a plain transformers model."),
-    "eval": ("hive_vlm.eval.cli", "Score a model on MME, GQA, OK-VQA, ScienceQA-IMG, hive-shapes or a probe."),
+    "eval": ("hive_vlm.eval.cli", "Score a model on MME, GQA, OK-VQA, ScienceQA-IMG, hive-shapes, a LLaVA-format test file or a probe."),
     "card": ("hive_vlm.hub.card", "Write the model card of a saved HIVE folder."),
     "push": ("hive_vlm.hub.push", "Upload a saved HIVE folder to the Hub through an allow-list."),
     "demo": ("hive_vlm.demo.cli", "The whole method end to end on one machine, offline."),
