@@ -242,3 +242,87 @@ def test_hive_ablate_runs_on_the_recipe_hive_train_reads(tmp_path, capsys, monke
     # the same file still trains: nothing in it is ablation-only
     assert main(["train", "--recipe", "recipes/tiny-shapes.yaml", "--stage", "1", "--output-dir", str(tmp_path / "train"),
                  "stage1.max_steps=1", "data.shapes.num_train=16"]) == 0
+
+
+def llava_fixture(folder):
+    """A user's data in the published formats: captions (save_to_disk), LLaVA-JSON chats for stage 3, a held-out
+    LLaVA-JSON test file whose records carry reference answers and a `level`, and a pretrained LLM folder with its
+    own tokenizer (which has no image placeholder yet)."""
+    import datasets
+    from PIL import Image
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from hive_vlm.data.tokenizer import build_tokenizer
+
+    colors = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
+    (folder / "images").mkdir(parents=True)
+    rows = []
+    for index in range(18):
+        color, count = list(colors)[index % 3], 1 + index % 2
+        image = Image.new("RGB", (32, 32), (128, 128, 128))
+        for k in range(count):
+            image.paste(colors[color], (2 + 16 * k, 8, 12 + 16 * k, 18))
+        image.save(folder / "images" / f"{index}.png")
+        rows.append((f"{index}.png", color, count))
+
+    def record(name, color, count, level, with_answers):
+        question, answer = ("what color is the square ?", color) if level == "low" else ("how many squares ?", str(count))
+        item = {"id": f"{name}-{level}", "image": name, "level": level,
+                "conversations": [{"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": answer}]}
+        if with_answers:
+            item["answers"] = [answer] * 9 + ["none"]
+        return item
+
+    train = [record(n, c, k, level, False) for n, c, k in rows[:12] for level in ("low", "high")]
+    (folder / "chats.json").write_text(json.dumps(train))
+    test = [record(n, c, k, level, i % 2 == 0) for i, (n, c, k) in enumerate(rows[12:]) for level in ("low", "high")]
+    (folder / "test.json").write_text(json.dumps(test))
+    images = [Image.open(folder / "images" / n).convert("RGB") for n, _, _ in rows[:12]]
+    datasets.Dataset.from_dict({"image": images, "text": [f"{k} {c} squares" for _, c, k in rows[:12]]}).save_to_disk(str(folder / "captions"))
+    words = ["what color is the square ?", "how many squares ?", "red green blue 1 2 none squares describe the image ."]
+    tokenizer = build_tokenizer(words)
+    config = AutoConfig.for_model("llama", vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  num_key_value_heads=1, intermediate_size=64, pad_token_id=tokenizer.pad_token_id,
+                                  bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)  # fmt: skip
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder / "llm")
+    tokenizer.save_pretrained(folder / "llm")
+    return {
+        "name": "my-llava-data", "output_dir": str(folder / "train"),
+        "model": {"vision_config": {"model_type": "vit", "image_size": 32, "patch_size": 8, "hidden_size": 32, "num_hidden_layers": 2,
+                                    "num_attention_heads": 2, "intermediate_size": 64},
+                  "text_model": str(folder / "llm"), "hive": {"cross_attention_layers": [[0, 0], [1, 1]]}},
+        "data": {"max_length": 64, "stage1": {"source": str(folder / "captions"), "format": "disk"},
+                 "stage2": {"source": str(folder / "captions"), "format": "disk"},
+                 "stage3": {"source": str(folder / "chats.json"), "format": "llava", "image_root": str(folder / "images")}},
+        "stage1": {"use_cpu": True}, "stage2": {"use_cpu": True}, "stage3": {"use_cpu": True},
+        "eval": [{"benchmark": "llava-qa", "data": str(folder / "test.json"), "image_root": str(folder / "images"), "name": "qa"}],
+        "study": {"fusions": ["hive-paired", "flat"], "seeds": [0]},
+    }  # fmt: skip
+
+
+def test_a_quick_study_on_llava_json_data_reports_each_level(tmp_path):
+    from hive_vlm.eval.llava_qa import HiveLlavaQABenchmark
+
+    recipe, study = study_from_values(llava_fixture(tmp_path / "data"), quick=True)
+    assert not study.default_study
+    report = run_ablation(recipe, study, tmp_path / "study", isolate=False)
+    out = tmp_path / "study"
+    vision, text, meta = backbones(out)
+    assert text == str(tmp_path / "data" / "llm")  # the user's pretrained LLM, no stage 0
+    # its tokenizer gained the image placeholder LLaVA and BLIP-2 put inline; every fusion's embeddings grew to match
+    assert meta["vocab_size"] == json.loads((Path(text) / "config.json").read_text())["vocab_size"] + 1
+    assert not meta["shapes"] and meta["validation"]["label"] == "qa"  # stage-3 checkpoints read the first evaluation
+    table = (out / "ablation.md").read_text()
+    assert "## qa (llava-qa)" in table and "| fusion | vqa_accuracy | low | high |" in table
+    assert "Linear probe" not in table  # the probe needs hive-shapes' labels
+    for run in report["runs"]:
+        saved = json.loads((out / "runs" / f"{run['fusion']}-seed0" / "final" / "qa.json").read_text())
+        assert saved["num_examples"] == 4  # --quick scores 4 questions
+        samples = saved["samples"]
+        for level in ("low", "high"):  # each level's row: the same scorer on that level's questions only
+            group = [s for s in samples if s["reference"]["level"] == level]
+            expected = HiveLlavaQABenchmark().score([s["prediction"] for s in group], [s["reference"] for s in group], saved["protocol"])
+            assert run["metrics"][f"qa/{level}"] == expected["vqa_accuracy"]
+            assert f"| {run['fusion']} | {run['metrics']['qa/vqa_accuracy']:.1f} |" in table
+        assert run["metrics"]["qa/vqa_accuracy"] == saved["scores"]["vqa_accuracy"]
+        assert len(run["curve"]) == 3 and all("vqa_accuracy" in point for point in run["curve"])
