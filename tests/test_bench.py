@@ -14,7 +14,8 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from hive_vlm.bench.benchmark import RESULT_KEYS, hive_image_key_values, llava_inputs_embeds
+from hive_vlm.bench.benchmark import RESULT_KEYS
+from hive_vlm.bench.phases import hive_image_key_values, llava_inputs_embeds
 from hive_vlm.bench.flops import hive_prefill_flops, hive_stage2_step_flops
 from hive_vlm.bench.models import bench_batch, build_models, cache_bytes, cache_with_image_key_values
 from hive_vlm.bench.sizes import BENCH_SIZES

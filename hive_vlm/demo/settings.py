@@ -121,10 +121,10 @@ def demo_recipe(settings: HiveDemoSettings, output_dir, text_model: str | None =
             "stage2": {"source": "shapes"},
             "stage3": {"source": "shapes"},
         },
-        # Stage 0 saves nothing but its model: HIVE assumes a pretrained LLM, and this one is pretrained in minutes.
+        # Stage 0 pretrains the tiny LLM (HIVE assumes a pretrained one, and none can be downloaded here).
         **({} if text_model else {"stage0": {
-            "max_steps": settings.pretrain_steps, "per_device_train_batch_size": settings.pretrain_batch_size,
-            "learning_rate": settings.pretrain_learning_rate, "logging_steps": 50, "save_strategy": "no",
+            **common, "save_steps": settings.pretrain_steps, "max_steps": settings.pretrain_steps,
+            "per_device_train_batch_size": settings.pretrain_batch_size, "learning_rate": settings.pretrain_learning_rate,
         }}),
         "stage1": {**common, "save_steps": settings.stage1["max_steps"], **settings.stage1},
         "stage2": {**common, "save_steps": settings.stage2["max_steps"], "caption_prompt": CAPTION_PROMPT, **settings.stage2},

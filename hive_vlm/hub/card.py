@@ -17,12 +17,13 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from hive_vlm.files import write_atomically
 
+from .record import read_provenance, training_stages
+
 
 logger = logging.getLogger(__name__)
 
 CARD_NAME = "README.md"
 TEMPLATE_NAME = "hive_template.md"
-PROVENANCE_NAME = "hive_training.json"  # written by `hive train` next to the stage folders
 TAGS = ["hive", "vision-language", "custom_code", "image-text-to-text", "visual-question-answering", "cross-attention"]
 DEFAULT_LICENSE = "other"
 
@@ -42,17 +43,12 @@ TASK_NAMES = {
     "zero-shot-image-classification": "Zero-Shot Image Classification",
     "image-classification": "Image Classification (linear probe)",
 }
-STAGES = {
-    1: "Vision-encoder pretraining (masked image modelling)",
-    2: "Hierarchical alignment",
-    3: "Joint fine-tuning",
-}
 HIERARCHY_DESCRIPTIONS = {
     "paired": "each cross-attention block attends to its own vision layer",
     "all_levels": "each cross-attention block attends to every selected vision layer, tagged by a level embedding",
 }
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]*[A-Za-z0-9]$")
-_HIDDEN_SETTINGS = re.compile(r"token|^push_to_hub$|^hub_|^output_dir$")
+
 
 
 def template_path() -> Path:
@@ -161,42 +157,6 @@ def merge_eval_results(kept: list[EvalResult], new: list[EvalResult]) -> list[Ev
 # --- what the folder and its run say ----------------------------------------------------------------------------
 
 
-def read_provenance(model_dir: Path) -> dict:
-    """`hive_training.json` from the folder or its run folder (the parent of `final/`); `{}` when there is none."""
-    for folder in (model_dir, model_dir.parent):
-        path = folder / PROVENANCE_NAME
-        if path.is_file():
-            try:
-                return json.loads(path.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path} is not valid JSON ({error}); delete it or rerun `hive train`.") from error
-    return {}
-
-
-def write_training_record(run_dir, recipe) -> Path:
-    """
-    Write `hive_training.json` in a run folder: the recipe's name, the backbones' sources, the training data and each
-    stage's recipe settings (keys naming a token are left out). `hive card` reads it from `<run>/final`.
-
-    Args:
-        run_dir (`str` or `os.PathLike`): the run's output folder (holding `stage1/`, ..., `final/`).
-        recipe (`hive_vlm.training.recipe.HiveRecipe`): the recipe the run used.
-    """
-    sources = (recipe.data.stage1, recipe.data.stage2, recipe.data.stage3)
-    record = {
-        "recipe": recipe.name,
-        "base_model": {"vision": recipe.model.vision_model, "text": recipe.model.text_model},
-        "datasets": sorted({source.source for source in sources if source is not None}),
-        "stages": {
-            str(stage): {key: value for key, value in getattr(recipe, f"stage{stage}").items() if "token" not in key.lower()}
-            for stage in STAGES
-        },
-    }
-    path = Path(run_dir) / PROVENANCE_NAME
-    write_atomically(path, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
-    return path
-
-
 def base_models(config: dict, provenance: dict) -> dict[str, str | None]:
     """Hub ids of both backbones: `_name_or_path` of each sub-config when it is a Hub id, else the training record."""
     recorded = provenance.get("base_model") or {}
@@ -205,69 +165,6 @@ def base_models(config: dict, provenance: dict) -> dict[str, str | None]:
         candidates = [(config.get(key) or {}).get("_name_or_path"), recorded.get(role)]
         found[role] = next((candidate for candidate in candidates if is_hub_id(candidate)), None)
     return found
-
-
-def _last_trainer_state(stage_dir: Path) -> dict | None:
-    """`trainer_state.json` of the stage's latest checkpoint."""
-    states = []
-    for folder in stage_dir.glob("checkpoint-*"):
-        match = re.fullmatch(r"checkpoint-(\d+)", folder.name)
-        if match and (folder / "trainer_state.json").is_file():
-            states.append((int(match.group(1)), folder / "trainer_state.json"))
-    if not states:
-        return None
-    try:
-        return json.loads(max(states)[1].read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        logger.warning("%s is not valid JSON; the card leaves that stage's step count out.", max(states)[1])
-        return None
-
-
-def _trained_components(stage: int, settings: dict | None) -> str:
-    if stage == 1:
-        return "vision encoder"
-    if settings is None:
-        return "cross-attention and projectors"
-    from hive_vlm.training.recipe import STAGE_CONFIGS
-
-    defaults = {field.name: field.default for field in STAGE_CONFIGS[stage].__dataclass_fields__.values()}
-    value = {**defaults, **settings}.get
-    parts = (["vision encoder"] if value("train_vision") else []) + ["cross-attention", "projectors"]
-    if stage == 3 and (value("lora_r") or 0) > 0:
-        return ", ".join(parts) + f", LLM through LoRA (r={value('lora_r')})"
-    return ", ".join(parts) + " (LLM frozen)"
-
-
-def training_stages(model_dir: Path, provenance: dict) -> list[dict]:
-    """One row per stage found next to `model_dir` (`<run>/stageN/`), with its step count, last loss and settings."""
-    run_dir = model_dir.parent
-    recipe_stages = provenance.get("stages") or {}
-    rows = []
-    for number, title in STAGES.items():
-        stage_dir = run_dir / f"stage{number}"
-        if not stage_dir.is_dir():
-            continue
-        settings = recipe_stages.get(str(number))
-        state = _last_trainer_state(stage_dir)
-        steps, loss = "unknown (no checkpoint)", "n/a"
-        if state is not None:
-            steps = f"{state.get('global_step')} of {state.get('max_steps')}"
-            losses = [entry["loss"] for entry in state.get("log_history", []) if isinstance(entry.get("loss"), (int, float))]
-            loss = f"{losses[-1]:.4g}" if losses else "n/a"
-        if not (stage_dir / "model").is_dir():
-            steps += " (unfinished)"
-        shown = {key: value for key, value in sorted((settings or {}).items()) if not _HIDDEN_SETTINGS.search(key)}
-        rows.append(
-            {
-                "number": number,
-                "title": title,
-                "trains": _trained_components(number, settings),
-                "steps": steps,
-                "loss": loss,
-                "settings": ", ".join(f"`{key}={value}`" for key, value in shown.items()) or "not recorded",
-            }
-        )
-    return rows
 
 
 def count_parameters(model_dir: Path) -> int | None:

@@ -296,7 +296,8 @@ def push_training_run(recipe, run_dir, stages, endpoint: str | None = None):
     Example:
         >>> push_training_run(recipe, "outputs/tiny-shapes", [1, 2, 3])  # doctest: +SKIP
     """
-    from .card import write_model_card, write_training_record
+    from .card import write_model_card
+    from .record import write_training_record
 
     hub = hub_settings(recipe, stages)
     run_dir = Path(run_dir)
