@@ -20,7 +20,7 @@ COMMANDS = {
     "card": ("hive_vlm.hub.card", "Write the model card of a saved HIVE folder."),
     "push": ("hive_vlm.hub.push", "Upload a saved HIVE folder to the Hub through an allow-list."),
     "demo": ("hive_vlm.demo.cli", "The whole method end to end on one machine, offline."),
-    "visualize": ("hive_vlm.visualize", "Draw the per-level cross-attention maps and gates."),
+    "visualize": ("hive_vlm.visualize.maps", "Draw the per-level cross-attention maps and gates."),
     "ablate": ("hive_vlm.ablation.study", "Compare fusion strategies on equal terms."),
     "bench": ("hive_vlm.bench.cli", "Measure HIVE against LLaVA-style fusion."),
 }

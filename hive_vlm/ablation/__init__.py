@@ -4,6 +4,7 @@
     shared    what every run shares, built by the recipe's own stages 0 and 1
     fusions   the five fusions around the same encoder and LLM
     run       one fusion trained and evaluated with one seed
+    probe     the linear probe of an encoder on hive-shapes' labels
     report    mean ± std over seeds, seed-noise verdicts, markdown, JSON and plots
     study     the command: every fusion with every seed, then the report
 """

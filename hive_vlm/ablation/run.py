@@ -28,7 +28,6 @@ from pathlib import Path
 import torch
 
 
-LEVEL_TARGETS = {"low": "color", "mid": "shape", "high": "count"}  # linear-probe label per visual level
 
 
 def batch_hash(batch: dict) -> str:
@@ -175,33 +174,6 @@ def evaluate_fusion(fusion, processor, entries: list[dict], out: Path, eval_sett
     return scores
 
 
-def probe_encoder(encoder, image_processor, shapes_path, epochs: int, limit: int | None = None) -> dict:
-    """Linear-probe top-1 accuracy (MAE protocol, `hive_vlm.eval.classification`) of `encoder`'s mean-pooled last
-    hidden state on one hive-shapes label per level: colour (low), shape (mid), object count (high)."""
-    import datasets
-
-    from hive_vlm.data.shapes_layouts import to_classification
-    from hive_vlm.eval.benchmark import HiveExamples
-    from hive_vlm.eval.classification import extract_features, top_k_accuracy, train_linear_probe
-
-    shapes = datasets.load_from_disk(str(shapes_path))
-    train, test = shapes["train"], shapes["test"]
-    if limit:
-        train, test = train.select(range(min(limit, len(train)))), test.select(range(min(limit, len(test))))
-    encoder.eval()
-    features = {name: extract_features(encoder, image_processor, HiveExamples(split), progress=False)
-                for name, split in (("train", train), ("test", test))}  # fmt: skip
-    encoder.train()
-    scores = {}
-    for level, target in LEVEL_TARGETS.items():
-        labels = {name: torch.tensor(to_classification(split, target)["label"]) for name, split in (("train", train), ("test", test))}
-        num_classes = len(to_classification(train.select(range(1)), target).features["label"].names)
-        head = train_linear_probe(features["train"], labels["train"], num_classes, epochs=epochs, batch_size=256)
-        with torch.no_grad():
-            scores[level] = round(top_k_accuracy(head(features["test"]), labels["test"], 1), 2)
-    return scores
-
-
 def quiet() -> None:
     """No progress bars and no loading reports from transformers and datasets (the harness prints its own progress)."""
     import datasets
@@ -226,6 +198,7 @@ def run_fusion(spec: dict) -> dict:
     from modeling_hive import HiveProcessor
 
     from .fusions import HiveFusionSettings, build_fusion
+    from .probe import probe_encoder
     from .shared import shared_path
 
     quiet()

@@ -103,7 +103,7 @@ def evaluations(recipe: HiveRecipe, study: HiveStudySettings, run: HiveStudyRun,
 def prepare_shared(recipe: HiveRecipe, study: HiveStudySettings, folder) -> dict:
     """Builds what every fusion shares into `folder` (once; an existing `meta.json` means done, and an interrupted
     preparation resumes its stages) and returns the meta."""
-    from .run import probe_encoder
+    from .probe import probe_encoder
 
     folder = Path(folder)
     if (folder / "meta.json").is_file():

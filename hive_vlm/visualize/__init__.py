@@ -1,6 +1,7 @@
-"""`hive visualize`: per-level cross-attention maps and gates of a saved HIVE model (the figure lives in `maps`)."""
+"""`hive visualize`: per-level cross-attention maps and gates of a saved HIVE model (the figure and the command live in
+`maps`)."""
 
-from .maps import HiveAttentionFigure, add_arguments, cross_attention_maps, run, visualize
+from .maps import HiveAttentionFigure, cross_attention_maps, visualize
 
 
-__all__ = ["HiveAttentionFigure", "add_arguments", "cross_attention_maps", "run", "visualize"]
+__all__ = ["HiveAttentionFigure", "cross_attention_maps", "visualize"]
