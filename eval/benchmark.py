@@ -1,6 +1,7 @@
 """The benchmark adapter interface, and the loader every adapter uses to read a published dataset layout."""
 
 import json
+from collections import Counter
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -8,7 +9,6 @@ from pathlib import Path
 import datasets
 import PIL.Image
 
-from hive_vlm.data.prompts import SHORT_ANSWER_PROMPT  # noqa: F401  (the adapters' short-answer prompt)
 
 
 METRICS_DIR = Path(__file__).parent / "metrics"
@@ -202,6 +202,17 @@ def require_columns(rows: datasets.Dataset, columns, where: str) -> None:
         raise ValueError(
             f"{where} lacks the column(s) {missing} of the published layout; it has {rows.column_names}."
         )
+
+
+def numbered_ids(keys, separator: str) -> list[str]:
+    """Unique ids for rows that share a key (several questions per image or scene): the key, `separator` and the
+    row's rank among the rows with that key, e.g. `scene-3/0`, `scene-3/1`."""
+    seen = Counter()
+    ids = []
+    for key in keys:
+        ids.append(f"{key}{separator}{seen[key]}")
+        seen[key] += 1
+    return ids
 
 
 def first_rows(rows: datasets.Dataset, limit: int | None) -> datasets.Dataset:

@@ -1,6 +1,8 @@
 """GQA testdev-balanced: compositional questions about real images (lmms-lab/GQA layout)."""
 
-from .benchmark import SHORT_ANSWER_PROMPT, HiveBenchmark, HiveExamples, load_metric, load_published, require_columns
+from hive_vlm.data.prompts import SHORT_ANSWER_PROMPT
+
+from .benchmark import HiveBenchmark, HiveExamples, load_metric, load_published, require_columns
 
 
 INSTRUCTIONS = "testdev_balanced_instructions"

@@ -1,10 +1,11 @@
 """hive-shapes: HIVE's synthetic benchmark, scored per visual level (low, mid, high)."""
 
-from collections import Counter
 
 import datasets
 
-from .benchmark import SHORT_ANSWER_PROMPT, HiveBenchmark, HiveExamples, first_rows, load_metric, load_published
+from hive_vlm.data.prompts import SHORT_ANSWER_PROMPT
+
+from .benchmark import HiveBenchmark, HiveExamples, first_rows, load_metric, load_published, numbered_ids
 
 
 QUESTION_COLUMNS = ("image", "question", "answer", "level")
@@ -74,12 +75,7 @@ class HiveShapesBenchmark(HiveBenchmark):
             if column in rows.column_names:
                 return [str(value) for value in rows[column]]
         if "scene_id" in rows.column_names:
-            seen = Counter()
-            ids = []
-            for scene_id in rows["scene_id"]:
-                ids.append(f"{scene_id}/{seen[scene_id]}")
-                seen[scene_id] += 1
-            return ids
+            return numbered_ids(rows["scene_id"], "/")
         return super().example_ids(rows)
 
     def build_prompt(self, example: dict) -> str:

@@ -4,9 +4,10 @@ import os
 
 import datasets
 
-from hive_vlm.data.loaders import ASSISTANT_ROLES, USER_ROLES, IMAGE_TAG, image_error, read_records
+from hive_vlm.data.loaders import ASSISTANT_ROLES, IMAGE_TAG, USER_ROLES, image_error, read_records
+from hive_vlm.data.prompts import SHORT_ANSWER_PROMPT
 
-from .benchmark import SHORT_ANSWER_PROMPT, HiveBenchmark, HiveExamples, load_metric
+from .benchmark import HiveBenchmark, HiveExamples, load_metric
 
 
 METRIC_KEY = "vqa_accuracy"

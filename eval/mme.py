@@ -1,10 +1,8 @@
 """MME: yes/no questions about perception and cognition, two per image (lmms-lab/MME layout)."""
 
-from collections import Counter
-
 from hive_vlm.data.prompts import SHORT_ANSWER_PROMPT, mme_prompt
 
-from .benchmark import HiveBenchmark, HiveExamples, load_metric, load_published, require_columns
+from .benchmark import HiveBenchmark, HiveExamples, load_metric, load_published, numbered_ids, require_columns
 
 
 class HiveMMEBenchmark(HiveBenchmark):
@@ -45,12 +43,7 @@ class HiveMMEBenchmark(HiveBenchmark):
         return HiveExamples(rows)
 
     def example_ids(self, rows) -> list[str]:
-        seen = Counter()
-        ids = []
-        for question_id in rows["question_id"]:
-            ids.append(f"{question_id}#{seen[question_id]}")
-            seen[question_id] += 1
-        return ids
+        return numbered_ids(rows["question_id"], "#")
 
     def build_prompt(self, example: dict) -> str:
         return mme_prompt(example["question"])

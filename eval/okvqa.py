@@ -1,7 +1,8 @@
 """OK-VQA val: open questions that need outside knowledge, 10 human answers each (lmms-lab/OK-VQA layout)."""
 
+from hive_vlm.data.prompts import SHORT_ANSWER_PROMPT
+
 from .benchmark import (
-    SHORT_ANSWER_PROMPT,
     HiveBenchmark,
     HiveExamples,
     first_rows,
