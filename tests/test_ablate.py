@@ -97,6 +97,8 @@ def test_reported_parameter_counts_are_the_weights_that_train(quick):
     counts = hive.set_stage(3)
     # HIVE reads encoder layers, not the final norm or the pooler: those never get a gradient, so they are not counted.
     assert 0 < counts["vision"]["trainable"] < counts["vision"]["total"]
+    counts = hive.set_stage(3, train_llm=True)  # study.train_llm: the whole LLM in stage 3
+    assert counts["llm"]["trainable"] == sum(p.numel() for p in hive.components["llm"] if p.requires_grad) > 0
     # stage2.train_vision: the encoder trains with the fusion in stage 2, the LLM still does not.
     counts = hive.set_stage(2, train_vision=True)
     assert counts["vision"]["trainable"] > 0 and counts["llm"]["trainable"] == 0

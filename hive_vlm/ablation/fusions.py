@@ -123,12 +123,12 @@ class HiveAblationFusion:
         # The wrapped projections keep their weight tensors (now under `base_layer`): the `llm` list stays right.
         self.components["lora"] = [p for name, p in self.llm.named_parameters() if "lora_" in name]
 
-    def set_stage(self, stage: int, train_vision: bool | None = None) -> dict:
+    def set_stage(self, stage: int, train_vision: bool | None = None, train_llm: bool = False) -> dict:
         """Freezes everything but what `stage` trains: the fusion, the encoder with `train_vision` (default: in stage
-        3 only) and, in stage 3, the LLM's LoRA adapters when there are any; the LLM's own weights never train.
+        3 only) and, in stage 3, the LLM's LoRA adapters when there are any, or the whole LLM with `train_llm`.
         Parameters the loss never reaches (found by one probe backward) stay frozen. Returns the counts."""
         train_vision = stage == 3 if train_vision is None else train_vision
-        wanted = {"vision": train_vision, "fusion": True, "llm": False, "lora": stage == 3}
+        wanted = {"vision": train_vision, "fusion": True, "llm": stage == 3 and train_llm, "lora": stage == 3}
         for name, params in self.components.items():
             for parameter in params:
                 parameter.requires_grad_(wanted[name])

@@ -106,7 +106,8 @@ def markdown(study, meta: dict, table: dict, verdicts: list[dict], matched: dict
     per-group columns when the benchmark reports them."""
     fusions = [fusion for fusion in study.fusions if fusion in table]
     stage2, stage3 = study.stage2, study.stage3
-    llm = f"LoRA r={stage3['lora_r']} on the LLM in stage 3" if stage3.get("lora_r") else "LLM frozen throughout"
+    llm = (f"LoRA r={stage3['lora_r']} on the LLM in stage 3" if stage3.get("lora_r") else
+           "LLM trained in stage 3" if study.train_llm else "LLM frozen throughout")  # fmt: skip
     lines = [f"# Ablation: {study.name}", ""]
     if study.default_study:
         lines += ["The recipe has no `study` section: the default fusions and seeds ran.", ""]

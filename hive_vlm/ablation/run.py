@@ -224,7 +224,7 @@ def run_fusion(spec: dict) -> dict:
     if stage3_settings.get("lora_r"):
         torch.manual_seed(seed * 1000 + 4)
         fusion.add_lora(stage3_settings["lora_r"], stage3_settings["lora_alpha"], stage3_settings["lora_dropout"])
-    result["parameters"]["stage3"] = fusion.set_stage(3, train_vision=stage3_settings["train_vision"])
+    result["parameters"]["stage3"] = fusion.set_stage(3, train_vision=stage3_settings["train_vision"], train_llm=study["train_llm"])
     eval_settings = study["eval"]
     checkpoints = sorted({round(stage3_settings["steps"] * k / eval_settings["checkpoints"]) for k in range(eval_settings["checkpoints"] + 1)})
     curve = []

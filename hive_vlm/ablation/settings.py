@@ -5,6 +5,7 @@ recipe's optional `study` section (the fusions, seeds and study-only settings).
       fusions: [hive-paired, hive-all-levels, single-level, flat, qformer]
       seeds: [0, 1, 2]            # fusion initialisation and batch order; data and backbones are shared by all seeds
       match_params: false         # true: every fusion's stage-2 budget within 10% of hive-paired's (widths rescaled)
+      train_llm: false            # true: the whole LLM trains in stage 3 too, at the fusion's learning rate
       benchmarks: null            # names of the recipe's `eval` entries to score; null: all of them
       fusion: {...}               # HiveFusionSettings, except what model.hive already sets
       eval: {checkpoints: 4, validation_limit: 64, batch_size: 32, limit: null, probe_epochs: 30, probe_limit: null}
@@ -62,6 +63,8 @@ class HiveStudySettings:
         stage2, stage3 (`dict`): `steps`, `batch_size`, `learning_rate`, `vision_learning_rate`, `weight_decay`,
             `train_vision`; stage 3 also `lora_r`, `lora_alpha`, `lora_dropout` (LoRA on every fusion's LLM).
         eval (`dict`): `EVAL_DEFAULTS`' keys.
+        train_llm (`bool`): the whole LLM trains in stage 3 as well, at the fusion's learning rate (a study-only
+            setting; `stage3.lora_r` gives every fusion's LLM LoRA adapters instead).
         default_study (`bool`): the recipe had no `study` section, so the default fusions and seeds run.
     """
 
@@ -74,6 +77,7 @@ class HiveStudySettings:
     stage2: dict = field(default_factory=dict)
     stage3: dict = field(default_factory=dict)
     eval: dict = field(default_factory=lambda: dict(EVAL_DEFAULTS))
+    train_llm: bool = False
     default_study: bool = False
 
 
@@ -105,7 +109,7 @@ def parse_study(recipe: HiveRecipe, where: str = "recipe") -> HiveStudySettings:
     values = values or {}
     if not isinstance(values, dict):
         raise ValueError(f"{where}.study: expected a mapping, got {type(values).__name__}.")
-    allowed = {"fusions", "seeds", "match_params", "benchmarks", "fusion", "eval"}
+    allowed = {"fusions", "seeds", "match_params", "train_llm", "benchmarks", "fusion", "eval"}
     unknown = sorted(set(values) - allowed)
     if unknown:
         raise ValueError(f"{where}.study: unknown key(s) {unknown}; allowed: {sorted(allowed)}.")
@@ -135,6 +139,10 @@ def parse_study(recipe: HiveRecipe, where: str = "recipe") -> HiveStudySettings:
     from_hive = {key: recipe.model.hive[key] for key in FROM_MODEL_HIVE if key in recipe.model.hive}
     match_params = values.get("match_params", False)
     check_scalar(f"{where}.study.match_params", match_params, bool)
+    train_llm = values.get("train_llm", False)
+    check_scalar(f"{where}.study.train_llm", train_llm, bool)
+    if train_llm and recipe.stage3.get("lora_r"):
+        raise ValueError(f"{where}.study.train_llm trains the whole LLM; drop stage3.lora_r (LoRA adapters) or train_llm.")
     benchmarks = values.get("benchmarks")
     if benchmarks is not None and (not isinstance(benchmarks, list) or not all(isinstance(b, str) for b in benchmarks)):
         raise ValueError(f"{where}.study.benchmarks: give a list of the recipe's eval entry names, got {benchmarks!r}.")
@@ -145,7 +153,8 @@ def parse_study(recipe: HiveRecipe, where: str = "recipe") -> HiveStudySettings:
                              "and needs indexable data; set streaming: false.")  # fmt: skip
     return HiveStudySettings(name=recipe.name, fusions=fusions, seeds=seeds, match_params=bool(match_params), benchmarks=benchmarks,
                              fusion=HiveFusionSettings(**from_hive, **fusion_values), stage2=stage_loop_settings(recipe, 2),
-                             stage3=stage_loop_settings(recipe, 3), eval=evaluation, default_study=default_study)  # fmt: skip
+                             stage3=stage_loop_settings(recipe, 3), eval=evaluation, train_llm=bool(train_llm),
+                             default_study=default_study)  # fmt: skip
 
 
 def load_study(path=None, quick: bool = False, overrides: list[str] | None = None) -> tuple[HiveRecipe, HiveStudySettings]:
