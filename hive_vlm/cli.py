@@ -22,6 +22,7 @@ COMMANDS = {
     "demo": ("hive_vlm.demo.cli", "The whole method end to end on one machine, offline."),
     "visualize": ("hive_vlm.visualize.maps", "Draw the per-level cross-attention maps and gates."),
     "ablate": ("hive_vlm.ablation.study", "Compare fusion strategies on equal terms."),
+    "transfer": ("hive_vlm.transfer.study", "Compare pre-trained encoders after transfer into LLaVA (the paper's protocol)."),
     "bench": ("hive_vlm.bench.cli", "Measure HIVE against LLaVA-style fusion."),
 }
 

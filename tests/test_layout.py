@@ -100,13 +100,13 @@ def test_files_stay_short_or_say_why():
         assert len((REPO / relative).read_text().splitlines()) > MAX_LINES, f"{relative} is short now: drop it from LONGER"
 
 
-@pytest.mark.parametrize("command", ["train", "ablate", "demo", "visualize", "card", "push", "eval", "data", "bench"])
+@pytest.mark.parametrize("command", ["train", "ablate", "transfer", "demo", "visualize", "card", "push", "eval", "data", "bench"])
 def test_each_command_lives_in_its_own_module(command):
     from hive_vlm.cli import COMMANDS
 
     module = COMMANDS[command][0]
     assert module in modules(), module
     # the application's commands each have a package (hub holds card and push); the layers' own commands a cli module
-    rooms = {"train": "hive_vlm.train", "ablate": "hive_vlm.ablation", "demo": "hive_vlm.demo", "visualize": "hive_vlm.visualize",
+    rooms = {"train": "hive_vlm.train", "ablate": "hive_vlm.ablation", "transfer": "hive_vlm.transfer", "demo": "hive_vlm.demo", "visualize": "hive_vlm.visualize",
              "card": "hive_vlm.hub", "push": "hive_vlm.hub", "eval": "hive_vlm.eval", "data": "hive_vlm.data", "bench": "hive_vlm.bench"}  # fmt: skip
     assert module.startswith(rooms[command] + "."), module

@@ -97,6 +97,7 @@ class HiveRecipe:
     stage3: dict = field(default_factory=dict)
     eval: list | None = None  # HiveEvalEntry per benchmark `hive ablate` scores (hive-shapes' own when unset)
     study: dict | None = None  # `hive ablate`'s section: fusions, seeds, ... (read by hive_vlm.ablation.settings)
+    transfer: dict | None = None  # `hive transfer`'s section: variants, the LLM, ... (read by hive_vlm.transfer.settings)
 
     @property
     def stages(self) -> list[int]:
@@ -176,7 +177,7 @@ _TYPES = {
     },
     HiveRecipe: {
         "name": (str,), "output_dir": (str,), "model": (dict,), "data": (dict,), "seed": (int,), "stage0": (dict,), "stage1": (dict,),
-        "stage2": (dict,), "stage3": (dict,), "eval": (list,), "study": (dict,),
+        "stage2": (dict,), "stage3": (dict,), "eval": (list,), "study": (dict,), "transfer": (dict,),
     },
     HiveEvalEntry: {
         "benchmark": (str,), "data": (str,), "name": (str,), "split": (str,), "image_root": (str,), "limit": (int,),

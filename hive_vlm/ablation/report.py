@@ -93,25 +93,27 @@ def _cell(entry: dict | None, digits: int = 1) -> str:
     return f"{entry['mean']:.{digits}f} ± {entry['std']:.{digits}f}"
 
 
-def _table(table: dict, fusions: list, columns: list[tuple[str, str]], digits: int = 1) -> list[str]:
-    lines = ["| fusion | " + " | ".join(label for _, label in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+def _table(table: dict, fusions: list, columns: list[tuple[str, str]], digits: int = 1, row_label: str = "fusion") -> list[str]:
+    lines = [f"| {row_label} | " + " | ".join(label for _, label in columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for fusion in fusions:
         row = table.get(fusion, {})
         lines.append(f"| {fusion} | " + " | ".join(_cell(row.get(metric), digits) for metric, _ in columns) + " |")
     return lines
 
 
-def markdown(study, meta: dict, table: dict, verdicts: list[dict], matched: dict | None, plots: dict) -> str:
+def markdown(study, meta: dict, table: dict, verdicts: list[dict], matched: dict | None, plots: dict, title: str = "Ablation",
+             compared: str = "Fusions") -> str:
+    row_label = compared.lower().rstrip("s").split()[-1]  # "Fusions" -> fusion, "Pre-training variants" -> variant
     """The report's tables as markdown (what docs/ablation.md quotes): one per evaluation, with its per-level or
     per-group columns when the benchmark reports them."""
     fusions = [fusion for fusion in study.fusions if fusion in table]
     stage2, stage3 = study.stage2, study.stage3
     llm = (f"LoRA r={stage3['lora_r']} on the LLM in stage 3" if stage3.get("lora_r") else
            "LLM trained in stage 3" if study.train_llm else "LLM frozen throughout")  # fmt: skip
-    lines = [f"# Ablation: {study.name}", ""]
+    lines = [f"# {title}: {study.name}", ""]
     if study.default_study:
         lines += ["The recipe has no `study` section: the default fusions and seeds ran.", ""]
-    lines += [f"Fusions: {', '.join(fusions)}. Seeds: {study.seeds} (mean ± sample std over seeds). Stage 2: {stage2['steps']} steps "
+    lines += [f"{compared}: {', '.join(fusions)}. Seeds: {study.seeds} (mean ± sample std over seeds). Stage 2: {stage2['steps']} steps "
               f"× {stage2['batch_size']}; stage 3: {stage3['steps']} steps × {stage3['batch_size']} "
               f"(encoder {'trained' if stage3['train_vision'] else 'frozen'}); {llm}.", ""]  # fmt: skip
     if matched:
@@ -121,21 +123,23 @@ def markdown(study, meta: dict, table: dict, verdicts: list[dict], matched: dict
         label = entry["label"]
         keys = [m.split("/", 1)[1] for m in table.get(fusions[0], {}) if m.split("/")[0] == label] if fusions else []
         where = f"{entry['benchmark']}" + (f", split {entry['split']}" if entry["split"] else "")
-        lines += ["", f"## {label} ({where})", ""] + _table(table, fusions, [(f"{label}/{key}", key) for key in keys])
+        lines += ["", f"## {label} ({where})", ""] + _table(table, fusions, [(f"{label}/{key}", key) for key in keys], row_label=row_label)
     if any("probe/low" in table.get(fusion, {}) for fusion in fusions):
         before = meta.get("linear_probe_before", {})
         lines += ["", "## Linear probe of the encoder after training (top-1 %, low: colour, mid: shape, high: count)", ""]
-        lines += _table(table, fusions, [(f"probe/{level}", level) for level in PROBE_LEVELS])
+        lines += _table(table, fusions, [(f"probe/{level}", level) for level in PROBE_LEVELS], row_label=row_label)
         if before:
             lines.append("| encoder before fusion training | " + " | ".join(f"{before[level]:.1f}" for level in PROBE_LEVELS) + " |")
     lines += ["", "## Cost", ""]
-    lines += _table(table, fusions, [("params/stage2", "trainable params stage 2"), ("params/stage3", "trainable params stage 3")], digits=0)
+    lines += _table(table, fusions, [("params/stage2", "trainable params stage 2"), ("params/stage3", "trainable params stage 3")], digits=0,
+                    row_label=row_label)
     lines += [""] + _table(table, fusions, [("seconds_per_step/stage2", "s/step stage 2 (median)"), ("seconds_per_step/stage3", "s/step stage 3 (median)"),
                                              ("memory/peak_rss_mb", "peak RSS (MiB)"),
-                                             ("memory/peak_rss_delta_mb", "peak RSS over the run's baseline (MiB)")], digits=3)  # fmt: skip
+                                             ("memory/peak_rss_delta_mb", "peak RSS over the run's baseline (MiB)")], digits=3,
+                                            row_label=row_label)  # fmt: skip
     lines += ["", f"## Against {REFERENCE}: is the difference beyond the seed noise?", "",
               "Rule: within seed noise when |mean difference| ≤ std(fusion) + std(hive-paired).", "",
-              "| fusion | metric | difference (points) | verdict |", "|---|---|---|---|"]
+              f"| {row_label} | metric | difference (points) | verdict |", "|---|---|---|---|"]
     lines += [f"| {v['fusion']} | {v['metric']} | {v['difference']:+.1f} | {v['verdict']} |" for v in verdicts]
     lines += ["", "## Plots", ""] + [f"![{name}]({path})" for name, path in plots.items()]
     return "\n".join(lines) + "\n"
@@ -208,8 +212,9 @@ def _save(figure, path: Path, out: Path) -> str:
     return str(path.relative_to(out))
 
 
-def write_report(out, study, meta: dict, runs: list[dict], matched: dict | None = None) -> dict:
-    """Writes `ablation.json`, `ablation.md` and `plots/` into `out`; returns the JSON content.
+def write_report(out, study, meta: dict, runs: list[dict], matched: dict | None = None, stem: str = "ablation",
+                 title: str = "Ablation", compared: str = "Fusions") -> dict:
+    """Writes `<stem>.json`, `<stem>.md` and `plots/` into `out`; returns the JSON content.
 
     Args:
         out (`str` or `os.PathLike`): the study's folder.
@@ -240,6 +245,6 @@ def write_report(out, study, meta: dict, runs: list[dict], matched: dict | None 
                   "timing": run["timing"]} for entry, run in zip(flat, runs)],
         "plots": plots,
     }  # fmt: skip
-    write_json_atomic(out / "ablation.json", report)
-    write_atomically(out / "ablation.md", markdown(study, meta, table, verdicts, matched, plots))
+    write_json_atomic(out / f"{stem}.json", report)
+    write_atomically(out / f"{stem}.md", markdown(study, meta, table, verdicts, matched, plots, title, compared))
     return report

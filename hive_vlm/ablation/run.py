@@ -194,7 +194,7 @@ def run_fusion(spec: dict) -> dict:
     import datasets
 
     from hive_vlm.data.collators import HiveCaptionCollator, HiveChatCollator
-    from hive_vlm.files import write_json_atomic
+    from hive_vlm.files import atomic_folder, write_json_atomic
     from modeling_hive import HiveProcessor
 
     from .fusions import HiveFusionSettings, build_fusion
@@ -247,6 +247,9 @@ def run_fusion(spec: dict) -> dict:
     if meta["shapes"]:
         result["linear_probe"] = probe_encoder(fusion.encoder, processor.image_processor, shared / "data" / "shapes",
                                                eval_settings["probe_epochs"], eval_settings.get("probe_limit"))  # fmt: skip
+    with atomic_folder(out / "encoder") as folder:  # the encoder as this fusion left it: what `hive transfer` reuses
+        fusion.encoder.save_pretrained(folder)
+        processor.image_processor.save_pretrained(folder)
     peak = peak_rss_mb(memory_method)
     result["timing"] = {"stage2_seconds_per_step": round(stage2["seconds_per_step"], 4),
                         "stage3_seconds_per_step": round(stage3["seconds_per_step"], 4),
@@ -258,7 +261,30 @@ def run_fusion(spec: dict) -> dict:
     return result
 
 
-def run_fusion_in_child(spec: dict) -> None:
-    """Entry point of the subprocess `hive ablate` starts per run, so the peak memory it reports is that run's alone."""
+def run_in_child(target: str, spec: dict) -> None:
+    """Entry point of the subprocess a study starts per run (`target`: "module:function"), so the peak memory it
+    reports is that run's alone."""
+    import importlib
+
     torch.set_num_threads(spec.get("threads") or torch.get_num_threads())
-    run_fusion({**spec, "isolated": True})
+    module, function = target.split(":")
+    getattr(importlib.import_module(module), function)({**spec, "isolated": True})
+
+
+def run_isolated(target: str, spec: dict, isolate: bool) -> dict:
+    """One run (`target`, "module:function", takes `spec` and writes `spec["out"]/result.json`): in a fresh spawned
+    process when `isolate`, so its peak memory is its own."""
+    import importlib
+    import multiprocessing
+
+    if not isolate:
+        module, function = target.split(":")
+        return getattr(importlib.import_module(module), function)(spec)
+    process = multiprocessing.get_context("spawn").Process(target=run_in_child, args=(target, spec))
+    process.start()
+    process.join()
+    path = Path(spec["out"]) / "result.json"
+    if process.exitcode != 0 or not path.is_file():
+        raise RuntimeError(f"{spec.get('fusion') or spec.get('variant')} seed {spec['seed']} failed (exit code "
+                           f"{process.exitcode}); see the log above.")  # fmt: skip
+    return json.loads(path.read_text())

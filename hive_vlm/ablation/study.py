@@ -39,23 +39,6 @@ from .shared import prepare_shared, shared_path
 logger = logging.getLogger(__name__)
 
 
-def run_one(spec: dict, isolate: bool) -> dict:
-    """One fusion and seed: in a fresh spawned process when `isolate` (peak memory is then that run's own)."""
-    from .run import run_fusion, run_fusion_in_child
-
-    if not isolate:
-        return run_fusion(spec)
-    import multiprocessing
-
-    process = multiprocessing.get_context("spawn").Process(target=run_fusion_in_child, args=(spec,))
-    process.start()
-    process.join()
-    path = Path(spec["out"]) / "result.json"
-    if process.exitcode != 0 or not path.is_file():
-        raise RuntimeError(f"{spec['fusion']} seed {spec['seed']} failed (exit code {process.exitcode}); see the log above.")
-    return json.loads(path.read_text())
-
-
 def _run_identity(study: dict) -> dict:
     """What one run depends on: everything but the lists of fusions and seeds (so a study can grow or shrink)."""
     return {key: value for key, value in study.items() if key not in ("fusions", "seeds", "default_study", "benchmarks")}
@@ -81,7 +64,7 @@ def run_ablation(recipe, study: HiveStudySettings, out, isolate: bool = True, th
     """
     from .fusions import match_budgets
     from .report import write_report
-    from .run import quiet
+    from .run import quiet, run_isolated
 
     quiet()
     if threads:
@@ -115,7 +98,7 @@ def run_ablation(recipe, study: HiveStudySettings, out, isolate: bool = True, th
                 runs.append(kept)
                 continue
             print(f"[ablate] {name} seed {seed} (t={time.perf_counter() - started:.0f}s)", flush=True)
-            result = run_one(spec, isolate)
+            result = run_isolated("hive_vlm.ablation.run:run_fusion", spec, isolate)
             runs.append(result)
             scores = ", ".join(f"{label} {next(iter(v for v in s.values() if isinstance(v, (int, float))))}"
                                for label, s in result["final"].items())  # fmt: skip

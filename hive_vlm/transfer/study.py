@@ -1,0 +1,167 @@
+"""`hive transfer`: the paper's own protocol. Encoders pre-trained in different ways (HIVE's hierarchical fusion and
+its alternatives, through a proxy LLM) are each carried into an ordinary LLaVA pipeline, and the pipelines are
+compared: does hierarchical pre-training give an encoder that transfers better?
+
+Phases:
+    pretraining/   `hive ablate` on the recipe for the fusion variants (every run keeps its encoder), with the
+                   shared backbones, data and evaluations
+    transfer-llm/  the transfer LLM, when it differs from the proxy LLM and is built from a config (stage 0)
+    transfer/      one folder per variant and seed: LLaVA around that encoder, trained and evaluated
+    report         transfer.md, transfer.json and plots/: every variant's scores per level, its encoder's linear
+                   probe, the seed-noise verdicts against hive-paired, pre-training seconds per step and transfer cost
+
+Example:
+    $ hive transfer --recipe recipes/ablation-shapes-learning.yaml --out transfer-study
+    $ hive transfer --recipe recipes/tiny-shapes.yaml --quick --out /tmp/transfer-quick
+"""
+
+import argparse
+import dataclasses
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from hive_vlm.ablation.fusions import FUSIONS, HiveFusionSettings
+from hive_vlm.ablation.settings import HiveStudySettings
+from hive_vlm.ablation.shared import HiveStudyRun, prepare_shared, shared_path
+
+from .settings import VARIANTS, HiveTransferSettings, load_transfer
+
+
+logger = logging.getLogger(__name__)
+
+
+def transfer_llm(recipe, transfer: HiveTransferSettings, shared: Path, out: Path) -> str:
+    """The LLM every encoder is transferred with: `transfer.text_model`; or `transfer.text_config` built with the
+    pre-training's tokenizer and pretrained by the recipe's stage 0 (when it has one) in `out`; or the proxy LLM."""
+    meta = json.loads((shared / "meta.json").read_text())
+    if transfer.text_model:
+        return transfer.text_model
+    if transfer.text_config is None:
+        return shared_path(shared, meta["text"])
+    if not (out / "processor").is_dir():  # the same tokenizer as pre-training, so every data file reads the same
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(shared / "processor", out / "processor")
+    model = dataclasses.replace(recipe.model, text_model=None, text_config=transfer.text_config)
+    run = HiveStudyRun(dataclasses.replace(recipe, model=model), out, resume=True)
+    if recipe.stage0 is not None:
+        run.run(stages=[0])
+    return run.llm_source()
+
+
+def encoder_of(variant: str, seed: int, out: Path, shared: Path, meta: dict) -> str:
+    """The folder of `variant`'s encoder for `seed`."""
+    if variant in FUSIONS:
+        return str(out / "pretraining" / "runs" / f"{variant}-seed{seed}" / "encoder")
+    if variant == "mim-only":
+        return shared_path(shared, meta["vision"])
+    return str(shared / "backbones" / "vision") if (shared / "backbones" / "vision").is_dir() else meta["recipe"]["model"]["vision_model"]
+
+
+def run_transfer(recipe, study: HiveStudySettings, transfer: HiveTransferSettings, out, isolate: bool = True,
+                 threads: int | None = None) -> dict:
+    """Pre-trains every fusion variant's encoder (`hive ablate`), transfers every variant with every seed (finished
+    runs are kept), and writes the report. Returns the report's JSON content.
+
+    Args:
+        recipe (`HiveRecipe`), study (`HiveStudySettings`), transfer (`HiveTransferSettings`): `load_transfer`'s.
+        out (`str` or `os.PathLike`): the study's folder.
+        isolate (`bool`): one process per run (honest per-run peak memory).
+        threads (`int`, *optional*): torch threads per run.
+
+    Example:
+        >>> report = run_transfer(*load_transfer("recipes/tiny-shapes.yaml", quick=True), "/tmp/transfer")  # doctest: +SKIP
+        >>> sorted(report["aggregate"])  # doctest: +SKIP
+    """
+    from hive_vlm.ablation.report import write_report
+    from hive_vlm.ablation.run import quiet, run_isolated
+    from hive_vlm.ablation.study import run_ablation
+
+    quiet()
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    out = Path(out)
+    started = time.perf_counter()
+    fusions = [variant for variant in transfer.variants if variant in FUSIONS]
+    pretraining = dataclasses.replace(study, fusions=fusions, seeds=transfer.seeds)
+    shared = out / "pretraining" / "shared"
+    if fusions:
+        print(f"[transfer] pre-training {fusions} with seeds {transfer.seeds} in {out / 'pretraining'}", flush=True)
+        pretrained = run_ablation(recipe, pretraining, out / "pretraining", isolate=isolate, threads=threads)
+    else:
+        prepare_shared(recipe, pretraining, shared)
+        pretrained = {"aggregate": {}}
+    meta = json.loads((shared / "meta.json").read_text())
+    llm = transfer_llm(recipe, transfer, shared, out / "transfer-llm")
+    print(f"[transfer] transfer LLM: {llm}", flush=True)
+    runs = []
+    for seed in transfer.seeds:
+        for variant in transfer.variants:
+            run_dir = out / "transfer" / f"{variant}-seed{seed}"
+            spec = {"variant": variant, "seed": seed, "encoder": encoder_of(variant, seed, out, shared, meta), "llm": llm,
+                    "shared": str(shared), "out": str(run_dir), "transfer": dataclasses.asdict(transfer), "eval": study.eval,
+                    "threads": threads}  # fmt: skip
+            if (run_dir / "result.json").is_file():
+                kept = json.loads((run_dir / "result.json").read_text())
+                if {k: v for k, v in kept["transfer"].items() if k not in ("variants", "seeds", "default_transfer")} != {
+                        k: v for k, v in spec["transfer"].items() if k not in ("variants", "seeds", "default_transfer")}:
+                    raise ValueError(f"{run_dir} holds a transfer with other settings; pass a new --out (or delete that folder).")
+                runs.append(kept)
+                continue
+            print(f"[transfer] {variant} seed {seed} (t={time.perf_counter() - started:.0f}s)", flush=True)
+            runs.append(run_isolated("hive_vlm.transfer.run:transfer_encoder", spec, isolate))
+    compared = HiveStudySettings(name=recipe.name, fusions=list(transfer.variants), seeds=transfer.seeds, stage2=transfer.stage2,
+                                 stage3={**transfer.stage3, "train_vision": transfer.train_vision}, eval=study.eval,
+                                 fusion=HiveFusionSettings(flat_vision_feature_layer=transfer.vision_feature_layer),
+                                 train_llm=transfer.train_llm)  # fmt: skip
+    report = write_report(out, compared, meta, runs, stem="transfer", title="Transfer into LLaVA", compared="Pre-training variants")
+    cost = pretraining_cost(pretrained, transfer.variants)
+    report["pretraining_cost"] = cost
+    from hive_vlm.files import write_atomically, write_json_atomic
+
+    write_json_atomic(out / "transfer.json", report)
+    lines = ["", "## Pre-training cost (seconds per step through the proxy LLM, median; mean over seeds)", "",
+             "| variant | stage 2 | stage 3 |", "|---|---|---|"]  # fmt: skip
+    lines += [f"| {variant} | {row['stage2']} | {row['stage3']} |" for variant, row in cost.items()]
+    write_atomically(out / "transfer.md", (out / "transfer.md").read_text() + "\n".join(lines) + "\n")
+    print(f"[transfer] report: {out / 'transfer.md'} ({time.perf_counter() - started:.0f}s)", flush=True)
+    return report
+
+
+def pretraining_cost(pretrained: dict, variants) -> dict:
+    """Seconds per pre-training step of every fusion variant (none for `mim-only` and `none`, which have no fusion)."""
+    table = pretrained.get("aggregate", {})
+    return {variant: {stage: round(table[variant][f"seconds_per_step/{stage}"]["mean"], 4) if variant in table else "–"
+                      for stage in ("stage2", "stage3")} for variant in variants}  # fmt: skip
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = __doc__.split("\n\n")[0]
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = __doc__.split("\n\n", 1)[1]
+    parser.add_argument("--recipe", help="A hive train recipe, with optional study and transfer sections (default recipes/ablation-shapes.yaml).")
+    parser.add_argument("--out", default="transfer-study", help="Folder for the study (reruns keep finished runs).")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, help="Pre-training variants to compare (default: all seven).")
+    parser.add_argument("--seeds", type=int, help="Number of seeds 0..N-1 (default: the recipe's).")
+    parser.add_argument("--quick", action="store_true", help="A few steps on a few examples: every output in minutes (numbers mean nothing).")
+    parser.add_argument("--threads", type=int, help="Torch threads per run (default: torch's).")
+    parser.add_argument("--no-isolate", action="store_true", help="Run everything in this process.")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Recipe overrides, as hive train takes them.")
+
+
+def run(args) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    overrides = list(args.overrides)
+    if args.variants:
+        overrides.append(f"transfer.variants={json.dumps(args.variants)}")
+    if args.seeds is not None:
+        overrides.append(f"transfer.seeds={args.seeds}")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {args.threads}.")
+    recipe, study, transfer = load_transfer(args.recipe, quick=args.quick, overrides=overrides)
+    run_transfer(recipe, study, transfer, args.out, isolate=not args.no_isolate, threads=args.threads)
+    return 0

@@ -1,0 +1,81 @@
+"""`hive transfer`: encoders pre-trained in different ways, each carried into transformers' own LLaVA on equal terms."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hive_vlm.transfer.settings import VARIANTS, load_transfer
+from hive_vlm.transfer.study import run_transfer
+
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "recipes" / "tiny-shapes.yaml"
+SMALL_LLM = ["transfer.text_config={model_type: llama, hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, "
+             "num_key_value_heads: 1, intermediate_size: 64, max_position_embeddings: 512}"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp("transfer")
+    overrides = ['transfer.variants=["hive-paired", "flat", "mim-only", "none"]', *SMALL_LLM]
+    recipe, study, transfer = load_transfer(TINY, quick=True, overrides=overrides)
+    report = run_transfer(recipe, study, transfer, out, isolate=False)
+    return out, transfer, report
+
+
+def weights(folder) -> dict:
+    return load_file(Path(folder) / "model.safetensors")
+
+
+def test_quick_transfer_writes_every_output(quick):
+    out, transfer, report = quick
+    assert transfer.variants == ["hive-paired", "flat", "mim-only", "none"] and transfer.seeds == [0]
+    saved = json.loads((out / "transfer.json").read_text())
+    assert sorted(saved["aggregate"]) == sorted(transfer.variants)
+    for variant in transfer.variants:
+        row = saved["aggregate"][variant]
+        for metric in ("test/accuracy", "test/low", "mme/perception", "okvqa/vqa_accuracy", "probe/low", "seconds_per_step/stage3"):
+            assert metric in row, (variant, metric)
+    table = (out / "transfer.md").read_text()
+    assert "| variant | accuracy | low |" in table and "Pre-training cost" in table and "one seed: cannot tell" in table
+    assert saved["pretraining_cost"]["hive-paired"]["stage2"] > 0 and saved["pretraining_cost"]["none"]["stage2"] == "–"
+    for name in ("accuracy_vs_steps", "accuracy_per_level"):
+        assert (out / "plots" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "pretraining" / "ablation.md").is_file()  # the pre-training is a hive ablate study of its own
+
+
+def test_each_variant_transfers_its_own_encoder_on_equal_terms(quick):
+    out, transfer, _ = quick
+    runs = {v: json.loads((out / "transfer" / f"{v}-seed0" / "result.json").read_text()) for v in transfer.variants}
+    shared = out / "pretraining" / "shared"
+    name = "encoder.layer.0.attention.attention.query.weight"
+    initial = weights(shared / "backbones" / "vision")[name]
+    after_mim = weights(shared / "stage1" / "model")[name]
+    through_hive = weights(out / "pretraining" / "runs" / "hive-paired-seed0" / "encoder")[name]
+    assert torch.equal(weights(runs["none"]["encoder"])[name], initial)
+    assert torch.equal(weights(runs["mim-only"]["encoder"])[name], after_mim)
+    assert not torch.equal(after_mim, initial) and not torch.equal(through_hive, after_mim)  # stage 3 trained it
+    # the same transfer LLM (not the proxy), the same batches, nothing of the encoder trains
+    llm = {run["llm"] for run in runs.values()}
+    assert llm == {str(out / "transfer-llm" / "backbones" / "text")}
+    assert json.loads((Path(llm.pop()) / "config.json").read_text())["hidden_size"] == 32
+    hashes = {variant: run["stages"]["stage3"]["batch_hashes"] for variant, run in runs.items()}
+    assert len({tuple(h) for h in hashes.values()}) == 1
+    for run in runs.values():
+        assert run["parameters"]["stage2"]["vision"]["trainable"] == 0 and run["parameters"]["stage3"]["vision"]["trainable"] == 0
+        assert run["parameters"]["stage2"]["llm"]["trainable"] == 0 < run["parameters"]["stage3"]["llm"]["trainable"]
+
+
+def test_transfer_settings_name_bad_keys():
+    with pytest.raises(ValueError, match=r"transfer: unknown key\(s\) \['variantz'\]"):
+        load_transfer(TINY, overrides=["transfer.variantz=[none]"])
+    with pytest.raises(ValueError, match="transfer.variants"):
+        load_transfer(TINY, overrides=["transfer.variants=[hive-paired, perceiver]"])
+    with pytest.raises(ValueError, match=r"transfer.stage3: unknown key\(s\) \['lora_r'\]"):
+        load_transfer(TINY, overrides=["transfer.stage3.lora_r=4"])
+    recipe, study, transfer = load_transfer(TINY, overrides=["transfer.stage2.max_steps=7"])
+    assert transfer.default_transfer is False and transfer.variants == list(VARIANTS) and transfer.stage2["steps"] == 7
+    assert transfer.stage3["steps"] == recipe.stage3["max_steps"] and transfer.vision_feature_layer == -2
