@@ -79,3 +79,15 @@ def test_transfer_settings_name_bad_keys():
     recipe, study, transfer = load_transfer(TINY, overrides=["transfer.stage2.max_steps=7"])
     assert transfer.default_transfer is False and transfer.variants == list(VARIANTS) and transfer.stage2["steps"] == 7
     assert transfer.stage3["steps"] == recipe.stage3["max_steps"] and transfer.vision_feature_layer == -2
+
+
+def test_hive_transfer_command_with_no_pretraining_fusion(tmp_path, monkeypatch):
+    # Only the encoders that need no fusion: no ablation runs, the shared folder alone, then the transfer.
+    from hive_vlm.cli import main
+
+    monkeypatch.chdir(REPO)
+    assert main(["transfer", "--recipe", "recipes/tiny-shapes.yaml", "--quick", "--variants", "mim-only", "none", "--no-isolate",
+                 "--out", str(tmp_path)]) == 0
+    saved = json.loads((tmp_path / "transfer.json").read_text())
+    assert sorted(saved["aggregate"]) == ["mim-only", "none"] and not (tmp_path / "pretraining" / "runs").exists()
+    assert main(["transfer", "--recipe", "recipes/tiny-shapes.yaml", "--threads", "0", "--out", str(tmp_path)]) == 2

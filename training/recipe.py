@@ -250,8 +250,8 @@ def parse_recipe(values: dict, where: str = "recipe") -> HiveRecipe:
     return recipe
 
 
-def load_recipe(path, overrides: list[str] | None = None) -> HiveRecipe:
-    """Reads a YAML recipe, applies `key=value` overrides and validates it."""
+def read_recipe_file(path) -> dict:
+    """A recipe file's mapping, unvalidated; a missing file or broken YAML raises naming the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"recipe {str(path)!r} does not exist; see recipes/ for examples.")
@@ -259,4 +259,11 @@ def load_recipe(path, overrides: list[str] | None = None) -> HiveRecipe:
         values = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         raise ValueError(f"recipe {str(path)!r} is not valid YAML: {' '.join(str(error).split())}") from error
-    return parse_recipe(apply_overrides(values, overrides or []), where=path.name)
+    if not isinstance(values, dict):
+        raise ValueError(f"recipe {str(path)!r}: expected a mapping of sections, got {type(values).__name__}.")
+    return values
+
+
+def load_recipe(path, overrides: list[str] | None = None) -> HiveRecipe:
+    """Reads a YAML recipe, applies `key=value` overrides and validates it."""
+    return parse_recipe(apply_overrides(read_recipe_file(path), overrides or []), where=Path(path).name)

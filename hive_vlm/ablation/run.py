@@ -184,49 +184,51 @@ def quiet() -> None:
     datasets.disable_progress_bars()
 
 
-def run_fusion(spec: dict) -> dict:
-    """Trains and evaluates one fusion with one seed; writes `spec["out"]/result.json` and returns it.
-
-    Args:
-        spec (`dict`): `fusion`, `seed`, `shared` (the folder `prepare_shared` wrote), `out` (this run's folder) and
-            `study` (`HiveStudySettings` as a dict, with `fusion` holding `HiveFusionSettings` fields).
-    """
+def shared_inputs(shared: Path) -> tuple[dict, object, object, object]:
+    """What every run of a study reads from the shared folder: its meta, the processor, the captions and the chats."""
     import datasets
 
-    from hive_vlm.data.collators import HiveCaptionCollator, HiveChatCollator
-    from hive_vlm.files import atomic_folder, write_json_atomic
     from modeling_hive import HiveProcessor
 
-    from .fusions import HiveFusionSettings, build_fusion
-    from .probe import probe_encoder
-    from .shared import shared_path
-
-    quiet()
-    study, seed, name = spec["study"], spec["seed"], spec["fusion"]
-    shared, out = Path(spec["shared"]), Path(spec["out"])
-    out.mkdir(parents=True, exist_ok=True)
     meta = json.loads((shared / "meta.json").read_text())
     processor = HiveProcessor.from_pretrained(shared / "processor")
-    captions = datasets.load_from_disk(str(shared / "data" / "stage2"))
-    chats = datasets.load_from_disk(str(shared / "data" / "stage3"))
-    memory_method, baseline_rss = reset_peak_rss()
-    started = time.perf_counter()
+    return meta, processor, datasets.load_from_disk(str(shared / "data" / "stage2")), datasets.load_from_disk(str(shared / "data" / "stage3"))
 
-    fusion = build_fusion(name, shared_path(shared, meta["vision"]), shared_path(shared, meta["text"]), meta["image_token_id"],
-                          HiveFusionSettings(**study["fusion"]), seed=seed, vocab_size=meta["vocab_size"])  # fmt: skip
-    result = {"fusion": name, "seed": seed, "study": study, "num_image_tokens": fusion.num_image_tokens, "parameters": {}, "stages": {}}
 
-    result["parameters"]["stage2"] = fusion.set_stage(2, train_vision=study["stage2"]["train_vision"])
+def start_clock() -> tuple:
+    """The start of a run's time and peak-memory window (before its model is built, so both count it)."""
+    method, baseline = reset_peak_rss()
+    return method, baseline, time.perf_counter()
+
+
+def train_and_evaluate(fusion, shared: Path, out: Path, stage2: dict, stage3: dict, eval_settings: dict, seed: int, clock: tuple,
+                       set_stage2, set_stage3, seed_offset: int = 0) -> dict:
+    """What every run of a study does once its model is built: stage 2 on the shared captions, stage 3 on the shared
+    chats (scored on the checkpoint evaluation at `eval_settings["checkpoints"]` points), then every evaluation, the
+    linear probe of the encoder (hive-shapes) and the run's cost.
+
+    Args:
+        fusion (`HiveAblationFusion`): the model.
+        shared, out (`Path`): the shared folder and the run's folder.
+        stage2, stage3 (`dict`): the training loop's settings of each stage.
+        eval_settings (`dict`): the study's evaluation settings.
+        seed (`int`): fixes the batch order (with `seed_offset`, which keeps two studies' orders apart).
+        clock (`tuple`): `start_clock()`, taken before the model was built.
+        set_stage2, set_stage3 (`Callable[[], dict]`): set what trains in each stage; return the parameter counts.
+
+    Returns:
+        `{"parameters", "stages", "curve", "final", "linear_probe" (hive-shapes), "timing", "memory"}`.
+    """
+    from hive_vlm.data.collators import HiveCaptionCollator, HiveChatCollator
+
+    from .probe import probe_encoder
+
+    meta, processor, captions, chats = shared_inputs(shared)
+    result = {"parameters": {"stage2": set_stage2()}}
     collator = HiveCaptionCollator(processor, prompt=meta["caption_prompt"], max_length=meta["max_length"]["stage2"])
-    stage2 = train_stage(fusion, captions, collator, study["stage2"], seed * 1000 + 2)
-
-    stage3_settings = study["stage3"]
-    if stage3_settings.get("lora_r"):
-        torch.manual_seed(seed * 1000 + 4)
-        fusion.add_lora(stage3_settings["lora_r"], stage3_settings["lora_alpha"], stage3_settings["lora_dropout"])
-    result["parameters"]["stage3"] = fusion.set_stage(3, train_vision=stage3_settings["train_vision"], train_llm=study["train_llm"])
-    eval_settings = study["eval"]
-    checkpoints = sorted({round(stage3_settings["steps"] * k / eval_settings["checkpoints"]) for k in range(eval_settings["checkpoints"] + 1)})
+    trained = {"stage2": train_stage(fusion, captions, collator, stage2, seed * 1000 + seed_offset + 2)}
+    result["parameters"]["stage3"] = set_stage3()
+    checkpoints = sorted({round(stage3["steps"] * k / eval_settings["checkpoints"]) for k in range(eval_settings["checkpoints"] + 1)})
     curve = []
 
     def checkpoint(step: int) -> None:
@@ -237,26 +239,60 @@ def run_fusion(spec: dict) -> dict:
             curve.append({"step": step, **scores[validation["label"]]})
 
     checkpoint(0)
-    stage3 = train_stage(fusion, chats, HiveChatCollator(processor, max_length=meta["max_length"]["stage3"]), stage3_settings,
-                         seed * 1000 + 3, checkpoint)  # fmt: skip
+    collator = HiveChatCollator(processor, max_length=meta["max_length"]["stage3"])
+    trained["stage3"] = train_stage(fusion, chats, collator, stage3, seed * 1000 + seed_offset + 3, checkpoint)
+    memory_method, baseline_rss, started = clock
     train_seconds = time.perf_counter() - started
-    for label, stage in (("stage2", stage2), ("stage3", stage3)):
-        result["stages"][label] = stage
-    result["curve"] = curve
+    result.update(stages=trained, curve=curve)
     result["final"] = evaluate_fusion(fusion, processor, meta["evaluations"], out / "final", eval_settings, eval_settings.get("limit"))
     if meta["shapes"]:
         result["linear_probe"] = probe_encoder(fusion.encoder, processor.image_processor, shared / "data" / "shapes",
                                                eval_settings["probe_epochs"], eval_settings.get("probe_limit"))  # fmt: skip
-    with atomic_folder(out / "encoder") as folder:  # the encoder as this fusion left it: what `hive transfer` reuses
-        fusion.encoder.save_pretrained(folder)
-        processor.image_processor.save_pretrained(folder)
     peak = peak_rss_mb(memory_method)
-    result["timing"] = {"stage2_seconds_per_step": round(stage2["seconds_per_step"], 4),
-                        "stage3_seconds_per_step": round(stage3["seconds_per_step"], 4),
+    result["timing"] = {"stage2_seconds_per_step": round(trained["stage2"]["seconds_per_step"], 4),
+                        "stage3_seconds_per_step": round(trained["stage3"]["seconds_per_step"], 4),
                         "wall_seconds": round(time.perf_counter() - started, 1), "train_wall_seconds": round(train_seconds, 1)}  # fmt: skip
     result["memory"] = {"peak_rss_mb": round(peak, 1), "peak_rss_delta_mb": round(peak - baseline_rss, 1),
-                        "baseline_rss_mb": round(baseline_rss, 1), "method": memory_method,
-                        "isolated": bool(spec.get("isolated"))}  # fmt: skip
+                        "baseline_rss_mb": round(baseline_rss, 1), "method": memory_method}  # fmt: skip
+    return result
+
+
+def run_fusion(spec: dict) -> dict:
+    """Trains and evaluates one fusion with one seed; writes `spec["out"]/result.json` and returns it.
+
+    Args:
+        spec (`dict`): `fusion`, `seed`, `shared` (the folder `prepare_shared` wrote), `out` (this run's folder) and
+            `study` (`HiveStudySettings` as a dict, with `fusion` holding `HiveFusionSettings` fields).
+    """
+    from hive_vlm.files import atomic_folder, write_json_atomic
+    from modeling_hive import HiveProcessor
+
+    from .fusions import HiveFusionSettings, build_fusion
+    from .shared import shared_path
+
+    quiet()
+    study, seed, name = spec["study"], spec["seed"], spec["fusion"]
+    shared, out = Path(spec["shared"]), Path(spec["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    meta = json.loads((shared / "meta.json").read_text())
+    clock = start_clock()
+    fusion = build_fusion(name, shared_path(shared, meta["vision"]), shared_path(shared, meta["text"]), meta["image_token_id"],
+                          HiveFusionSettings(**study["fusion"]), seed=seed, vocab_size=meta["vocab_size"])  # fmt: skip
+    stage3 = study["stage3"]
+
+    def set_stage3() -> dict:
+        if stage3.get("lora_r"):
+            torch.manual_seed(seed * 1000 + 4)
+            fusion.add_lora(stage3["lora_r"], stage3["lora_alpha"], stage3["lora_dropout"])
+        return fusion.set_stage(3, train_vision=stage3["train_vision"], train_llm=study["train_llm"])
+
+    result = {"fusion": name, "seed": seed, "study": study, "num_image_tokens": fusion.num_image_tokens}
+    result.update(train_and_evaluate(fusion, shared, out, study["stage2"], stage3, study["eval"], seed, clock,
+                                     lambda: fusion.set_stage(2, train_vision=study["stage2"]["train_vision"]), set_stage3))  # fmt: skip
+    result["memory"]["isolated"] = bool(spec.get("isolated"))
+    with atomic_folder(out / "encoder") as folder:  # the encoder as this fusion left it: what `hive transfer` reuses
+        fusion.encoder.save_pretrained(folder)
+        HiveProcessor.from_pretrained(shared / "processor").image_processor.save_pretrained(folder)
     write_json_atomic(out / "result.json", result)
     return result
 

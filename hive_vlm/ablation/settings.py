@@ -26,9 +26,7 @@ import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from hive_vlm.training.recipe import HiveRecipe, apply_overrides, check_scalar, parse_recipe
+from hive_vlm.training.recipe import HiveRecipe, apply_overrides, check_scalar, parse_recipe, read_recipe_file
 
 from .fusions import FUSIONS, HiveFusionSettings
 
@@ -161,13 +159,7 @@ def load_study(path=None, quick: bool = False, overrides: list[str] | None = Non
     """Reads a `hive train` recipe (the default study's when `path` is None), applies `--quick` and `key=value`
     overrides, and returns the validated recipe and its study."""
     path = Path(path or DEFAULT_RECIPE)
-    if not path.is_file():
-        raise FileNotFoundError(f"recipe {str(path)!r} does not exist; see recipes/ for examples.")
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ValueError(f"recipe {str(path)!r} is not valid YAML: {' '.join(str(error).split())}") from error
-    return study_from_values(values, quick, overrides, where=path.name)
+    return study_from_values(read_recipe_file(path), quick, overrides, where=path.name)
 
 
 def study_from_values(values: dict, quick: bool = False, overrides: list[str] | None = None, where: str = "recipe"):

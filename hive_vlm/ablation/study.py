@@ -108,34 +108,46 @@ def run_ablation(recipe, study: HiveStudySettings, out, isolate: bool = True, th
     return report
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = __doc__.split("\n\n")[0]
+def study_arguments(parser: argparse.ArgumentParser, doc: str, out: str) -> None:
+    """The options every study command takes: the recipe and its overrides, the folder, seeds, --quick and threads."""
+    parser.description = doc.split("\n\n")[0]
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = __doc__.split("\n\n", 1)[1]
-    parser.add_argument("--recipe", help="A hive train recipe, with an optional study section (default recipes/ablation-shapes.yaml).")
-    parser.add_argument("--out", default="ablation", help="Folder for the study (reruns keep finished runs).")
-    parser.add_argument("--fusions", nargs="+", choices=FUSIONS, help="Fusions to compare (default: the recipe's, all five).")
+    parser.epilog = doc.split("\n\n", 1)[1]
+    parser.add_argument("--recipe", help="A hive train recipe (default recipes/ablation-shapes.yaml).")
+    parser.add_argument("--out", default=out, help="Folder for the study (reruns keep finished runs).")
     parser.add_argument("--seeds", type=int, help="Number of seeds 0..N-1 (default: the recipe's).")
-    parser.add_argument("--match-params", action="store_true", help="Match every fusion's trainable budget to hive-paired's within 10%%.")
     parser.add_argument("--quick", action="store_true", help="A few steps on a few examples: every output in minutes (numbers mean nothing).")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="Override a recipe value, e.g. --set stage3.max_steps=400 (repeatable).")  # fmt: skip
     parser.add_argument("--threads", type=int, help="Torch threads per run (default: torch's); 1 on a machine shared with other jobs.")
-    parser.add_argument("--no-isolate", action="store_true", help="Run every fusion in this process (faster to start; memory then shares one process).")
+    parser.add_argument("--no-isolate", action="store_true", help="Run everything in this process (faster to start; memory then shares one process).")
     parser.add_argument("extra_overrides", nargs="*", metavar="KEY=VALUE", help="Recipe overrides, as hive train takes them.")
+
+
+def study_overrides(args, section: str, key: str, chosen: list | None) -> list[str]:
+    """The recipe overrides of a study command's arguments: its own, then `--seeds` and the command's choice of what
+    to compare (`chosen`, as `<section>.<key>`)."""
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {args.threads}.")
+    overrides = [*args.overrides, *args.extra_overrides]
+    if chosen:
+        overrides.append(f"{section}.{key}={json.dumps(chosen)}")
+    if args.seeds is not None:
+        overrides.append(f"{section}.seeds={args.seeds}")
+    return overrides
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    study_arguments(parser, __doc__, "ablation")
+    parser.add_argument("--fusions", nargs="+", choices=FUSIONS, help="Fusions to compare (default: the recipe's, all five).")
+    parser.add_argument("--match-params", action="store_true", help="Match every fusion's trainable budget to hive-paired's within 10%%.")
 
 
 def run(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    overrides = [*args.overrides, *args.extra_overrides]
-    if args.fusions:
-        overrides.append(f"study.fusions={json.dumps(args.fusions)}")
-    if args.seeds is not None:
-        overrides.append(f"study.seeds={args.seeds}")
+    overrides = study_overrides(args, "study", "fusions", args.fusions)
     if args.match_params:
         overrides.append("study.match_params=true")
-    if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads must be at least 1, got {args.threads}.")
     recipe, study = load_study(args.recipe, quick=args.quick, overrides=overrides)
     run_ablation(recipe, study, args.out, isolate=not args.no_isolate, threads=args.threads)
     return 0

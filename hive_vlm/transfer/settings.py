@@ -28,11 +28,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from hive_vlm.ablation.fusions import FUSIONS
 from hive_vlm.ablation.settings import DEFAULT_RECIPE, HiveStudySettings, stage_loop_settings, study_from_values
-from hive_vlm.training.recipe import HiveRecipe, check_scalar
+from hive_vlm.training.recipe import HiveRecipe, check_scalar, read_recipe_file
 
 
 VARIANTS = (*FUSIONS, "mim-only", "none")
@@ -105,13 +103,8 @@ def parse_transfer(recipe: HiveRecipe, study: HiveStudySettings, where: str = "r
 def load_transfer(path=None, quick: bool = False, overrides: list[str] | None = None):
     """Reads a `hive train` recipe, applies `--quick` and `key=value` overrides; returns `(recipe, study, transfer)`."""
     path = Path(path or DEFAULT_RECIPE)
-    if not path.is_file():
-        raise FileNotFoundError(f"recipe {str(path)!r} does not exist; see recipes/ for examples.")
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ValueError(f"recipe {str(path)!r} is not valid YAML: {' '.join(str(error).split())}") from error
-    if quick and isinstance(values, dict) and values.get("transfer") is not None:
+    values = read_recipe_file(path)
+    if quick and values.get("transfer") is not None:
         values = {**values, "transfer": {**values["transfer"], "seeds": [0]}}
     recipe, study = study_from_values(values, quick, overrides, where=path.name)
     transfer = parse_transfer(recipe, study, where=path.name)

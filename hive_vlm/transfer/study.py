@@ -26,6 +26,7 @@ from pathlib import Path
 from hive_vlm.ablation.fusions import FUSIONS, HiveFusionSettings
 from hive_vlm.ablation.settings import HiveStudySettings
 from hive_vlm.ablation.shared import HiveStudyRun, prepare_shared, shared_path
+from hive_vlm.ablation.study import study_arguments, study_overrides
 
 from .settings import VARIANTS, HiveTransferSettings, load_transfer
 
@@ -140,28 +141,13 @@ def pretraining_cost(pretrained: dict, variants) -> dict:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = __doc__.split("\n\n")[0]
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = __doc__.split("\n\n", 1)[1]
-    parser.add_argument("--recipe", help="A hive train recipe, with optional study and transfer sections (default recipes/ablation-shapes.yaml).")
-    parser.add_argument("--out", default="transfer-study", help="Folder for the study (reruns keep finished runs).")
+    study_arguments(parser, __doc__, "transfer-study")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, help="Pre-training variants to compare (default: all seven).")
-    parser.add_argument("--seeds", type=int, help="Number of seeds 0..N-1 (default: the recipe's).")
-    parser.add_argument("--quick", action="store_true", help="A few steps on a few examples: every output in minutes (numbers mean nothing).")
-    parser.add_argument("--threads", type=int, help="Torch threads per run (default: torch's).")
-    parser.add_argument("--no-isolate", action="store_true", help="Run everything in this process.")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Recipe overrides, as hive train takes them.")
 
 
 def run(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    overrides = list(args.overrides)
-    if args.variants:
-        overrides.append(f"transfer.variants={json.dumps(args.variants)}")
-    if args.seeds is not None:
-        overrides.append(f"transfer.seeds={args.seeds}")
-    if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads must be at least 1, got {args.threads}.")
+    overrides = study_overrides(args, "transfer", "variants", args.variants)
     recipe, study, transfer = load_transfer(args.recipe, quick=args.quick, overrides=overrides)
     run_transfer(recipe, study, transfer, args.out, isolate=not args.no_isolate, threads=args.threads)
     return 0
