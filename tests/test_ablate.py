@@ -182,6 +182,12 @@ def test_recipe_errors_name_the_key():
         study_from_values({**values, "study": {"fusion": {"gate_init": 0.5}}})
     with pytest.raises(ValueError, match="streaming: false"):
         study_from_values({**values, "data": {**values["data"], "stage3": {"source": "chats.json", "streaming": True}}})
+    with pytest.raises(ValueError, match=r"eval\[0\].benchmark: unknown benchmark 'vqav2'"):
+        study_from_values({**values, "eval": [{"benchmark": "vqav2", "data": "vqav2/"}]})
+    with pytest.raises(ValueError, match=r"eval\[0\].protocol: 'loose' is not one of llava-qa's"):
+        study_from_values({**values, "eval": [{"benchmark": "llava-qa", "data": "t.json", "protocol": "loose"}]})
+    with pytest.raises(ValueError, match=r"eval\[0\]: unknown key\(s\) \['path'\]"):
+        study_from_values({**values, "eval": [{"benchmark": "llava-qa", "path": "t.json"}]})
     with pytest.raises(ValueError, match="unknown fusion 'perceiver'"):
         build_fusion("perceiver", "v", "t", 5)
 

@@ -99,6 +99,19 @@ def stage_loop_settings(recipe: HiveRecipe, stage: int) -> dict:
     return values
 
 
+def check_evaluations(recipe: HiveRecipe, where: str) -> None:
+    """Each `eval` entry names a `hive eval` adapter and one of its protocols: checked before anything trains."""
+    from hive_vlm.eval.cli import benchmark_adapter
+
+    for index, entry in enumerate(recipe.eval or []):
+        try:
+            adapter = benchmark_adapter(entry.benchmark, image_root=entry.image_root)
+        except ValueError as error:
+            raise ValueError(f"{where}.eval[{index}].benchmark: {error}") from error
+        if entry.protocol is not None and entry.protocol not in adapter.protocols:
+            raise ValueError(f"{where}.eval[{index}].protocol: {entry.protocol!r} is not one of {entry.benchmark}'s {list(adapter.protocols)}.")
+
+
 def parse_study(recipe: HiveRecipe, where: str = "recipe") -> HiveStudySettings:
     """The study of a validated recipe: its `study` section checked (unknown keys and wrong kinds raise, naming the
     key) and filled with defaults."""
@@ -144,6 +157,7 @@ def parse_study(recipe: HiveRecipe, where: str = "recipe") -> HiveStudySettings:
     benchmarks = values.get("benchmarks")
     if benchmarks is not None and (not isinstance(benchmarks, list) or not all(isinstance(b, str) for b in benchmarks)):
         raise ValueError(f"{where}.study.benchmarks: give a list of the recipe's eval entry names, got {benchmarks!r}.")
+    check_evaluations(recipe, where)
     for stage in (2, 3):
         source = getattr(recipe.data, f"stage{stage}")
         if source is not None and source.streaming:
