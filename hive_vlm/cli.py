@@ -14,7 +14,7 @@ import sys
 # name -> (module, one-line help). Modules are imported lazily so `hive --help` stays fast.
 COMMANDS = {
     "data": ("hive_vlm.data.cli", "Generate hive-shapes or inspect training data."),
-    "train": ("hive_vlm.train.cli", "Run the three-stage HIVE recipe (or one stage of it)."),
+    "train": ("hive_vlm.train.cli", "Run a recipe's stages (the three HIVE stages, after stage 0 when it has one), or one of them."),
     "export-vision": ("hive_vlm.training.export_vision", "Write the trained encoder as a plain transformers model."),
     "eval": ("hive_vlm.eval.cli", "Score a model on MME, GQA, OK-VQA, ScienceQA-IMG, hive-shapes, a LLaVA-format test file or a probe."),
     "card": ("hive_vlm.hub.card", "Write the model card of a saved HIVE folder."),
