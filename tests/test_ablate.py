@@ -133,6 +133,21 @@ def test_gate_init_reaches_the_hive_fusions(quick):
         assert gates and all(torch.all(gate == 0.25) for gate in gates), name
 
 
+def test_a_finished_run_is_kept_only_for_its_own_settings(quick):
+    from hive_vlm.ablation.shared import prepare_shared
+    from hive_vlm.ablation.study import _run_identity
+
+    out, settings, _ = quick
+    study = json.loads(json.dumps(dataclasses.asdict(settings)))
+    widened = json.loads(json.dumps(study))
+    widened["fusion"]["intermediate_sizes"] = {"flat": 96}  # --match-params after adding flat: hive-paired's run stays valid
+    assert _run_identity(widened, "hive-paired") == _run_identity(study, "hive-paired")
+    assert _run_identity(widened, "flat") != _run_identity(study, "flat")
+    recipe, _ = load_study(quick=True)
+    with pytest.raises(ValueError, match="built from another recipe or study"):  # e.g. another choice of evaluations
+        prepare_shared(recipe, dataclasses.replace(settings, benchmarks=["test"]), out / "shared")
+
+
 def test_match_params_brings_budgets_within_ten_percent(quick):
     out, settings, _ = quick
     vision, text, meta = backbones(out)
@@ -188,6 +203,16 @@ def test_recipe_errors_name_the_key():
         study_from_values({**values, "eval": [{"benchmark": "llava-qa", "data": "t.json", "protocol": "loose"}]})
     with pytest.raises(ValueError, match=r"eval\[0\]: unknown key\(s\) \['path'\]"):
         study_from_values({**values, "eval": [{"benchmark": "llava-qa", "path": "t.json"}]})
+    with pytest.raises(ValueError, match=r"study.benchmarks: \['tset'\] must name some of the recipe's evaluations"):
+        study_from_values({**values, "study": {"benchmarks": ["tset"]}})  # at load, before anything trains
+    with pytest.raises(ValueError, match="study.benchmarks"):
+        study_from_values({**values, "study": {"benchmarks": []}})
+    with pytest.raises(ValueError, match=r"eval\[0\]: llava-qa has no hive-shapes layout"):
+        study_from_values({**values, "eval": [{"benchmark": "llava-qa", "data": "shapes"}]})
+    own_data = {**values["data"], "stage2": {"source": "pairs/", "format": "disk"}, "stage3": {"source": "chats.json", "format": "llava"}}
+    with pytest.raises(ValueError, match="the recipe has no `eval` section"):
+        study_from_values({**values, "data": own_data})
+    assert load_study(DEFAULT_RECIPE, overrides=["stage3.vision_learning_rate=0.0"])[1].stage3["vision_learning_rate"] == 0.0
     with pytest.raises(ValueError, match="unknown fusion 'perceiver'"):
         build_fusion("perceiver", "v", "t", 5)
 

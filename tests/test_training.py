@@ -391,7 +391,7 @@ def test_hive_train_runs_all_stages_and_final_loads_with_pipeline(tmp_path):
     stage2_weights = load_file(run / "stage2" / "model" / "model.safetensors")
     name = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(stage0[name], random_llm[name])
-    assert torch.equal(stage0[name], stage2_weights[f"model.language_model.layers.0.self_attn.q_proj.weight"])
+    assert torch.equal(stage0[name], stage2_weights["model.language_model.layers.0.self_attn.q_proj.weight"])
     assert AutoModel.from_pretrained(run / "stage1" / "model").config.model_type == "vit"
     for folder in ("stage2/model", "stage3/model", "stage3/adapter", "stage3/base", "final"):
         assert (run / folder).is_dir(), folder
@@ -533,3 +533,32 @@ def test_report_to_tensorboard_writes_loss_and_gate_scalars(tmp_path):
     accumulator.Reload()
     tags = set(accumulator.Tags()["scalars"])
     assert {"train/loss", "train/gate/attn_t1_v1", "train/gate/mlp_t3_v3", "train/trainable/cross_attention"} <= tags, tags
+
+
+def test_stage0_grows_the_embeddings_for_a_pad_token_the_processor_added(tmp_path):
+    # An LLM whose tokenizer has no pad token (GPT-2, Llama 3): the processor adds one, and stage 0 pads with it.
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from hive_vlm.training.pipeline import HiveRecipeRun
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<bos>", "<eos>", "<unk>", *"what color is the circle ? red blue green a describe image . : user assistant".split()]
+    backend = Tokenizer(models.WordLevel({word: index for index, word in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>")
+    assert tokenizer.pad_token is None
+    config = AutoConfig.for_model("llama", vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  num_key_value_heads=1, intermediate_size=64)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "llm")
+    tokenizer.save_pretrained(tmp_path / "llm")
+    values = recipe_values()
+    values["model"] = {**values["model"], "text_model": str(tmp_path / "llm")}
+    del values["model"]["text_config"]
+    values["data"] = {**values["data"], "tokenizer": None, "shapes": {**values["data"]["shapes"], "num_train": 16}}
+    values["stage0"] = {"max_steps": 2, "per_device_train_batch_size": 4, "use_cpu": True}
+    run = HiveRecipeRun(parse_recipe(values), str(tmp_path / "run"))
+    run.run(stages=[0])
+    pretrained = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "stage0" / "model")
+    assert pretrained.get_input_embeddings().num_embeddings == len(run.processor().tokenizer) == len(tokenizer) + 1

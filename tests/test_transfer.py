@@ -69,6 +69,18 @@ def test_each_variant_transfers_its_own_encoder_on_equal_terms(quick):
         assert run["parameters"]["stage2"]["llm"]["trainable"] == 0 < run["parameters"]["stage3"]["llm"]["trainable"]
 
 
+def test_a_transfer_llm_must_read_the_pretraining_tokens(quick, tmp_path):
+    from hive_vlm.data.tokenizer import build_tokenizer
+    from hive_vlm.transfer.study import check_same_tokenizer
+
+    out, _, _ = quick
+    shared = out / "pretraining" / "shared"
+    check_same_tokenizer(str(shared / "backbones" / "text"), shared)  # the proxy LLM's own tokenizer
+    build_tokenizer(["a tokenizer of other words"]).save_pretrained(tmp_path / "other")
+    with pytest.raises(ValueError, match="tokenizer is not the pre-training's"):
+        check_same_tokenizer(str(tmp_path / "other"), shared)
+
+
 def test_transfer_settings_name_bad_keys():
     with pytest.raises(ValueError, match=r"transfer: unknown key\(s\) \['variantz'\]"):
         load_transfer(TINY, overrides=["transfer.variantz=[none]"])

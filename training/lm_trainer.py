@@ -23,7 +23,7 @@ def pretraining_sequences(captions, conversations, tokenizer, chat_template: str
     from hive_vlm.data.schema import message_text
 
     prompt = tokenizer(caption_prompt)["input_ids"]
-    sequences = [prompt + tokenizer(caption, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    sequences = [(prompt + tokenizer(caption, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])[:max_length]
                  for caption in captions]  # fmt: skip
     for messages in conversations:
         plain = [{"role": m["role"], "content": message_text(m)} for m in messages]

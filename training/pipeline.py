@@ -149,6 +149,8 @@ class HiveRecipeRun:
         logger.info("stage 0: %d sequences, %d tokens", len(sequences), sum(map(len, sequences)))
         set_seed(args.seed)
         model = AutoModelForCausalLM.from_pretrained(self.text_source(), dtype=self.dtype)
+        if len(tokenizer) > model.get_input_embeddings().num_embeddings:  # a pad token the processor added
+            model.resize_token_embeddings(len(tokenizer))
         trainer = HiveLMTrainer(model, args, tokenizer, sequences)
         self._train(trainer, folder)
         state_dict = trainer.accelerator.get_state_dict(trainer.model)

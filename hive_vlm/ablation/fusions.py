@@ -290,31 +290,32 @@ def build_fusion(name: str, vision_dir, text_dir, image_token_id: int, settings:
     return fusion
 
 
-def fusion_budget(name: str, vision_dir, text_dir, image_token_id: int, settings: HiveFusionSettings, width=None) -> int:
+def fusion_budget(name: str, vision_dir, text_dir, image_token_id: int, settings: HiveFusionSettings, width=None,
+                  vocab_size: int | None = None) -> int:
     """Stage-2 trainable parameters (the fusion weights the loss reaches) of `name`, with width override `width`."""
     trial = HiveFusionSettings(**{**settings.__dict__, "intermediate_sizes": {**settings.intermediate_sizes, name: width}})
-    return build_fusion(name, vision_dir, text_dir, image_token_id, trial).set_stage(2)["trainable"]
+    return build_fusion(name, vision_dir, text_dir, image_token_id, trial, vocab_size=vocab_size).set_stage(2)["trainable"]
 
 
 def match_budgets(fusions, reference: str, vision_dir, text_dir, image_token_id: int, settings: HiveFusionSettings,
-                  tolerance: float = 0.10) -> dict:
+                  tolerance: float = 0.10, vocab_size: int | None = None) -> dict:
     """Widths that bring every fusion's stage-2 budget within `tolerance` of `reference`'s.
 
     A budget is affine in the width (each width-dependent layer holds `in x width + width` or `width x out + out`
     weights), so two builds give the line and a third checks the result. Returns `{fusion: {"width", "budget",
     "reference"}}`; a ValueError names a fusion that cannot reach the reference by its width alone.
     """
-    target = fusion_budget(reference, vision_dir, text_dir, image_token_id, settings)
+    target = fusion_budget(reference, vision_dir, text_dir, image_token_id, settings, vocab_size=vocab_size)
     matched = {}
     for name in fusions:
         if name == reference:
             matched[name] = {"width": None, "budget": target, "reference": target}
             continue
         low, high = 8, 64
-        at_low = fusion_budget(name, vision_dir, text_dir, image_token_id, settings, low)
-        at_high = fusion_budget(name, vision_dir, text_dir, image_token_id, settings, high)
+        at_low = fusion_budget(name, vision_dir, text_dir, image_token_id, settings, low, vocab_size)
+        at_high = fusion_budget(name, vision_dir, text_dir, image_token_id, settings, high, vocab_size)
         width = max(1, round(low + (target - at_low) * (high - low) / (at_high - at_low)))
-        budget = fusion_budget(name, vision_dir, text_dir, image_token_id, settings, width)
+        budget = fusion_budget(name, vision_dir, text_dir, image_token_id, settings, width, vocab_size)
         if abs(budget - target) > tolerance * target:
             raise ValueError(f"--match-params: {name} cannot reach {reference}'s {target:,} trainable parameters by its width "
                              f"alone (width {width} gives {budget:,}); change its depth or query count in the recipe.")  # fmt: skip

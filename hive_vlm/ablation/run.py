@@ -2,7 +2,8 @@
 
 Every fusion sees the same batches in the same order (the seed fixes the order; each batch's SHA-256 over its pixels,
 token ids and labels is recorded per step), trains the same numbers of steps with the same optimiser, and is
-evaluated by the same adapters and scorers. The LLM stays frozen unless stage 3 sets `lora_r`.
+evaluated by the same adapters and scorers. The LLM stays frozen unless stage 3 sets `lora_r` (LoRA adapters) or the
+study sets `train_llm` (the whole LLM, in stage 3).
 
     stage 2  the fusion weights train on the recipe's stage-2 captions (`HiveCaptionCollator`); the encoder too with
              `stage2.train_vision` (frozen by default, as in the paper)

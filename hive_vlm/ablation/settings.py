@@ -90,13 +90,49 @@ def stage_loop_settings(recipe: HiveRecipe, stage: int) -> dict:
     """What the study's training loop reads from a recipe stage (its `TrainingArguments`, defaults filled in)."""
     args = recipe.stage_arguments(stage, "unused", use_cpu=True)
     values = {"steps": args.max_steps, "batch_size": args.per_device_train_batch_size, "learning_rate": args.learning_rate,
-              "vision_learning_rate": args.vision_learning_rate or args.learning_rate, "weight_decay": args.weight_decay,
+              "vision_learning_rate": args.learning_rate if args.vision_learning_rate is None else args.vision_learning_rate, "weight_decay": args.weight_decay,
               "train_vision": args.train_vision}  # fmt: skip
     if stage == 3:
         values.update(lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout)
     if values["steps"] < 1 or values["batch_size"] < 1:
         raise ValueError(f"stage{stage}: the study needs max_steps and per_device_train_batch_size of at least 1.")
     return values
+
+
+SHAPES_VIEWS = {"mme": None, "scienceqa": "lmms-eval", "okvqa": None}  # the lowercasing shapes tokenizer writes "a", not "A"
+
+
+def uses_shapes(recipe: HiveRecipe) -> bool:
+    """Whether stage 2 or 3 trains on hive-shapes (then a study without `eval` is scored on it)."""
+    return any(source is None or "shapes" in (source.source, source.format) for source in (recipe.data.stage2, recipe.data.stage3))
+
+
+def evaluation_entries(recipe: HiveRecipe, benchmarks: list | None, where: str = "recipe") -> list[dict]:
+    """The evaluations a study scores, `data: shapes` left to resolve: the recipe's `eval` entries, or on a hive-shapes
+    recipe without one its test and compositional test splits and the MME, ScienceQA and OK-VQA layouts of its test
+    split; then only those `benchmarks` names (all when None). Errors name the key."""
+    if recipe.eval is None:
+        if not uses_shapes(recipe):
+            raise ValueError(f"{where}: the recipe has no `eval` section: name what the study scores, e.g. eval: [{{benchmark: "
+                             "llava-qa, data: test.json, image_root: images/}] (a LLaVA-format file whose answers are the references).")  # fmt: skip
+        entries = [{"label": split, "benchmark": "hive-shapes", "data": "shapes", "split": split, "image_root": None, "limit": None,
+                    "protocol": None} for split in ("test", "test_compositional")]  # fmt: skip
+        entries += [{"label": name, "benchmark": name, "data": "shapes", "split": None, "image_root": None, "limit": None,
+                     "protocol": protocol} for name, protocol in SHAPES_VIEWS.items()]  # fmt: skip
+    else:
+        entries = [{"label": e.label, "benchmark": e.benchmark, "data": e.data, "split": e.split, "image_root": e.image_root,
+                    "limit": e.limit, "protocol": e.protocol} for e in recipe.eval]  # fmt: skip
+    for index, entry in enumerate(entries):
+        if entry["data"] == "shapes" and entry["benchmark"] not in ("hive-shapes", *SHAPES_VIEWS):
+            raise ValueError(f"{where}.eval[{index}]: {entry['benchmark']} has no hive-shapes layout; `data: shapes` serves "
+                             "hive-shapes, mme, scienceqa and okvqa.")  # fmt: skip
+    if benchmarks is not None:
+        labels = [entry["label"] for entry in entries]
+        missing = sorted(set(benchmarks) - set(labels))
+        if not benchmarks or missing:
+            raise ValueError(f"{where}.study.benchmarks: {benchmarks} must name some of the recipe's evaluations, {labels}.")
+        entries = [entry for entry in entries if entry["label"] in benchmarks]
+    return entries
 
 
 def check_evaluations(recipe: HiveRecipe, where: str) -> None:
@@ -158,6 +194,7 @@ def parse_study(recipe: HiveRecipe, where: str = "recipe") -> HiveStudySettings:
     if benchmarks is not None and (not isinstance(benchmarks, list) or not all(isinstance(b, str) for b in benchmarks)):
         raise ValueError(f"{where}.study.benchmarks: give a list of the recipe's eval entry names, got {benchmarks!r}.")
     check_evaluations(recipe, where)
+    evaluation_entries(recipe, benchmarks, where)
     for stage in (2, 3):
         source = getattr(recipe.data, f"stage{stage}")
         if source is not None and source.streaming:
@@ -183,7 +220,7 @@ def study_from_values(values: dict, quick: bool = False, overrides: list[str] | 
     default_study = values.get("study") is None
     if quick:
         quick_values = copy.deepcopy(QUICK)
-        if "stage0" not in values:
+        if values.get("stage0") is None:
             del quick_values["stage0"]  # a recipe without stage 0 keeps its LLM as it is
         values = _merge(values, quick_values)
     recipe = parse_recipe(apply_overrides(values, overrides or []), where=where)

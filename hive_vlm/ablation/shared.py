@@ -24,11 +24,10 @@ from hive_vlm.training.pipeline import HiveRecipeRun
 from hive_vlm.training.recipe import HiveRecipe
 from modeling_hive import HiveProcessor
 
-from .settings import HiveStudySettings
+from .settings import HiveStudySettings, evaluation_entries, uses_shapes
 
 
 IMAGE_TOKEN = "<image>"
-SHAPES_VIEWS = {"mme": None, "scienceqa": "lmms-eval", "okvqa": None}  # the lowercasing shapes tokenizer writes "a", not "A"
 
 
 class HiveStudyRun(HiveRecipeRun):
@@ -42,57 +41,43 @@ class HiveStudyRun(HiveRecipeRun):
         return processor
 
     def uses_shapes(self) -> bool:
-        return any(source is None or "shapes" in (source.source, source.format)
-                   for source in (self.recipe.data.stage2, self.recipe.data.stage3))  # fmt: skip
+        return uses_shapes(self.recipe)
 
 
-def shared_recipe(recipe: HiveRecipe) -> dict:
-    """The parts of a recipe the shared folder is built from (a study with other values needs a new folder)."""
+def shared_recipe(recipe: HiveRecipe, study: HiveStudySettings) -> dict:
+    """What the shared folder is built from and records (a study with other values needs a new folder): the recipe's
+    backbones, data, stages 0 and 1 and evaluations, the captions' prompt and lengths, and the study's choice of
+    evaluations and probe."""
     values = dataclasses.asdict(recipe)
-    return json.loads(json.dumps({key: values[key] for key in ("seed", "model", "data", "stage0", "stage1", "eval")}))
+    kept = {key: values[key] for key in ("seed", "model", "data", "stage0", "stage1", "eval")}
+    stage2, stage3 = (recipe.stage_arguments(stage, "unused", use_cpu=True) for stage in (2, 3))
+    kept.update(caption_prompt=stage2.caption_prompt, max_length=[stage2.max_length, stage3.max_length], benchmarks=study.benchmarks,
+                probe=[study.eval["probe_epochs"], study.eval["probe_limit"]])  # fmt: skip
+    return json.loads(json.dumps(kept))
 
 
 def evaluations(recipe: HiveRecipe, study: HiveStudySettings, run: HiveStudyRun, folder: Path) -> tuple[list[dict], dict]:
-    """The benchmarks every fusion is scored on at the end, and the one scored at each stage-3 checkpoint.
-
-    Without an `eval` section, a recipe trained on hive-shapes is scored on its test and compositional test splits
-    (per level) and on the MME, ScienceQA and OK-VQA layouts of its test split; the checkpoints read validation.
-    """
+    """The benchmarks every fusion is scored on at the end (`evaluation_entries`, with hive-shapes and its benchmark
+    layouts written into `folder`), and the one scored at each stage-3 checkpoint: hive-shapes validation for a
+    hive-shapes recipe without `eval`, else the first evaluation."""
     from hive_vlm.data.shapes_layouts import to_mme, to_okvqa, to_scienceqa
 
-    shapes = str(folder / "data" / "shapes")
-    if recipe.eval is None:
-        if not run.uses_shapes():
-            raise ValueError("the recipe has no `eval` section: name what the study scores, e.g. eval: [{benchmark: llava-qa, "
-                             "data: test.json, image_root: images/}] (a LLaVA-format file whose answers are the references).")  # fmt: skip
-        entries = [{"label": split, "benchmark": "hive-shapes", "data": shapes, "split": split, "image_root": None, "limit": None,
-                    "protocol": None} for split in ("test", "test_compositional")]  # fmt: skip
-        entries += [{"label": name, "benchmark": name, "data": "shapes", "split": None, "image_root": None, "limit": None,
-                     "protocol": protocol} for name, protocol in SHAPES_VIEWS.items()]  # fmt: skip
-    else:
-        entries = [{"label": e.label, "benchmark": e.benchmark, "data": e.data, "split": e.split, "image_root": e.image_root,
-                    "limit": e.limit, "protocol": e.protocol} for e in recipe.eval]  # fmt: skip
-    if study.benchmarks is not None:
-        missing = sorted(set(study.benchmarks) - {entry["label"] for entry in entries})
-        if missing:
-            raise ValueError(f"study.benchmarks: {missing} name no evaluation; the recipe's are {[e['label'] for e in entries]}.")
-        entries = [entry for entry in entries if entry["label"] in study.benchmarks]
     views = {"mme": to_mme, "scienceqa": to_scienceqa, "okvqa": to_okvqa}
+    shapes = str(folder / "data" / "shapes")
+    entries = evaluation_entries(recipe, study.benchmarks)
     for entry in entries:
         if entry["data"] != "shapes":
             continue
         if entry["benchmark"] == "hive-shapes":
             entry["data"] = shapes
-        elif entry["benchmark"] in views:
-            path = folder / "data" / "views" / entry["benchmark"]
-            if not path.is_dir():
-                with atomic_folder(path) as out:
-                    views[entry["benchmark"]](run.shapes()[entry["split"] or "test"]).save_to_disk(str(out))
-            entry.update(data=str(path), split=None)
-        else:
-            raise ValueError(f"eval: {entry['benchmark']} has no hive-shapes layout; `data: shapes` serves hive-shapes, mme, "
-                             "scienceqa and okvqa.")  # fmt: skip
-    if run.uses_shapes() and recipe.eval is None:
+            continue
+        split = entry["split"] or "test"
+        path = folder / "data" / "views" / f"{entry['benchmark']}-{split}"
+        if not path.is_dir():
+            with atomic_folder(path) as out:
+                views[entry["benchmark"]](run.shapes()[split]).save_to_disk(str(out))
+        entry.update(data=str(path), split=None)
+    if uses_shapes(recipe) and recipe.eval is None:
         validation = {"label": "validation", "benchmark": "hive-shapes", "data": shapes, "split": "validation", "image_root": None,
                       "limit": None, "protocol": None}  # fmt: skip
     else:
@@ -108,8 +93,9 @@ def prepare_shared(recipe: HiveRecipe, study: HiveStudySettings, folder) -> dict
     folder = Path(folder)
     if (folder / "meta.json").is_file():
         meta = json.loads((folder / "meta.json").read_text())
-        if meta.get("recipe") != shared_recipe(recipe):
-            raise ValueError(f"{folder} was built from another recipe (model, data, stage 0-1 or eval); pass a new --out.")
+        if meta.get("recipe") != shared_recipe(recipe, study):
+            raise ValueError(f"{folder} was built from another recipe or study (backbones, data, stages 0-1, captions, "
+                             "evaluations or probe); pass a new --out.")  # fmt: skip
         return meta
     started = time.perf_counter()
     run = HiveStudyRun(recipe, folder, resume=True)
@@ -122,7 +108,7 @@ def prepare_shared(recipe: HiveRecipe, study: HiveStudySettings, folder) -> dict
                 run.dataset(stage).save_to_disk(str(out))
     entries, validation = evaluations(recipe, study, run, folder)
     vision, text = Path(run.output_dir / "stage1" / "model"), Path(run.llm_source())
-    meta = {"recipe": shared_recipe(recipe), "image_token_id": processor.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+    meta = {"recipe": shared_recipe(recipe, study), "image_token_id": processor.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
             "caption_prompt": recipe.stage_arguments(2, "unused", use_cpu=True).caption_prompt,
             "max_length": {f"stage{stage}": recipe.stage_arguments(stage, "unused", use_cpu=True).max_length
                            or recipe.data.max_length for stage in (2, 3)},

@@ -39,9 +39,12 @@ from .shared import prepare_shared, shared_path
 logger = logging.getLogger(__name__)
 
 
-def _run_identity(study: dict) -> dict:
-    """What one run depends on: everything but the lists of fusions and seeds (so a study can grow or shrink)."""
-    return {key: value for key, value in study.items() if key not in ("fusions", "seeds", "default_study", "benchmarks")}
+def _run_identity(study: dict, fusion: str) -> dict:
+    """What one run of `fusion` depends on: everything but the lists of fusions and seeds (so a study can grow or
+    shrink) and the widths `--match-params` gave the other fusions."""
+    kept = {key: value for key, value in study.items() if key not in ("fusions", "seeds", "default_study", "benchmarks")}
+    widths = (kept.get("fusion") or {}).get("intermediate_sizes") or {}
+    return {**kept, "fusion": {**(kept.get("fusion") or {}), "intermediate_sizes": widths.get(fusion)}}
 
 
 def run_ablation(recipe, study: HiveStudySettings, out, isolate: bool = True, threads: int | None = None) -> dict:
@@ -82,7 +85,7 @@ def run_ablation(recipe, study: HiveStudySettings, out, isolate: bool = True, th
     matched = None
     if study.match_params:
         matched = match_budgets(study.fusions, "hive-paired", shared_path(shared, meta["vision"]), shared_path(shared, meta["text"]),
-                                meta["image_token_id"], study.fusion)  # fmt: skip
+                                meta["image_token_id"], study.fusion, vocab_size=meta["vocab_size"])  # fmt: skip
         study.fusion.intermediate_sizes = {name: row["width"] for name, row in matched.items() if row["width"]}
         print(f"[ablate] matched budgets: {matched}", flush=True)
     runs = []
@@ -92,7 +95,7 @@ def run_ablation(recipe, study: HiveStudySettings, out, isolate: bool = True, th
             spec = {"fusion": name, "seed": seed, "shared": str(shared), "out": str(run_dir), "study": asdict(study), "threads": threads}
             if (run_dir / "result.json").is_file():
                 kept = json.loads((run_dir / "result.json").read_text())
-                if _run_identity(kept.get("study") or {}) != _run_identity(json.loads(json.dumps(spec["study"]))):
+                if _run_identity(kept.get("study") or {}, name) != _run_identity(json.loads(json.dumps(spec["study"])), name):
                     raise ValueError(f"{run_dir} holds a run with other settings; pass a new --out (or delete that folder).")
                 print(f"[ablate] {name} seed {seed}: kept from an earlier run", flush=True)
                 runs.append(kept)

@@ -28,6 +28,9 @@ from hive_vlm.ablation.settings import HiveStudySettings
 from hive_vlm.ablation.shared import HiveStudyRun, prepare_shared, shared_path
 from hive_vlm.ablation.study import study_arguments, study_overrides
 
+from hive_vlm.files import atomic_folder, write_json_atomic
+from modeling_hive import HiveProcessor
+
 from .settings import VARIANTS, HiveTransferSettings, load_transfer
 
 
@@ -39,12 +42,18 @@ def transfer_llm(recipe, transfer: HiveTransferSettings, shared: Path, out: Path
     pre-training's tokenizer and pretrained by the recipe's stage 0 (when it has one) in `out`; or the proxy LLM."""
     meta = json.loads((shared / "meta.json").read_text())
     if transfer.text_model:
+        check_same_tokenizer(transfer.text_model, shared)
         return transfer.text_model
     if transfer.text_config is None:
         return shared_path(shared, meta["text"])
+    built_from = json.loads(json.dumps({"text_config": transfer.text_config, "stage0": recipe.stage0, "seed": recipe.seed}))
+    record = out / "transfer_llm.json"
+    if record.is_file() and json.loads(record.read_text()) != built_from:
+        raise ValueError(f"{out} holds a transfer LLM built from another text_config or stage 0; pass a new --out (or delete it).")
     if not (out / "processor").is_dir():  # the same tokenizer as pre-training, so every data file reads the same
         out.mkdir(parents=True, exist_ok=True)
         shutil.copytree(shared / "processor", out / "processor")
+        write_json_atomic(record, built_from)
     model = dataclasses.replace(recipe.model, text_model=None, text_config=transfer.text_config)
     run = HiveStudyRun(dataclasses.replace(recipe, model=model), out, resume=True)
     if recipe.stage0 is not None:
@@ -52,13 +61,48 @@ def transfer_llm(recipe, transfer: HiveTransferSettings, shared: Path, out: Path
     return run.llm_source()
 
 
+def check_same_tokenizer(text_model: str, shared: Path) -> None:
+    """Every data file was tokenised by the pre-training's tokenizer: a transfer LLM must read the same ids."""
+    from transformers import AutoTokenizer
+
+    ours = HiveProcessor.from_pretrained(shared / "processor").tokenizer.get_vocab()
+    theirs = AutoTokenizer.from_pretrained(text_model).get_vocab()
+    if not set(theirs) <= set(ours) or any(ours[token] != index for token, index in theirs.items()):
+        raise ValueError(f"transfer.text_model: {text_model}'s tokenizer is not the pre-training's, and every study file is "
+                         "tokenised by that one; transfer into an LLM with the same tokenizer, or give transfer.text_config "
+                         "(built on the pre-training's tokenizer).")  # fmt: skip
+
+
 def encoder_of(variant: str, seed: int, out: Path, shared: Path, meta: dict) -> str:
-    """The folder of `variant`'s encoder for `seed`."""
+    """The folder of `variant`'s encoder for `seed`. `none` is the recipe's encoder as built, or as loaded alone from
+    its checkpoint (the tower of a dual encoder or a VLM), saved once into `shared/backbones/vision-initial`."""
     if variant in FUSIONS:
         return str(out / "pretraining" / "runs" / f"{variant}-seed{seed}" / "encoder")
     if variant == "mim-only":
         return shared_path(shared, meta["vision"])
-    return str(shared / "backbones" / "vision") if (shared / "backbones" / "vision").is_dir() else meta["recipe"]["model"]["vision_model"]
+    if (shared / "backbones" / "vision").is_dir():
+        return str(shared / "backbones" / "vision")
+    folder = shared / "backbones" / "vision-initial"
+    if not folder.is_dir():
+        from modeling_hive.backbones_hive import load_vision_backbone
+
+        encoder, _ = load_vision_backbone(meta["recipe"]["model"]["vision_model"])
+        with atomic_folder(folder) as written:
+            encoder.save_pretrained(written)
+            HiveProcessor.from_pretrained(shared / "processor").image_processor.save_pretrained(written)
+    return str(folder)
+
+
+def encoder_digest(folder: str) -> str:
+    """SHA-256 (16 hex digits) of an encoder folder's weights: a kept transfer run counts only for the same encoder."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        with open(path, "rb") as stream:
+            for block in iter(lambda: stream.read(1 << 24), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def run_transfer(recipe, study: HiveStudySettings, transfer: HiveTransferSettings, out, isolate: bool = True,
@@ -103,14 +147,15 @@ def run_transfer(recipe, study: HiveStudySettings, transfer: HiveTransferSetting
     for seed in transfer.seeds:
         for variant in transfer.variants:
             run_dir = out / "transfer" / f"{variant}-seed{seed}"
-            spec = {"variant": variant, "seed": seed, "encoder": encoder_of(variant, seed, out, shared, meta), "llm": llm,
+            encoder = encoder_of(variant, seed, out, shared, meta)
+            spec = {"variant": variant, "seed": seed, "encoder": encoder, "encoder_digest": encoder_digest(encoder), "llm": llm,
                     "shared": str(shared), "out": str(run_dir), "transfer": dataclasses.asdict(transfer), "eval": study.eval,
                     "threads": threads}  # fmt: skip
             if (run_dir / "result.json").is_file():
                 kept = json.loads((run_dir / "result.json").read_text())
-                if {k: v for k, v in kept["transfer"].items() if k not in ("variants", "seeds", "default_transfer")} != {
-                        k: v for k, v in spec["transfer"].items() if k not in ("variants", "seeds", "default_transfer")}:
-                    raise ValueError(f"{run_dir} holds a transfer with other settings; pass a new --out (or delete that folder).")
+                if _transfer_identity(kept) != _transfer_identity(json.loads(json.dumps(spec))):
+                    raise ValueError(f"{run_dir} holds a transfer with another encoder, LLM or settings; pass a new --out (or "
+                                     "delete that folder).")  # fmt: skip
                 runs.append(kept)
                 continue
             print(f"[transfer] {variant} seed {seed} (t={time.perf_counter() - started:.0f}s)", flush=True)
@@ -122,7 +167,7 @@ def run_transfer(recipe, study: HiveStudySettings, transfer: HiveTransferSetting
     report = write_report(out, compared, meta, runs, stem="transfer", title="Transfer into LLaVA", compared="Pre-training variants")
     cost = pretraining_cost(pretrained, transfer.variants)
     report["pretraining_cost"] = cost
-    from hive_vlm.files import write_atomically, write_json_atomic
+    from hive_vlm.files import write_atomically
 
     write_json_atomic(out / "transfer.json", report)
     lines = ["", "## Pre-training cost (seconds per step through the proxy LLM, median; mean over seeds)", "",
@@ -131,6 +176,12 @@ def run_transfer(recipe, study: HiveStudySettings, transfer: HiveTransferSetting
     write_atomically(out / "transfer.md", (out / "transfer.md").read_text() + "\n".join(lines) + "\n")
     print(f"[transfer] report: {out / 'transfer.md'} ({time.perf_counter() - started:.0f}s)", flush=True)
     return report
+
+
+def _transfer_identity(run: dict) -> dict:
+    """What one transfer run depends on: its encoder's weights, the LLM, the transfer and evaluation settings."""
+    settings = {k: v for k, v in run["transfer"].items() if k not in ("variants", "seeds", "default_transfer")}
+    return {"encoder": run.get("encoder_digest"), "llm": run["llm"], "transfer": settings, "eval": run.get("eval")}
 
 
 def pretraining_cost(pretrained: dict, variants) -> dict:
