@@ -4,19 +4,13 @@ import json
 
 import PIL.Image
 import pytest
-import torch
-from transformers import ViTImageProcessorPil
 
-from eval_fixtures import COLORS, FakePredictor, color_of
+from eval_fixtures import COLORS, FakePredictor, color_of, save_tiny_hive
 from hive_vlm.cli import main as hive
-from hive_vlm.data.tokenizer import build_tokenizer
 from hive_vlm.eval import cli as eval_cli
 from hive_vlm.eval.benchmark import to_rgb
 from hive_vlm.eval.llava_qa import HiveLlavaQABenchmark
 from hive_vlm.eval.runner import evaluate_benchmark, generate_answers
-from hive_vlm.tiny import tiny_hive_config
-from modeling_hive import HiveForConditionalGeneration
-from modeling_hive.processing_hive import HiveProcessor
 
 
 SUFFIX = "\nAnswer the question using a single word or phrase."
@@ -263,17 +257,9 @@ def test_the_hive_eval_registry_maps_llava_qa_to_the_adapter(tmp_path):
 
 @pytest.fixture(scope="module")
 def hive_folder(tmp_path_factory):
-    corpus = [prompt + " " + answer for prompt, answer in zip(PROMPTS, PREDICTIONS)]
-    processor = HiveProcessor(ViTImageProcessorPil(size={"height": 32, "width": 32}), build_tokenizer(corpus))
-    tokenizer = processor.tokenizer
-    text_kwargs = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)  # fmt: skip
-    torch.manual_seed(0)
-    model = HiveForConditionalGeneration(tiny_hive_config("vit", "llama", text_kwargs=text_kwargs, gate_init=0.5))
     folder = tmp_path_factory.mktemp("hive")
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder, model.eval(), processor
+    model, processor = save_tiny_hive(folder, [prompt + " " + answer for prompt, answer in zip(PROMPTS, PREDICTIONS)])
+    return folder, model, processor
 
 
 def test_hive_eval_llava_qa_with_image_root_and_a_tiny_hive_model(hive_folder, tmp_path, capsys):

@@ -4,19 +4,13 @@ import hashlib
 import json
 
 import pytest
-import torch
-from transformers import ViTImageProcessorPil
 
-from eval_fixtures import MME_ANSWERS, SHAPES_ANSWERS, SHAPES_SCENES, FakePredictor, png, write_mme, write_shapes
+from eval_fixtures import SHAPES_ANSWERS, SHAPES_SCENES, FakePredictor, png, save_tiny_hive, write_mme, write_shapes
 from hive_vlm.cli import main as hive
 from hive_vlm.eval.benchmark import to_rgb
 from hive_vlm.eval.hive_shapes import HiveShapesBenchmark
 from hive_vlm.eval.runner import evaluate_benchmark, generate_answers
-from hive_vlm.tiny import tiny_hive_config
-from hive_vlm.data.tokenizer import build_tokenizer
-from modeling_hive import HiveForConditionalGeneration
 from modeling_hive.pipeline_hive import HiveVisualQuestionAnsweringPipeline
-from modeling_hive.processing_hive import HiveProcessor
 
 
 class Killed(Exception):
@@ -78,16 +72,9 @@ CORPUS = [question + " " + answer for _, _, qas in SHAPES_SCENES for question, a
 
 @pytest.fixture(scope="module")
 def hive_folder(tmp_path_factory):
-    processor = HiveProcessor(ViTImageProcessorPil(size={"height": 32, "width": 32}), build_tokenizer(CORPUS))
-    tokenizer = processor.tokenizer
-    text_kwargs = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)  # fmt: skip
-    torch.manual_seed(0)
-    model = HiveForConditionalGeneration(tiny_hive_config("vit", "llama", text_kwargs=text_kwargs, gate_init=0.5))
     folder = tmp_path_factory.mktemp("hive")
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder, model.eval(), processor
+    model, processor = save_tiny_hive(folder, CORPUS)
+    return folder, model, processor
 
 
 def test_generate_answers_in_a_left_padded_batch_equal_the_pipeline_one_by_one(hive_folder):
