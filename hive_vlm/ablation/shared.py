@@ -40,9 +40,6 @@ class HiveStudyRun(HiveRecipeRun):
             processor.tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
         return processor
 
-    def uses_shapes(self) -> bool:
-        return uses_shapes(self.recipe)
-
 
 def shared_recipe(recipe: HiveRecipe, study: HiveStudySettings) -> dict:
     """What the shared folder is built from and records (a study with other values needs a new folder): the recipe's
@@ -115,8 +112,8 @@ def prepare_shared(recipe: HiveRecipe, study: HiveStudySettings, folder) -> dict
             "vocab_size": len(processor.tokenizer),
             "vision": str(vision.relative_to(folder)),
             "text": str(text.relative_to(folder)) if text.is_relative_to(folder) else str(text),
-            "evaluations": entries, "validation": validation, "shapes": run.uses_shapes()}  # fmt: skip
-    if run.uses_shapes():
+            "evaluations": entries, "validation": validation, "shapes": uses_shapes(recipe)}  # fmt: skip
+    if uses_shapes(recipe):
         from transformers import AutoModel
 
         encoder = AutoModel.from_pretrained(vision)

@@ -28,7 +28,7 @@ from hive_vlm.ablation.settings import HiveStudySettings
 from hive_vlm.ablation.shared import HiveStudyRun, prepare_shared, shared_path
 from hive_vlm.ablation.study import study_arguments, study_overrides
 
-from hive_vlm.files import atomic_folder, write_json_atomic
+from hive_vlm.files import atomic_folder, write_atomically, write_json_atomic
 from modeling_hive import HiveProcessor
 
 from .settings import VARIANTS, HiveTransferSettings, load_transfer
@@ -167,8 +167,6 @@ def run_transfer(recipe, study: HiveStudySettings, transfer: HiveTransferSetting
     report = write_report(out, compared, meta, runs, stem="transfer", title="Transfer into LLaVA", compared="Pre-training variants")
     cost = pretraining_cost(pretrained, transfer.variants)
     report["pretraining_cost"] = cost
-    from hive_vlm.files import write_atomically
-
     write_json_atomic(out / "transfer.json", report)
     lines = ["", "## Pre-training cost (seconds per step through the proxy LLM, median; mean over seeds)", "",
              "| variant | stage 2 | stage 3 |", "|---|---|---|"]  # fmt: skip
