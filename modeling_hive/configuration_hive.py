@@ -8,6 +8,7 @@ from transformers.configuration_utils import SubConfigSpec
 
 
 HIERARCHY_MODES = ("paired", "all_levels")
+CROSS_ATTENTION_MODES = ("gated", "shared_softmax")
 
 
 def vision_num_levels(vision_config) -> int:
@@ -61,6 +62,13 @@ class HiveConfig(PreTrainedConfig):
             `"paired"`: each cross-attention block attends to its own vision layer (the paper's corresponding
             blocks). `"all_levels"`: each block attends to all selected vision layers at once, each level tagged
             by a learned level embedding.
+        cross_attention_mode (`str`, *optional*, defaults to `"gated"`):
+            How the LLM reads the image at each connected layer. `"gated"`: a gated cross-attention block (attention
+            and MLP, each scaled by `tanh(gate)`) runs before the layer, Flamingo-style. `"shared_softmax"`: the paper
+            authors' fusion; the level's image keys/values join the layer's own self-attention (one softmax over text
+            and image keys, no gate), through image k/v projections copied from the layer's `k_proj`/`v_proj`, with
+            per-head RMSNorm and 2-D rotary positions on the image keys. It needs an LLM with sdpa attention and
+            separate `k_proj`/`v_proj`; the `cross_attention_*` head, MLP and gate fields do not apply to it.
         cross_attention_num_heads (`int`, *optional*):
             Query heads of the cross-attention blocks. Defaults to the LLM's attention heads (for an LLM without
             attention, such as Mamba, heads of 64 dimensions, or one head when the width is not a multiple of 64).
@@ -103,6 +111,7 @@ class HiveConfig(PreTrainedConfig):
     cross_attention_layers: list | None = None
     num_cross_attention_layers: int = 4
     hierarchy_mode: str = "paired"
+    cross_attention_mode: str = "gated"
     cross_attention_num_heads: int | None = None
     cross_attention_num_key_value_heads: int | None = None
     cross_attention_intermediate_size: int | None = None
@@ -154,6 +163,13 @@ class HiveConfig(PreTrainedConfig):
 
         if self.hierarchy_mode not in HIERARCHY_MODES:
             raise ValueError(f"hierarchy_mode must be one of {HIERARCHY_MODES}, got {self.hierarchy_mode!r}.")
+        if self.cross_attention_mode not in CROSS_ATTENTION_MODES:
+            raise ValueError(f"cross_attention_mode must be one of {CROSS_ATTENTION_MODES}, got {self.cross_attention_mode!r}.")
+        if self.cross_attention_mode == "shared_softmax" and not getattr(self.text_config, "num_attention_heads", None):
+            raise ValueError(
+                f"cross_attention_mode='shared_softmax' joins the image to the LLM's own self-attention, and the "
+                f"{self.text_config.model_type} LLM has none; use cross_attention_mode='gated'."
+            )
 
         if self.cross_attention_layers is None:
             if not 1 <= self.num_cross_attention_layers <= text_depth:

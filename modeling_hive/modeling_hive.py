@@ -42,6 +42,15 @@ from .backbones_hive import (
 from .compatibility_hive import CACHE_NAME, deprecate_past_key_values, resolve_cache
 from .configuration_hive import HiveConfig
 from .pipeline_hive import HIVE_CUSTOM_PIPELINES
+from .shared_softmax_hive import (
+    SHARED_SOFTMAX_ATTENTION,
+    HiveImageKeyValues,
+    HiveSharedSoftmaxLayer,
+    image_rotary_embeddings,
+    rotary_layer_type,
+    rotary_refusal,
+    shared_softmax_refusal,
+)
 
 
 logger = logging.get_logger(__name__)
@@ -112,6 +121,7 @@ class HiveVisionContext:
     image_mask: torch.Tensor | None  # (B,) bool: which samples have an image; None when all of them do
     cross_attentions: dict | None = None  # filled with block index -> weights when requested
     reached: dict | None = None  # the build-time probe: block index -> shape of the hidden states its layer received
+    consumed: set = field(default_factory=set)  # shared_softmax: blocks whose image keys reached an attention function
 
 
 class HiveCrossAttentionCacheLayer(DynamicLayer):
@@ -328,7 +338,7 @@ class HivePreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
-    _no_split_modules = ["HiveCrossAttentionLayer"]
+    _no_split_modules = ["HiveCrossAttentionLayer", "HiveSharedSoftmaxLayer"]
     _skip_keys_device_placement = ["cache", "past_key_values"]
     _supports_flash_attn = True
     _supports_sdpa = True
@@ -368,6 +378,23 @@ class HivePreTrainedModel(PreTrainedModel):
         loaded.freeze_unused_vision_parameters()  # loading materialises fresh parameters, losing __init__'s flags
         loaded.check_backbones()  # __init__ ran on the meta device, where the checks cannot run
         return model
+
+    def set_attn_implementation(self, attn_implementation, *args, **kwargs):
+        """As `PreTrainedModel.set_attn_implementation`; in shared_softmax mode the LLM then runs under `hive_sdpa`
+        again (its image keys join its attention through it), and anything but sdpa for the LLM is refused."""
+        if self.config.cross_attention_mode == "shared_softmax":
+            requested = attn_implementation
+            if isinstance(requested, dict):
+                requested = requested.get("text_config", requested.get(""))
+            if requested not in (None, "sdpa"):
+                raise ValueError(
+                    f"HIVE's shared_softmax mode joins the image keys to the LLM's own attention through sdpa; the LLM "
+                    f"cannot run as {requested!r}. Use cross_attention_mode='gated' for other attention implementations."
+                )
+        result = super().set_attn_implementation(attn_implementation, *args, **kwargs)
+        if self.config.cross_attention_mode == "shared_softmax":
+            self.base_model.use_shared_softmax_attention()
+        return result
 
     def check_backbones(self) -> None:
         """The build-time checks that refuse a backbone HIVE cannot use exactly (see `HiveModel.check_encoder_output`
@@ -528,24 +555,54 @@ class HiveModel(HivePreTrainedModel):
         self.multi_modal_projectors = nn.ModuleList(
             HiveMultiModalProjector(config, width) for width in vision_level_widths(self.vision_model, config)
         )
-        self.cross_attention_layers = nn.ModuleList(HiveCrossAttentionLayer(config) for _ in config.cross_attention_layers)
+        layers = decoder_layers(self.language_model, config.text_config.num_hidden_layers)
+        if config.cross_attention_mode == "shared_softmax":
+            self.use_shared_softmax_attention()
+            text = config.text_config
+            head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+            self.cross_attention_layers = nn.ModuleList(
+                HiveSharedSoftmaxLayer(layers[text_layer], head_dim, config.rms_norm_eps) for _, text_layer in config.cross_attention_layers
+            )
+        else:
+            self.cross_attention_layers = nn.ModuleList(HiveCrossAttentionLayer(config) for _ in config.cross_attention_layers)
         if config.hierarchy_mode == "all_levels":
             self.level_embeddings = nn.Parameter(torch.zeros(len(config.vision_layers), config.text_config.hidden_size))
         else:
             self.level_embeddings = None
         self._no_split_modules = sorted(
-            {"HiveCrossAttentionLayer"}
+            {type(self.cross_attention_layers[0]).__name__}
             | set(getattr(self.vision_model, "_no_split_modules", None) or [])
             | set(getattr(self.language_model, "_no_split_modules", None) or [])
         )
-        layers = decoder_layers(self.language_model, config.text_config.num_hidden_layers)
         for index, (_, text_layer) in enumerate(config.cross_attention_layers):
             layers[text_layer].register_forward_pre_hook(partial(self._cross_attention_hook, index), with_kwargs=True)
         self.post_init()
+        if config.cross_attention_mode == "shared_softmax" and not self.language_model.get_input_embeddings().weight.is_meta:
+            self.copy_llm_key_value_projections()
         self.check_encoder_output()
         self.unused_vision_parameter_names = self.find_unused_vision_parameters()
         self.freeze_unused_vision_parameters()
         self.check_cross_attention_is_reached()
+
+    def use_shared_softmax_attention(self) -> None:
+        """shared_softmax mode: runs the LLM's attention as `hive_sdpa` (sdpa that appends a layer's image keys/values
+        when its pre-hook hands them over), refusing an LLM it cannot join (see `shared_softmax_refusal`)."""
+        layers = decoder_layers(self.language_model, self.config.text_config.num_hidden_layers)
+        reason = shared_softmax_refusal(self.language_model, [pair[1] for pair in self.config.cross_attention_layers], layers)
+        if reason is not None:
+            raise ValueError(
+                f"HIVE's shared_softmax mode cannot join the image to {type(self.language_model).__name__} "
+                f"({self.config.text_config.model_type}): {reason}. Use cross_attention_mode='gated' for any other LLM."
+            )
+        self.language_model.config._attn_implementation_internal = SHARED_SOFTMAX_ATTENTION
+
+    @torch.no_grad()
+    def copy_llm_key_value_projections(self) -> None:
+        """shared_softmax mode: sets every block's input norm and image k/v projections to those of the LLM layer it
+        feeds (the blocks' starting point; done when the model is built, after the LLM's weights are loaded)."""
+        layers = decoder_layers(self.language_model, self.config.text_config.num_hidden_layers)
+        for block, (_, text_layer) in zip(self.cross_attention_layers, self.config.cross_attention_layers):
+            block.copy_from(layers[text_layer])
 
     def check_encoder_output(self) -> None:
         """Refuses an encoder HIVE cannot read exactly: one whose selected layers are not `(B, N, hidden_size)` tokens
@@ -613,6 +670,20 @@ class HiveModel(HivePreTrainedModel):
                 "passes its **kwargs to every decoder layer, with hidden states of (batch, tokens, width) (Llama, Qwen2, "
                 "Mistral, Gemma2, GPT-2, ...)."
             )
+        if self.config.cross_attention_mode == "shared_softmax":
+            text_layers = [pair[1] for pair in self.config.cross_attention_layers]
+            unread = [layer for i, layer in enumerate(text_layers) if i not in context.consumed]
+            if unread:
+                reason = (
+                    f"the attention of decoder layer(s) {unread} does not pass its keyword arguments to transformers' "
+                    "attention function, so the image keys would be silently ignored"
+                )
+            reason = reason or rotary_refusal(self.language_model, text_layers)
+            if reason is not None:
+                raise ValueError(
+                    f"HIVE's shared_softmax mode cannot join the image to {type(self.language_model).__name__} "
+                    f"({self.config.text_config.model_type}): {reason}. Use cross_attention_mode='gated' for this LLM."
+                )
 
     def get_input_embeddings(self):
         return self.language_model.get_input_embeddings()
@@ -629,8 +700,15 @@ class HiveModel(HivePreTrainedModel):
         if context is None:
             return None
         hidden_states = args[0] if args else kwargs["hidden_states"]
-        if context.reached is not None:
+        probe = context.reached is not None
+        if probe:
             context.reached[index] = tuple(hidden_states.shape)
+        if self.config.cross_attention_mode == "shared_softmax":
+            # Handed to this layer's attention function (see shared_softmax_hive), which joins them to the layer's keys.
+            key_states, value_states = (None, None) if probe else context.key_values[index]
+            image = HiveImageKeyValues(index, key_states, value_states, context.image_mask, context.consumed)
+            return args, {**kwargs, "hive_image_key_values": image}
+        if probe:
             return None
         block = self.cross_attention_layers[index]
         key_states, value_states = context.key_values[index]
@@ -679,10 +757,16 @@ class HiveModel(HivePreTrainedModel):
         image)."""
         level_index = {layer: i for i, layer in enumerate(self.config.vision_layers)}
         all_levels = torch.cat(image_levels, dim=1) if self.level_embeddings is not None else None
+        rotary = getattr(self.language_model, "rotary_emb", None)  # shared_softmax: the image keys' 2-D positions
         key_values = []
-        for block, (vision_layer, _) in zip(self.cross_attention_layers, self.config.cross_attention_layers):
+        for block, (vision_layer, text_layer) in zip(self.cross_attention_layers, self.config.cross_attention_layers):
             image_states = all_levels if all_levels is not None else image_levels[level_index[vision_layer]]
-            key_values.append(block(image_states))
+            if self.config.cross_attention_mode != "shared_softmax" or rotary is None:
+                key_values.append(block(image_states))
+                continue
+            sizes = [level.shape[1] for level in image_levels] if all_levels is not None else [image_states.shape[1]]
+            layer_type = rotary_layer_type(self.language_model, text_layer)
+            key_values.append(block(image_states, image_rotary_embeddings(rotary, sizes, image_states, layer_type)))
         return key_values
 
     @can_return_tuple
@@ -848,6 +932,12 @@ class HiveModel(HivePreTrainedModel):
                 key_values = [(layer.keys, layer.values) for layer in cached]
                 image_mask = cached[0].image_mask
 
+        shared_softmax = self.config.cross_attention_mode == "shared_softmax"
+        if output_cross_attentions and shared_softmax:
+            raise ValueError(
+                "output_cross_attentions needs the gated cross-attention blocks; in shared_softmax mode the image keys "
+                "are part of the LLM's own attention, whose weights sdpa does not return."
+            )
         context = None
         if key_values is not None:
             context = HiveVisionContext(key_values, image_mask, {} if output_cross_attentions else None)
@@ -862,6 +952,13 @@ class HiveModel(HivePreTrainedModel):
             **{CACHE_NAME: cache},
             **kwargs,
         )
+        if shared_softmax and context is not None and len(context.consumed) != len(key_values):
+            raise RuntimeError(
+                f"The image keys/values reached {len(context.consumed)} of {len(key_values)} connected layers: the LLM now "
+                f"runs attention as {self.language_model.config._attn_implementation!r}, not {SHARED_SOFTMAX_ATTENTION!r}, "
+                "so the image would be ignored. Change the attention implementation with model.set_attn_implementation('sdpa'), "
+                "which keeps shared_softmax's."
+            )
         cache = getattr(outputs, CACHE_NAME, None)  # an LLM that keeps its state inside (RecurrentGemma) returns none
         if pixel_values is not None and cache is not None:
             # The LLM's own layers exist now; the image keys/values go after them, one layer per block.
@@ -1079,6 +1176,8 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         model.model.language_model.load_state_dict(getattr(text, base_model_name(text, type(model.model.language_model))).state_dict())
         model.lm_head.load_state_dict(head.state_dict())
         model.tie_weights()
+        if config.cross_attention_mode == "shared_softmax":
+            model.model.copy_llm_key_value_projections()
         if torch_dtype is not None:
             model = model.to(torch_dtype)
         model.check_logits_are_the_llms()

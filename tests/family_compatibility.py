@@ -56,7 +56,7 @@ WORKERS = 2
 TIMEOUT_S = 120  # for each of a family's two processes (build and check; reload)
 STATUSES = ("exact", "refused", "error", "wrong", "unbuildable")
 DEFECTS = ("error", "wrong")  # never acceptable, whatever is recorded
-KINDS = ("text", "vision")
+KINDS = ("text", "vision", "shared_softmax")  # shared_softmax: every LLM family again, in that cross_attention_mode
 ATOL, RTOL = 1e-5, 1e-4
 
 # --- the families ---------------------------------------------------------------------------------------------
@@ -223,11 +223,12 @@ FIXED_TEXT = "llama"  # every encoder family to this LLM
 
 def families() -> list[tuple[str, str]]:
     """Every (kind, family) the table holds, LLMs first."""
-    return [("text", name) for name in TEXT_FAMILIES] + [("vision", name) for name in VISION_FAMILIES]
+    text = [("text", name) for name in TEXT_FAMILIES]
+    return text + [("vision", name) for name in VISION_FAMILIES] + [("shared_softmax", name) for name in TEXT_FAMILIES]
 
 
 def model_type(kind: str, family: str) -> str:
-    return family if kind == "text" else VISION_FAMILIES[family].model_type
+    return VISION_FAMILIES[family].model_type if kind == "vision" else family
 
 
 def is_installed(kind: str, family: str) -> bool:
@@ -341,16 +342,19 @@ def check_model(model, work: Path) -> None:
     input_ids = torch.randint(3, model.config.text_config.vocab_size, (2, 6), generator=torch.Generator().manual_seed(0))
     images, other_images = (image_batch(model.config.vision_config, seed) for seed in (1, 2))
 
-    # (1) closed gates: the bare LLM's logits
+    # (1) closed gates (shared_softmax, which has none: no image): the bare LLM's logits
     gates = {name: p for name, p in model.named_parameters() if name.endswith("_gate")}
-    expect(len(gates) > 0 and all(not p.any() for p in gates.values()), f"a fresh model's gates are not all 0: {sorted(gates)}")
+    shared_softmax = model.config.cross_attention_mode == "shared_softmax"
+    if not shared_softmax:
+        expect(len(gates) > 0 and all(not p.any() for p in gates.values()), f"a fresh model's gates are not all 0: {sorted(gates)}")
     llm = AutoModelForCausalLM.from_pretrained(work / "text").eval()
     with torch.no_grad():
-        hive_logits = model(input_ids=input_ids, pixel_values=images).logits
+        hive_logits = model(input_ids=input_ids, pixel_values=None if shared_softmax else images).logits
         llm_logits = llm(input_ids=input_ids).logits
     expect(
         hive_logits.shape == llm_logits.shape and torch.allclose(hive_logits, llm_logits, atol=ATOL, rtol=RTOL),
-        f"closed gates: HIVE's logits differ from the bare LLM's by {max_difference(hive_logits, llm_logits):.3g}",
+        f"{'no image' if shared_softmax else 'closed gates'}: HIVE's logits differ from the bare LLM's by "
+        f"{max_difference(hive_logits, llm_logits):.3g}",
     )
 
     # (2) open gates: the image matters, and only the image
@@ -397,20 +401,23 @@ def failure(status: str, error: BaseException, message: str | None = None) -> di
 def build_and_check(kind: str, family: str, work: Path) -> dict:
     """Saves both backbones, builds HIVE on them and runs checks 1-3 and 5: {class, status, message[, traceback]}, the
     status "checked" when all pass."""
-    text_family, vision_family = (family, FIXED_VISION) if kind == "text" else (FIXED_TEXT, family)
+    text_family, vision_family = (FIXED_TEXT, family) if kind == "vision" else (family, FIXED_VISION)
     try:
         text_class = save_text_backbone(text_family, work / "text")
         vision_class = save_vision_backbone(vision_family, work / "vision")
         vision_depth = encoder_depth(encoder_config(transformers.AutoConfig.from_pretrained(work / "vision")))
     except Exception as error:  # transformers' own doing: no verdict on HIVE
         return {"class": None, **failure("unbuildable", error)}
-    result = {"class": text_class if kind == "text" else vision_class}
+    result = {"class": vision_class if kind == "vision" else text_class}
     try:
         sys.path.insert(0, str(REPO_ROOT))
         from modeling_hive import HiveForConditionalGeneration  # here: a broken import is an error like any other
 
         pairs = [[0, 0], [vision_depth - 1, 1]]
-        model = HiveForConditionalGeneration.from_backbones(str(work / "vision"), str(work / "text"), cross_attention_layers=pairs)
+        mode = "shared_softmax" if kind == "shared_softmax" else "gated"
+        model = HiveForConditionalGeneration.from_backbones(
+            str(work / "vision"), str(work / "text"), cross_attention_layers=pairs, cross_attention_mode=mode
+        )
     except ValueError as error:
         if raised_by_hive(error):
             return {**result, "status": "refused", "message": str(error)}
@@ -573,13 +580,13 @@ def run_all(selected: list[tuple[str, str]], workers: int = WORKERS) -> dict:
 def load_status() -> dict:
     """The recorded statuses: {"transformers": version, "text": {family: entry}, "vision": {family: entry}}."""
     if not STATUS_FILE.exists():
-        return {"transformers": None, "text": {}, "vision": {}}
+        return {"transformers": None, **{kind: {} for kind in KINDS}}
     return json.loads(STATUS_FILE.read_text())
 
 
 def write_status(results: dict) -> dict:
     """Merges `results` into the record (families not run keep their entry) and writes it."""
-    record = load_status()
+    record = {kind: {} for kind in KINDS} | load_status()
     record["transformers"] = transformers.__version__
     for (kind, family), result in results.items():
         keys = ("model_type", "class", "encoder", "status", "message", "traceback")
@@ -689,6 +696,9 @@ def write_docs(record: dict) -> None:
         + doc_table(record["text"], "LLM (causal-LM) families", "transformers class (joined to a tiny ViT)")
         + "\n"
         + doc_table(record["vision"], "Encoder families", "checkpoint class (joined to a tiny Llama)")
+        + "\n"
+        + doc_table(record["shared_softmax"], "LLM families in `cross_attention_mode='shared_softmax'`",
+                    "transformers class (joined to a tiny ViT)")  # fmt: skip
         + DOC_NOTES
     )
 

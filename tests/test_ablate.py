@@ -20,6 +20,7 @@ FUSION_PREFIXES = {
     "hive-paired": ("model.multi_modal_projectors.", "model.cross_attention_layers.", "model.level_embeddings"),
     "hive-all-levels": ("model.multi_modal_projectors.", "model.cross_attention_layers.", "model.level_embeddings"),
     "single-level": ("model.multi_modal_projectors.", "model.cross_attention_layers.", "model.level_embeddings"),
+    "shared-softmax": ("model.multi_modal_projectors.", "model.cross_attention_layers."),
     "flat": ("model.multi_modal_projector.",),
     "qformer": ("query_tokens", "qformer.", "language_projection."),
 }
@@ -29,7 +30,7 @@ VISION_PREFIXES = {"flat": "model.vision_tower.", "qformer": "vision_model."}
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("ablation")
-    recipe, study = load_study(quick=True)
+    recipe, study = load_study(quick=True, overrides=[f"study.fusions=[{', '.join(FUSIONS)}]"])  # the recipe's five and shared-softmax
     report = run_ablation(recipe, study, out, isolate=False)
     return out, study, report
 
@@ -154,6 +155,9 @@ def test_match_params_brings_budgets_within_ten_percent(quick):
     matched = match_budgets(FUSIONS, "hive-paired", vision, text, meta["image_token_id"], settings.fusion)
     target = matched["hive-paired"]["budget"]
     for name in FUSIONS:
+        if name == "shared-softmax":  # no width to scale (no MLP): it keeps its own budget
+            assert matched[name]["width"] is None and matched[name]["budget"] > 0
+            continue
         assert abs(matched[name]["budget"] - target) <= 0.10 * target, (name, matched[name])
     assert matched["flat"]["width"] > 32  # LLaVA's projector had to grow well past the LLM width
 

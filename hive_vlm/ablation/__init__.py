@@ -2,7 +2,7 @@
 
     settings  the recipe's `study` section (fusions, seeds, ...) and what the training loop reads from its stages
     shared    what every run shares, built by the recipe's own stages 0 and 1
-    fusions   the five fusions around the same encoder and LLM
+    fusions   the six fusions around the same encoder and LLM
     run       one fusion trained and evaluated with one seed
     probe     the linear probe of an encoder on hive-shapes' labels
     report    mean ± std over seeds, seed-noise verdicts, markdown, JSON and plots

@@ -6,6 +6,8 @@ batch and a generation prompt reach it, and which parameters train in each stage
     hive-paired      HIVE, `paired` mode: block k reads vision layer k of `cross_attention_layers`.
     hive-all-levels  HIVE, `all_levels` mode: every block reads all selected vision layers (level embeddings).
     single-level     HIVE blocks at the same LLM layers, every one reading the last vision layer (Flamingo-like).
+    shared-softmax   HIVE, `paired`, in `cross_attention_mode="shared_softmax"` (the paper authors' fusion): each
+                     level's image keys/values join its LLM layer's own self-attention, one softmax, no gate.
     flat             transformers' `LlavaForConditionalGeneration`: projected patch tokens inline in the LLM input.
     qformer          transformers' `Blip2ForConditionalGeneration` with its vision tower swapped for our encoder:
                      learned queries read the encoder's last hidden state; their outputs go inline in the LLM input.
@@ -35,7 +37,7 @@ from modeling_hive import HiveForConditionalGeneration
 from modeling_hive.backbones_hive import as_tokens, eval_mode, probe_image_shape
 
 
-FUSIONS = ("hive-paired", "hive-all-levels", "single-level", "flat", "qformer")
+FUSIONS = ("hive-paired", "hive-all-levels", "single-level", "shared-softmax", "flat", "qformer")
 # LoRA's targets in the LLM: the names transformers' causal LMs give their attention and MLP projections.
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "c_attn", "c_proj", "c_fc")
 IGNORE_INDEX = -100
@@ -201,8 +203,10 @@ def _hive(name, vision_dir, text_dir, settings: HiveFusionSettings, image_token_
         text_layers = settings.single_level_text_layers or [text for _, text in pairs]
         pairs = [[last, text] for text in text_layers]
     kwargs = {"cross_attention_layers": pairs, "hierarchy_mode": mode, "gate_init": settings.gate_init}
+    if name == "shared-softmax":  # no gate, no MLP: its budget is the projectors and the image k/v projections
+        kwargs["cross_attention_mode"] = "shared_softmax"
     width = settings.intermediate_sizes.get(name) or settings.cross_attention_intermediate_size
-    if width:
+    if width and name != "shared-softmax":
         kwargs["cross_attention_intermediate_size"] = int(width)
     model = HiveForConditionalGeneration.from_backbones(str(vision_dir), str(text_dir), **kwargs)
     parts = model.component_parameters()
@@ -303,7 +307,8 @@ def match_budgets(fusions, reference: str, vision_dir, text_dir, image_token_id:
 
     A budget is affine in the width (each width-dependent layer holds `in x width + width` or `width x out + out`
     weights), so two builds give the line and a third checks the result. Returns `{fusion: {"width", "budget",
-    "reference"}}`; a ValueError names a fusion that cannot reach the reference by its width alone.
+    "reference"}}`; a ValueError names a fusion that cannot reach the reference by its width alone. A fusion without
+    a width (shared-softmax) keeps its own budget, with width None.
     """
     target = fusion_budget(reference, vision_dir, text_dir, image_token_id, settings, vocab_size=vocab_size)
     matched = {}
@@ -314,6 +319,9 @@ def match_budgets(fusions, reference: str, vision_dir, text_dir, image_token_id:
         low, high = 8, 64
         at_low = fusion_budget(name, vision_dir, text_dir, image_token_id, settings, low, vocab_size)
         at_high = fusion_budget(name, vision_dir, text_dir, image_token_id, settings, high, vocab_size)
+        if at_low == at_high:
+            matched[name] = {"width": None, "budget": at_low, "reference": target}
+            continue
         width = max(1, round(low + (target - at_low) * (high - low) / (at_high - at_low)))
         budget = fusion_budget(name, vision_dir, text_dir, image_token_id, settings, width, vocab_size)
         if abs(budget - target) > tolerance * target:

@@ -2,7 +2,7 @@
 recipe's optional `study` section (the fusions, seeds and study-only settings).
 
     study:
-      fusions: [hive-paired, hive-all-levels, single-level, flat, qformer]
+      fusions: [hive-paired, hive-all-levels, single-level, shared-softmax, flat, qformer]
       seeds: [0, 1, 2]            # fusion initialisation and batch order; data and backbones are shared by all seeds
       match_params: false         # true: every fusion's stage-2 budget within 10% of hive-paired's (widths rescaled)
       train_llm: false            # true: the whole LLM trains in stage 3 too, at the fusion's learning rate
@@ -19,7 +19,7 @@ Example:
     >>> from hive_vlm.ablation.settings import load_study
     >>> recipe, study = load_study("recipes/tiny-shapes.yaml", quick=True)
     >>> study.fusions, study.seeds, study.stage3["steps"]
-    (['hive-paired', 'hive-all-levels', 'single-level', 'flat', 'qformer'], [0], 4)
+    (['hive-paired', 'hive-all-levels', 'single-level', 'shared-softmax', 'flat', 'qformer'], [0], 4)
 """
 
 import copy

@@ -63,7 +63,7 @@ def run_ablation(recipe, study: HiveStudySettings, out, isolate: bool = True, th
         >>> recipe, study = load_study("recipes/tiny-shapes.yaml", quick=True)  # doctest: +SKIP
         >>> report = run_ablation(recipe, study, "/tmp/ablation-quick")  # doctest: +SKIP
         >>> sorted(report["aggregate"])  # doctest: +SKIP
-        ['flat', 'hive-all-levels', 'hive-paired', 'qformer', 'single-level']
+        ['flat', 'hive-all-levels', 'hive-paired', 'qformer', 'shared-softmax', 'single-level']
     """
     from .fusions import match_budgets
     from .report import write_report
@@ -142,7 +142,7 @@ def study_overrides(args, section: str, key: str, chosen: list | None) -> list[s
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     study_arguments(parser, __doc__, "ablation")
-    parser.add_argument("--fusions", nargs="+", choices=FUSIONS, help="Fusions to compare (default: the recipe's, all five).")
+    parser.add_argument("--fusions", nargs="+", choices=FUSIONS, help="Fusions to compare (default: the recipe's, all six).")
     parser.add_argument("--match-params", action="store_true", help="Match every fusion's trainable budget to hive-paired's within 10%%.")
 
 

@@ -3,7 +3,7 @@
 ordinary LLaVA pipeline, the paper's own protocol.
 
     transfer:
-      variants: [hive-paired, hive-all-levels, single-level, flat, qformer, mim-only, none]
+      variants: [hive-paired, hive-all-levels, single-level, shared-softmax, flat, qformer, mim-only, none]
       seeds: [0, 1, 2]            # pre-training seed k is transferred with seed k
       text_model: null            # the transfer LLM (Hub id or folder); null: text_config, or the recipe's own LLM
       text_config: null           # a transfer LLM built from a config (vocabulary: the recipe's tokenizer), pretrained
@@ -14,7 +14,7 @@ ordinary LLaVA pipeline, the paper's own protocol.
       stage2: {}                  # projector pretraining: the recipe's stage2 keys (max_steps, learning_rate, ...)
       stage3: {}                  # fine-tuning: the recipe's stage3 keys
 
-Variants: the five fusions of `hive ablate` (each pre-trains the encoder through the proxy LLM, stages 2 and 3 of
+Variants: the six fusions of `hive ablate` (each pre-trains the encoder through the proxy LLM, stages 2 and 3 of
 the recipe), `mim-only` (the encoder after stage 1 alone) and `none` (the encoder as the recipe builds or loads it).
 
 Example:

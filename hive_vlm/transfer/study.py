@@ -191,7 +191,7 @@ def pretraining_cost(pretrained: dict, variants) -> dict:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     study_arguments(parser, __doc__, "transfer-study")
-    parser.add_argument("--variants", nargs="+", choices=VARIANTS, help="Pre-training variants to compare (default: all seven).")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, help="Pre-training variants to compare (default: all eight).")
 
 
 def run(args) -> int:
