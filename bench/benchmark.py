@@ -1,7 +1,8 @@
-"""HIVE against transformers' LLaVA on identical backbones: every measure of the performance issue, in one run.
+"""HIVE against transformers' LLaVA on identical backbones: every measure of the performance issue, in one run; and
+HIVE's shared-softmax mode (the paper authors' fusion) against HIVE's gated blocks at the same connections.
 
-Both models share the encoder, LLM and LM head weights (random) and the prompt text; only the fusion differs. Every
-timed measure alternates HIVE and LLaVA repetitions and reports medians.
+All three models share the encoder, LLM and LM head weights (random) and the prompt text; only the fusion differs.
+Every timed measure alternates the models' repetitions and reports medians.
 
 Example:
     >>> from hive_vlm.bench.benchmark import run_benchmark, format_table
@@ -22,11 +23,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from .flops import hive_prefill_flops, hive_stage2_step_flops
 from .measures import matmul_flops_per_second, matmul_probe_tasks, median
 from .phases import measure_decode, measure_prefill, measure_train_step
-from .models import bench_batch, build_models
+from .models import bench_batch, build_models, build_shared_softmax
 from .sizes import BENCH_SIZES, HiveBenchSize
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+MODELS = ("hive", "llava", "shared_softmax")
 
 # key -> (comparison, bound, what it measures); the order of the issue's table.
 TARGETS = {
@@ -41,10 +43,23 @@ TARGETS = {
     "prefill_flops_fraction_of_peak": (">=", 0.5, "HIVE prefill FLOP/s / matmul peak"),
 }
 RESULT_KEYS = tuple(TARGETS)
+# shared-softmax against the gated blocks, same connections: key -> (comparison, bound, what it measures). The issue's
+# bound: it should cost no more than the gated blocks.
+SHARED_SOFTMAX_TARGETS = {
+    "ttft_ratio": ("<=", 1.0, "time to first token, whole"),
+    "llm_prefill_ratio": ("<=", 1.0, "prefill, LLM side only"),
+    "fusion_ratio": ("<=", 1.0, "fusion alone (projectors + image K/V)"),
+    "decode_ratio_576": (">=", 1.0, "decode tokens/s, 576 image tokens"),
+    "decode_ratio_2880": (">=", 1.0, "decode tokens/s, 2,880 image tokens"),
+    "train_step_ratio": ("<=", 1.0, "stage-2 step time"),
+    "train_memory_ratio": ("<=", 1.0, "stage-2 step peak memory"),
+    "kv_cache_ratio": ("<=", 1.0, "KV-cache bytes after prefill"),
+    "trainable_ratio": ("<=", 1.0, "stage-2 trainable parameters"),
+}
 
 
-def target_met(key: str, value: float) -> bool:
-    comparison, bound, _ = TARGETS[key]
+def target_met(key: str, value: float, targets: dict = TARGETS) -> bool:
+    comparison, bound, _ = targets[key]
     return value <= bound if comparison == "<=" else value >= bound
 
 
@@ -119,35 +134,39 @@ def run_benchmark(size: str | HiveBenchSize = "small", device: str | None = None
 
     started, load_before = time.perf_counter(), os.getloadavg()
     hive, llava = build_models(size, device, dtype, seed)
-    log(f"built HIVE ({sum(p.numel() for p in hive.parameters()):,} parameters) and LLaVA ({sum(p.numel() for p in llava.parameters()):,}) on {device}, {dtype_name}")
+    shared = build_shared_softmax(hive, device, dtype)
+    log(f"built HIVE ({sum(p.numel() for p in hive.parameters()):,} parameters), LLaVA ({sum(p.numel() for p in llava.parameters()):,}) "
+        f"and HIVE shared-softmax ({sum(p.numel() for p in shared.parameters()):,}) on {device}, {dtype_name}")  # fmt: skip
     batch = bench_batch(size, 1, device=device, dtype=dtype, seed=seed)
     long_batch_images = size.long_context_images
     matmul_tasks = matmul_probe_tasks(device, dtype, size.matmul_sizes)
     with torch.inference_mode():
-        prefill = measure_prefill(hive, llava, batch, repeats, device, matmul_tasks)
+        prefill = measure_prefill(hive, llava, batch, repeats, device, matmul_tasks, shared)
         log("prefill measured")
-        decode_short = measure_decode(hive, llava, batch, 1, size.decode_tokens, repeats, device, size.decode_batch_size, recompute=True)
+        decode_short = measure_decode(hive, llava, batch, 1, size.decode_tokens, repeats, device, size.decode_batch_size, recompute=True,
+                                      shared=shared)  # fmt: skip
         log("decode at one image measured")
-        decode_long = measure_decode(hive, llava, batch, long_batch_images, size.decode_tokens, repeats, device, size.decode_batch_size)
+        decode_long = measure_decode(hive, llava, batch, long_batch_images, size.decode_tokens, repeats, device, size.decode_batch_size,
+                                     shared=shared)  # fmt: skip
         log(f"decode at {long_batch_images} images measured")
         with sdpa_kernel([SDPBackend.MATH]), FlopCounterMode(display=False) as counter:
             hive(input_ids=batch.input_ids, pixel_values=batch.pixel_values, use_cache=True, logits_to_keep=1)
-    train = measure_train_step(hive, llava, size, repeats, device, dtype, seed, matmul_tasks)
+    train = measure_train_step(hive, llava, size, repeats, device, dtype, seed, matmul_tasks, shared)
     log("training step measured")
 
     matmul = {"prefill": matmul_flops_per_second(prefill["times"]["ttft"]), "train_step": matmul_flops_per_second(train["times"])}
     times = {
         **{measure: {name: values for name, values in sides.items() if not name.startswith("matmul_")} for measure, sides in prefill["times"].items()},
-        "decode_step_576": {name: decode_short[name] for name in ("hive", "llava")},
-        "decode_step_2880": {name: decode_long[name] for name in ("hive", "llava")},
-        "decode_step_576_batched": {name: decode_short[f"{name}_batched"] for name in ("hive", "llava") if f"{name}_batched" in decode_short},
-        "decode_step_2880_batched": {name: decode_long[f"{name}_batched"] for name in ("hive", "llava") if f"{name}_batched" in decode_long},
+        "decode_step_576": {name: decode_short[name] for name in MODELS},
+        "decode_step_2880": {name: decode_long[name] for name in MODELS},
+        "decode_step_576_batched": {name: decode_short[f"{name}_batched"] for name in MODELS if f"{name}_batched" in decode_short},
+        "decode_step_2880_batched": {name: decode_long[f"{name}_batched"] for name in MODELS if f"{name}_batched" in decode_long},
         "decode_step_cross_kv": {
             "cached": decode_short["hive_cached"],
             "recompute": decode_short["hive_recompute"],
             "recompute_with_encoder": decode_short["hive_recompute_encoder"],
         },
-        "train_step": {name: train["times"][name] for name in ("hive", "llava")},
+        "train_step": {name: train["times"][name] for name in MODELS},
         "matmul": {f"{n}_during_{measure}": sides[f"matmul_{n}"] for measure, sides in (("prefill", prefill["times"]["ttft"]), ("train_step", train["times"])) for n in size.matmul_sizes},
     }
     medians = {measure: {name: median(values) for name, values in sides.items()} for measure, sides in times.items()}
@@ -164,6 +183,17 @@ def run_benchmark(size: str | HiveBenchSize = "small", device: str | None = None
     train_flops_per_second = sum(train_flops.values()) / medians["train_step"]["hive"]
     kv_bytes = prefill["kv_cache_bytes"]
 
+    shared_softmax = {
+        "ttft_ratio": medians["ttft"]["shared_softmax"] / medians["ttft"]["hive"],
+        "llm_prefill_ratio": medians["llm_prefill"]["shared_softmax"] / medians["llm_prefill"]["hive"],
+        "fusion_ratio": medians["fusion"]["shared_softmax"] / medians["fusion"]["hive"],
+        "decode_ratio_576": tokens_per_second["576"]["shared_softmax"] / tokens_per_second["576"]["hive"],
+        "decode_ratio_2880": tokens_per_second["2880"]["shared_softmax"] / tokens_per_second["2880"]["hive"],
+        "train_step_ratio": medians["train_step"]["shared_softmax"] / medians["train_step"]["hive"],
+        "train_memory_ratio": train["peak_bytes"]["shared_softmax"] / train["peak_bytes"]["hive"],
+        "kv_cache_ratio": kv_bytes["shared_softmax"]["total"] / kv_bytes["hive"]["total"],
+        "trainable_ratio": train["trainable_parameters"]["shared_softmax"] / train["trainable_parameters"]["hive"],
+    }
     result = {
         "ttft_ratio": medians["ttft"]["hive"] / medians["ttft"]["llava"],
         "llm_prefill_ratio": medians["llm_prefill"]["hive"] / medians["llm_prefill"]["llava"],
@@ -175,6 +205,8 @@ def run_benchmark(size: str | HiveBenchSize = "small", device: str | None = None
         "cross_kv_cache_speedup": medians["decode_step_cross_kv"]["recompute"] / medians["decode_step_cross_kv"]["cached"],
         "prefill_flops_fraction_of_peak": prefill_flops_per_second / peak["prefill"],
         "targets": {key: {"comparison": comparison, "bound": bound, "measure": text} for key, (comparison, bound, text) in TARGETS.items()},
+        "shared_softmax": shared_softmax,  # shared-softmax / gated blocks, same connections
+        "shared_softmax_targets": {key: {"comparison": c, "bound": b, "measure": text} for key, (c, b, text) in SHARED_SOFTMAX_TARGETS.items()},
         "timings_s": times,
         "medians_s": medians,
         "decode_tokens_per_s": tokens_per_second,
@@ -194,6 +226,7 @@ def run_benchmark(size: str | HiveBenchSize = "small", device: str | None = None
         "parameters": {
             "hive": sum(p.numel() for p in hive.parameters()),
             "llava": sum(p.numel() for p in llava.parameters()),
+            "shared_softmax": sum(p.numel() for p in shared.parameters()),
             "trainable_stage2": train["trainable_parameters"],
         },
         "sizes": {
@@ -291,4 +324,36 @@ def format_table(result: dict) -> str:
         f"({medians['decode_step_cross_kv']['recompute_with_encoder'] / medians['decode_step_cross_kv']['cached']:.1f}x the cached step); "
         f"HIVE stage-2 step at {flops['hive_train_step_fraction_of_peak']:.1%} of the matmul peak"
     )
+    rendered += ["", shared_softmax_table(result)]
+    return "\n".join(rendered)
+
+
+def shared_softmax_table(result: dict) -> str:
+    """HIVE's shared-softmax mode against its gated blocks at the same connections: gated, shared-softmax, ratio,
+    target (no more than the gated blocks), verdict."""
+    medians, kv, memory, tokens = result["medians_s"], result["kv_cache_bytes"], result["train_memory_bytes"]["peak_bytes"], result["decode_tokens_per_s"]
+    trainable = result["parameters"]["trainable_stage2"]
+    sizes = result["sizes"]
+    cells = {
+        "ttft_ratio": {name: _milliseconds(medians["ttft"][name]) for name in ("hive", "shared_softmax")},
+        "llm_prefill_ratio": {name: _milliseconds(medians["llm_prefill"][name]) for name in ("hive", "shared_softmax")},
+        "fusion_ratio": {name: _milliseconds(medians["fusion"][name]) for name in ("hive", "shared_softmax")},
+        "decode_ratio_576": {name: f"{tokens['576'][name]:,.1f} tok/s" for name in ("hive", "shared_softmax")},
+        "decode_ratio_2880": {name: f"{tokens['2880'][name]:,.1f} tok/s" for name in ("hive", "shared_softmax")},
+        "train_step_ratio": {name: _milliseconds(medians["train_step"][name]) for name in ("hive", "shared_softmax")},
+        "train_memory_ratio": {name: _mib(memory[name]) for name in ("hive", "shared_softmax")},
+        "kv_cache_ratio": {name: _mib(kv[name]["total"]) for name in ("hive", "shared_softmax")},
+        "trainable_ratio": {name: f"{trainable[name]:,}" for name in ("hive", "shared_softmax")},
+    }
+    header = ("shared-softmax vs gated blocks", "gated", "shared-softmax", "ratio", "target", "")
+    lines = [header]
+    for key, (comparison, bound, text) in SHARED_SOFTMAX_TARGETS.items():
+        text = text.replace("2,880", f"{sizes['long_context_image_tokens']:,}").replace("576", f"{sizes['image_tokens']:,}")
+        value = result["shared_softmax"][key]
+        verdict = "met" if target_met(key, value, SHARED_SOFTMAX_TARGETS) else "MISSED"
+        lines.append((text, cells[key]["hive"], cells[key]["shared_softmax"], f"{value:.3f}", f"{comparison} {bound:g}", verdict))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    rendered = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines]
+    rendered.insert(1, "  ".join("-" * width for width in widths))
+    rendered.append(f"same connections {sizes['cross_attention_layers']}, same encoder, LLM, head and projectors")
     return "\n".join(rendered)

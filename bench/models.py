@@ -1,4 +1,5 @@
-"""HIVE and transformers' LLaVA built from the same backbone configs with the same random backbone weights.
+"""HIVE, transformers' LLaVA and HIVE's shared-softmax mode built from the same backbone configs with the same random
+backbone weights.
 
 Example:
     >>> from hive_vlm.bench.models import build_models
@@ -51,6 +52,19 @@ def build_models(size: HiveBenchSize, device="cpu", dtype=torch.float32, seed: i
     llava.model.language_model.load_state_dict(hive.model.language_model.state_dict())
     llava.lm_head.load_state_dict(hive.lm_head.state_dict())
     return hive.to(dtype).eval(), llava.to(dtype).eval()
+
+
+def build_shared_softmax(hive: HiveForConditionalGeneration, device="cpu", dtype=torch.float32) -> HiveForConditionalGeneration:
+    """HIVE at the same connections in `cross_attention_mode="shared_softmax"` (the paper authors' fusion), in eval
+    mode, with `hive`'s encoder, LLM, head and projectors; its image k/v projections start from the LLM's."""
+    config = HiveConfig.from_dict({**hive.config.to_dict(), "cross_attention_mode": "shared_softmax"})
+    with torch.device(device):
+        shared = HiveForConditionalGeneration(config)
+    for name in ("vision_model", "language_model", "multi_modal_projectors"):
+        getattr(shared.model, name).load_state_dict(getattr(hive.model, name).state_dict())
+    shared.lm_head.load_state_dict(hive.lm_head.state_dict())
+    shared.model.copy_llm_key_value_projections()
+    return shared.to(dtype).eval()
 
 
 @dataclass

@@ -1,4 +1,7 @@
-"""The three phases `hive bench` measures on HIVE and LLaVA side by side: prefill, decode and a stage-2 training step."""
+"""The three phases `hive bench` measures on HIVE and LLaVA side by side: prefill, decode and a stage-2 training step.
+
+With `shared`, HIVE's shared-softmax mode at the same connections (`build_shared_softmax`) is measured in the same
+rounds, under the name `shared_softmax`."""
 
 from collections.abc import Callable
 
@@ -50,30 +53,43 @@ def decode_run(model, cache, token: torch.Tensor, steps: int, device, before_ste
     return seconds / steps
 
 
-def measure_prefill(hive, llava, batch: BenchBatch, repeats: int, device, matmul_tasks: dict) -> dict:
+def hive_sides(hive, shared=None) -> dict:
+    """The HIVE models measured: `hive` (gated blocks) and, when given, `shared_softmax`."""
+    return {"hive": hive, **({"shared_softmax": shared} if shared is not None else {})}
+
+
+def measure_prefill(hive, llava, batch: BenchBatch, repeats: int, device, matmul_tasks: dict, shared=None) -> dict:
     """(a), (d) and (f): whole prefill (with the matmul probes in the same rounds), LLM-side prefill, the shared
     encoder and each fusion alone; cache bytes."""
     image_mask = None  # every sample has an image: the model then stores no mask either
-    hive_features, hive_key_values = hive_image_key_values(hive, batch, images=1)
+    sides = hive_sides(hive, shared)
+    features = {name: hive_image_key_values(model, batch, images=1) for name, model in sides.items()}
+    hive_features = features["hive"][0]
     llava_embeds = llava_inputs_embeds(llava, batch, images=1)
     llava_vision_states = llava.model.vision_tower(batch.pixel_values, output_hidden_states=True).hidden_states[-2]
 
-    def hive_whole():
-        return hive(input_ids=batch.input_ids, pixel_values=batch.pixel_values, use_cache=True, logits_to_keep=1)
+    def whole(model):
+        return model(input_ids=batch.input_ids, pixel_values=batch.pixel_values, use_cache=True, logits_to_keep=1)
 
     def llava_whole():
         return llava(input_ids=batch.llava_input_ids, pixel_values=batch.pixel_values, use_cache=True, logits_to_keep=1)
 
-    def hive_llm_side():
-        cache = cache_with_image_key_values(hive, hive_key_values, image_mask)
-        return timed(lambda: hive(input_ids=batch.input_ids, cache=cache, use_cache=True, logits_to_keep=1), device)
+    def llm_side(name):
+        model = sides[name]
+        cache = cache_with_image_key_values(model, features[name][1], image_mask)
+        return timed(lambda: model(input_ids=batch.input_ids, cache=cache, use_cache=True, logits_to_keep=1), device)
 
     times = {
-        "ttft": interleaved({"hive": lambda: timed(hive_whole, device), "llava": lambda: timed(llava_whole, device), **matmul_tasks}, repeats),
-        "llm_prefill": interleaved(
-            {"hive": hive_llm_side, "llava": lambda: timed(lambda: llava(inputs_embeds=llava_embeds, use_cache=True, logits_to_keep=1), device)},
+        "ttft": interleaved(
+            {**{name: (lambda m=model: timed(lambda: whole(m), device)) for name, model in sides.items()},
+             "llava": lambda: timed(llava_whole, device), **matmul_tasks},
             repeats,
-        ),
+        ),  # fmt: skip
+        "llm_prefill": interleaved(
+            {**{name: (lambda name=name: llm_side(name)) for name in sides},
+             "llava": lambda: timed(lambda: llava(inputs_embeds=llava_embeds, use_cache=True, logits_to_keep=1), device)},
+            repeats,
+        ),  # fmt: skip
         "encoder": interleaved(
             {
                 "hive": lambda: timed(lambda: hive.model.encode_image(batch.pixel_values), device),
@@ -83,17 +99,18 @@ def measure_prefill(hive, llava, batch: BenchBatch, repeats: int, device, matmul
         ),
         "fusion": interleaved(
             {
-                "hive": lambda: timed(lambda: hive_fusion(hive, hive_features), device),
+                **{name: (lambda m=model: timed(lambda: hive_fusion(m, hive_features), device)) for name, model in sides.items()},
                 "llava": lambda: timed(lambda: llava.model.multi_modal_projector(llava_vision_states), device),
             },
             repeats,
         ),
     }
-    kv_bytes = {"hive": cache_bytes(hive_whole()[CACHE_NAME]), "llava": cache_bytes(llava_whole()[CACHE_NAME])}
+    kv_bytes = {**{name: cache_bytes(whole(model)[CACHE_NAME]) for name, model in sides.items()}, "llava": cache_bytes(llava_whole()[CACHE_NAME])}
     return {"times": times, "kv_cache_bytes": kv_bytes}
 
 
-def measure_decode(hive, llava, batch: BenchBatch, images: int, steps: int, repeats: int, device, batch_size: int = 1, recompute: bool = False) -> dict:
+def measure_decode(hive, llava, batch: BenchBatch, images: int, steps: int, repeats: int, device, batch_size: int = 1, recompute: bool = False,
+                   shared=None) -> dict:  # fmt: skip
     """(b), and (e) when `recompute`: seconds per decode step after a prefill holding `images` images' worth of tokens.
 
     Returns per-step times of both models at batch 1 (`hive`, `llava`) and, when `batch_size` > 1, with the same
@@ -102,19 +119,20 @@ def measure_decode(hive, llava, batch: BenchBatch, images: int, steps: int, repe
     against `hive_cached` timed in the same rounds) and from the pixels, encoder included (`hive_recompute_encoder`).
     """
     image_mask = None  # every sample has an image: the model then stores no mask either
-    hive_features, hive_key_values = hive_image_key_values(hive, batch, images)
-    hive_cache = cache_with_image_key_values(hive, hive_key_values, image_mask)
-    hive_token = hive(input_ids=batch.input_ids, cache=hive_cache, use_cache=True, logits_to_keep=1).logits.argmax(-1)
-    llava_out = llava(inputs_embeds=llava_inputs_embeds(llava, batch, images), use_cache=True, logits_to_keep=1)
-    llava_cache, llava_token = llava_out[CACHE_NAME], llava_out.logits.argmax(-1)
+    models, caches, tokens = {**hive_sides(hive, shared), "llava": llava}, {}, {}
+    for name, model in models.items():
+        if name == "llava":
+            out = llava(inputs_embeds=llava_inputs_embeds(llava, batch, images), use_cache=True, logits_to_keep=1)
+            caches[name], tokens[name] = out[CACHE_NAME], out.logits.argmax(-1)
+            continue
+        features, key_values = hive_image_key_values(model, batch, images)
+        caches[name] = cache_with_image_key_values(model, key_values, image_mask)
+        tokens[name] = model(input_ids=batch.input_ids, cache=caches[name], use_cache=True, logits_to_keep=1).logits.argmax(-1)
+        if name == "hive":
+            hive_features = features
+    hive_cache, hive_token = caches["hive"], tokens["hive"]
 
-    times = interleaved(
-        {
-            "hive": lambda: decode_run(hive, hive_cache, hive_token, steps, device),
-            "llava": lambda: decode_run(llava, llava_cache, llava_token, steps, device),
-        },
-        repeats,
-    )
+    times = interleaved({name: (lambda name=name: decode_run(models[name], caches[name], tokens[name], steps, device)) for name in models}, repeats)
     if recompute:
         cross_layers = hive_cache.layers[hive.config.text_config.num_hidden_layers :]
 
@@ -137,43 +155,36 @@ def measure_decode(hive, llava, batch: BenchBatch, images: int, steps: int, repe
             )
         )
     if batch_size > 1:
-        for cache in (hive_cache, llava_cache):
+        for cache in caches.values():
             cache.batch_repeat_interleave(batch_size)
-        hive_tokens, llava_tokens = hive_token.repeat_interleave(batch_size, 0), llava_token.repeat_interleave(batch_size, 0)
-        times.update(
-            interleaved(
-                {
-                    "hive_batched": lambda: decode_run(hive, hive_cache, hive_tokens, steps, device),
-                    "llava_batched": lambda: decode_run(llava, llava_cache, llava_tokens, steps, device),
-                },
-                repeats,
-            )
-        )
+        batched = {name: token.repeat_interleave(batch_size, 0) for name, token in tokens.items()}
+        tasks = {f"{name}_batched": (lambda name=name: decode_run(models[name], caches[name], batched[name], steps, device)) for name in models}
+        times.update(interleaved(tasks, repeats))
     return times
 
 
-def freeze_for_stage2(hive, llava) -> dict:
-    """Stage 2 on both sides: LLM and encoder frozen; HIVE trains projectors and blocks, LLaVA its projector."""
-    hive_counts = hive.set_trainable(vision=False, projector=True, cross_attention=True, llm=False)
+def freeze_for_stage2(hives: dict, llava) -> dict:
+    """Stage 2 on every side: LLM and encoder frozen; HIVE trains projectors and blocks, LLaVA its projector."""
+    counts = {name: model.set_trainable(vision=False, projector=True, cross_attention=True, llm=False) for name, model in hives.items()}
     llava.requires_grad_(False)
     llava.model.multi_modal_projector.requires_grad_(True)
     return {
-        "hive": hive_counts["total"]["trainable"],
+        **{name: count["total"]["trainable"] for name, count in counts.items()},
         "llava": sum(p.numel() for p in llava.parameters() if p.requires_grad),
     }
 
 
-def measure_train_step(hive, llava, size: HiveBenchSize, repeats: int, device, dtype, seed: int, matmul_tasks: dict) -> dict:
+def measure_train_step(hive, llava, size: HiveBenchSize, repeats: int, device, dtype, seed: int, matmul_tasks: dict, shared=None) -> dict:
     """(c): forward + backward + AdamW step on one batch; time, and peak tensor memory of a warm step."""
     batch = bench_batch(size, size.train_batch_size, device=device, dtype=dtype, seed=seed + 1)
-    trainable = freeze_for_stage2(hive, llava)
-    hive.train()
-    llava.train()
-    inputs = {
-        "hive": dict(input_ids=batch.input_ids, pixel_values=batch.pixel_values, labels=batch.input_ids),
-        "llava": dict(input_ids=batch.llava_input_ids, pixel_values=batch.pixel_values, labels=batch.llava_labels),
-    }
-    models = {"hive": hive, "llava": llava}
+    hives = hive_sides(hive, shared)
+    trainable = freeze_for_stage2(hives, llava)
+    models = {**hives, "llava": llava}
+    for model in models.values():
+        model.train()
+    hive_inputs = dict(input_ids=batch.input_ids, pixel_values=batch.pixel_values, labels=batch.input_ids)
+    inputs = {**{name: hive_inputs for name in hives},
+              "llava": dict(input_ids=batch.llava_input_ids, pixel_values=batch.pixel_values, labels=batch.llava_labels)}  # fmt: skip
     optimizers = {name: torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5) for name, model in models.items()}
 
     def step(name):
@@ -187,8 +198,8 @@ def measure_train_step(hive, llava, size: HiveBenchSize, repeats: int, device, d
     above = {name: peak_allocated_during(lambda name=name: step(name), device) for name in models}
     with sdpa_kernel([SDPBackend.MATH]), FlopCounterMode(display=False) as counter:  # math attention: matmuls torch can count
         step("hive")
-    hive.eval()
-    llava.eval()
+    for model in models.values():
+        model.eval()
     return {
         "times": times,
         "resident_bytes": resident,

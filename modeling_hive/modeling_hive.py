@@ -758,15 +758,18 @@ class HiveModel(HivePreTrainedModel):
         level_index = {layer: i for i, layer in enumerate(self.config.vision_layers)}
         all_levels = torch.cat(image_levels, dim=1) if self.level_embeddings is not None else None
         rotary = getattr(self.language_model, "rotary_emb", None)  # shared_softmax: the image keys' 2-D positions
+        positions = {}  # (level sizes, layer type) -> rotary, computed once per image batch
         key_values = []
         for block, (vision_layer, text_layer) in zip(self.cross_attention_layers, self.config.cross_attention_layers):
             image_states = all_levels if all_levels is not None else image_levels[level_index[vision_layer]]
             if self.config.cross_attention_mode != "shared_softmax" or rotary is None:
                 key_values.append(block(image_states))
                 continue
-            sizes = [level.shape[1] for level in image_levels] if all_levels is not None else [image_states.shape[1]]
-            layer_type = rotary_layer_type(self.language_model, text_layer)
-            key_values.append(block(image_states, image_rotary_embeddings(rotary, sizes, image_states, layer_type)))
+            sizes = tuple(level.shape[1] for level in image_levels) if all_levels is not None else (image_states.shape[1],)
+            key = (sizes, rotary_layer_type(self.language_model, text_layer))
+            if key not in positions:
+                positions[key] = image_rotary_embeddings(rotary, list(sizes), image_states, key[1])
+            key_values.append(block(image_states, positions[key]))
         return key_values
 
     @can_return_tuple

@@ -95,15 +95,19 @@ def image_rotary_embeddings(rotary_emb: nn.Module, level_sizes: list[int], refer
     rows, columns = zip(*(grid_positions(size, reference.device) for size in level_sizes))
     rows, columns = torch.cat(rows)[None], torch.cat(columns)[None]  # (1, N)
     kwargs = {} if layer_type is None else {"layer_type": layer_type}
-    (cos_row, sin_row), (cos_column, sin_column) = (rotary_emb(reference, positions, **kwargs) for positions in (rows, columns))
-    dim = cos_row.shape[-1]
-    interleaved = not torch.equal(cos_row[..., : dim // 2], cos_row[..., dim // 2 :])
-    dims = torch.arange(dim, device=reference.device)
-    frequency = dims // 2 if interleaved else dims % (dim // 2)  # which frequency pair each dim belongs to
-    bounds = torch.tensor([round(dim // 2 * sum(ROTARY_SECTIONS[: i + 1]) / sum(ROTARY_SECTIONS)) for i in range(2)], device=reference.device)
-    section = torch.bucketize(frequency, bounds, right=True)  # 0: sequence position (0), 1: row, 2: column
-    cos = torch.where(section == 1, cos_row, torch.where(section == 2, cos_column, torch.ones_like(cos_row)))
-    sin = torch.where(section == 1, sin_row, torch.where(section == 2, sin_column, torch.zeros_like(sin_row)))
+    # One call for all three: position 0 (the pairing test), the rows, the columns.
+    positions = torch.cat([torch.ones_like(rows[:, :1]), rows, columns], dim=1)
+    cos_all, sin_all = rotary_emb(reference, positions, **kwargs)
+    dim, count = cos_all.shape[-1], rows.shape[1]
+    interleaved = not torch.equal(cos_all[0, 0, : dim // 2], cos_all[0, 0, dim // 2 :])  # position 1 tells the pairing
+    (cos_row, cos_column), (sin_row, sin_column) = cos_all[:, 1:].split(count, 1), sin_all[:, 1:].split(count, 1)
+    pair = torch.arange(dim, device=reference.device)
+    pair = pair // 2 if interleaved else pair % (dim // 2)  # which frequency pair each dim belongs to
+    half = dim // 2
+    first, second = (round(half * sum(ROTARY_SECTIONS[: i + 1]) / sum(ROTARY_SECTIONS)) for i in range(2))
+    row, column = (pair >= first) & (pair < second), pair >= second  # the rest: sequence position 0, unrotated
+    cos = torch.where(row, cos_row, torch.where(column, cos_column, torch.ones_like(cos_row)))
+    sin = torch.where(row, sin_row, torch.where(column, sin_column, torch.zeros_like(sin_row)))
     return cos, sin, interleaved
 
 

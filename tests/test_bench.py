@@ -14,10 +14,10 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from hive_vlm.bench.benchmark import RESULT_KEYS
+from hive_vlm.bench.benchmark import RESULT_KEYS, SHARED_SOFTMAX_TARGETS
 from hive_vlm.bench.phases import hive_image_key_values, llava_inputs_embeds
 from hive_vlm.bench.flops import hive_prefill_flops, hive_stage2_step_flops
-from hive_vlm.bench.models import bench_batch, build_models, cache_bytes, cache_with_image_key_values
+from hive_vlm.bench.models import bench_batch, build_models, build_shared_softmax, cache_bytes, cache_with_image_key_values
 from hive_vlm.bench.sizes import BENCH_SIZES
 from hive_vlm.cli import main
 from modeling_hive.compatibility_hive import CACHE_NAME
@@ -57,8 +57,14 @@ def test_toy_run_writes_every_result_key_as_a_number(tmp_path, one_thread, capsy
     assert result["machine"]["torch"] == torch.__version__ and result["machine"]["torch_threads"] == 1
     assert result["settings"]["dtype"] == "float32" and result["settings"]["repeats"] == 1
     assert result["flops"]["hive_prefill_counted_by_torch"] == sum(result["flops"]["hive_prefill"].values())
+    # The third column: shared-softmax against the gated blocks, measured in the same rounds.
+    assert set(result["shared_softmax"]) == set(SHARED_SOFTMAX_TARGETS)
+    assert all(is_number(value) and value > 0 for value in result["shared_softmax"].values()), result["shared_softmax"]
+    for measure in ("ttft", "llm_prefill", "fusion", "decode_step_576", "decode_step_2880", "train_step"):
+        assert set(result["medians_s"][measure]) >= {"hive", "llava", "shared_softmax"}, measure
     printed = capsys.readouterr().out
-    assert all(label in printed for label in ("time to first token", "KV-cache bytes", "matmul peak", f"wrote {out}"))
+    labels = ("time to first token", "KV-cache bytes", "matmul peak", "shared-softmax vs gated blocks", f"wrote {out}")
+    assert all(label in printed for label in labels)
 
 
 def test_bad_arguments_are_refused_with_the_field_named(tmp_path, capsys):
@@ -103,6 +109,18 @@ def test_measured_paths_compute_what_the_models_compute(one_thread):
     _, long_key_values = hive_image_key_values(hive, batch, images=5)
     assert long_key_values[0][0].shape[-2] == 5 * TOY.image_tokens
     assert llava_inputs_embeds(llava, batch, images=5).shape[1] == TOY.text_tokens + 5 * TOY.image_tokens
+
+    # The shared-softmax model: the same backbones and projectors, its image projections the LLM's own; its LLM-side
+    # prefill on precomputed image keys/values equals its whole forward too, and it caches as many bytes as the gated
+    # blocks (the same kv heads per connection).
+    shared = build_shared_softmax(hive)
+    assert torch.equal(shared(input_ids=batch.input_ids).logits, hive(input_ids=batch.input_ids).logits)
+    shared_whole = shared(input_ids=batch.input_ids, pixel_values=batch.pixel_values, use_cache=True)
+    shared_cache = cache_with_image_key_values(shared, hive_image_key_values(shared, batch, images=1)[1])
+    torch.testing.assert_close(shared(input_ids=batch.input_ids, cache=shared_cache, use_cache=True).logits, shared_whole.logits)
+    assert cache_bytes(shared_whole[CACHE_NAME]) == cache_bytes(whole[CACHE_NAME])
+    layer = shared.model.language_model.layers[shared.config.cross_attention_layers[0][1]]
+    assert torch.equal(shared.model.cross_attention_layers[0].k_proj.weight, layer.self_attn.k_proj.weight)
 
     # Cache bytes: HIVE's image layers are counted, and LLaVA's cache grows with the image tokens.
     hive_bytes, llava_bytes = cache_bytes(whole[CACHE_NAME]), cache_bytes(native[CACHE_NAME])
