@@ -47,8 +47,8 @@ from .shared_softmax_hive import (
     HiveImageKeyValues,
     HiveSharedSoftmaxLayer,
     image_rotary_embeddings,
+    probe_rotary,
     rotary_layer_type,
-    rotary_refusal,
     shared_softmax_refusal,
 )
 
@@ -556,6 +556,7 @@ class HiveModel(HivePreTrainedModel):
             HiveMultiModalProjector(config, width) for width in vision_level_widths(self.vision_model, config)
         )
         layers = decoder_layers(self.language_model, config.text_config.num_hidden_layers)
+        self.rotary_interleaved = None  # shared_softmax: the LLM's rotary pairing, found by check_cross_attention_is_reached
         if config.cross_attention_mode == "shared_softmax":
             self.use_shared_softmax_attention()
             text = config.text_config
@@ -678,7 +679,9 @@ class HiveModel(HivePreTrainedModel):
                     f"the attention of decoder layer(s) {unread} does not pass its keyword arguments to transformers' "
                     "attention function, so the image keys would be silently ignored"
                 )
-            reason = reason or rotary_refusal(self.language_model, text_layers)
+            interleaved, rotary_reason = probe_rotary(self.language_model, text_layers)
+            reason = reason or rotary_reason
+            self.rotary_interleaved = interleaved  # found once here, so that no forward waits on the device for it
             if reason is not None:
                 raise ValueError(
                     f"HIVE's shared_softmax mode cannot join the image to {type(self.language_model).__name__} "
@@ -768,7 +771,7 @@ class HiveModel(HivePreTrainedModel):
             sizes = tuple(level.shape[1] for level in image_levels) if all_levels is not None else (image_states.shape[1],)
             key = (sizes, rotary_layer_type(self.language_model, text_layer))
             if key not in positions:
-                positions[key] = image_rotary_embeddings(rotary, list(sizes), image_states, key[1])
+                positions[key] = image_rotary_embeddings(rotary, list(sizes), image_states, key[1], self.rotary_interleaved)
             key_values.append(block(image_states, positions[key]))
         return key_values
 

@@ -87,11 +87,12 @@ def grid_positions(num_tokens: int, device) -> tuple[torch.Tensor, torch.Tensor]
     return index // side, index % side
 
 
-def image_rotary_embeddings(rotary_emb: nn.Module, level_sizes: list[int], reference: torch.Tensor, layer_type=None):
+def image_rotary_embeddings(rotary_emb: nn.Module, level_sizes: list[int], reference: torch.Tensor, layer_type=None, interleaved=None):
     """cos and sin `(1, N, rotary_dim)` for the image tokens of the given levels (concatenated), from the LLM's own
     rotary embedding (for `layer_type`, where it has one per layer type: Gemma3): the first 3/8 of the frequency pairs
     at position 0, the next 3/8 at the token's row, the last 2/8 at its column; and whether the LLM pairs dims as
-    neighbours (GPT-J, Cohere) rather than as halves (Llama)."""
+    neighbours (GPT-J, Cohere) rather than as halves (Llama). `interleaved`: that pairing when already known (found
+    from the values otherwise, which waits for the device)."""
     rows, columns = zip(*(grid_positions(size, reference.device) for size in level_sizes))
     rows, columns = torch.cat(rows)[None], torch.cat(columns)[None]  # (1, N)
     kwargs = {} if layer_type is None else {"layer_type": layer_type}
@@ -99,7 +100,8 @@ def image_rotary_embeddings(rotary_emb: nn.Module, level_sizes: list[int], refer
     positions = torch.cat([torch.ones_like(rows[:, :1]), rows, columns], dim=1)
     cos_all, sin_all = rotary_emb(reference, positions, **kwargs)
     dim, count = cos_all.shape[-1], rows.shape[1]
-    interleaved = not torch.equal(cos_all[0, 0, : dim // 2], cos_all[0, 0, dim // 2 :])  # position 1 tells the pairing
+    if interleaved is None:  # position 1 tells the pairing
+        interleaved = not torch.equal(cos_all[0, 0, : dim // 2], cos_all[0, 0, dim // 2 :])
     (cos_row, cos_column), (sin_row, sin_column) = cos_all[:, 1:].split(count, 1), sin_all[:, 1:].split(count, 1)
     pair = torch.arange(dim, device=reference.device)
     pair = pair // 2 if interleaved else pair % (dim // 2)  # which frequency pair each dim belongs to
@@ -208,21 +210,23 @@ def shared_softmax_refusal(language_model: nn.Module, text_layers: list[int], la
     return None
 
 
-def rotary_refusal(language_model: nn.Module, text_layers: list[int]) -> str | None:
-    """Why the LLM's rotary embedding cannot position image keys, or None: it must give (cos, sin) for positions, as
-    Llama's does (Llama 4's complex frequencies do not). Needs real weights (one call on 4 positions)."""
+def probe_rotary(language_model: nn.Module, text_layers: list[int]) -> tuple[bool | None, str | None]:
+    """How the LLM's rotary embedding pairs dims (True: neighbours, False: halves, None: no rotary embedding), and why
+    it cannot position image keys, or None: it must give (cos, sin) for positions, as Llama's does (Llama 4's complex
+    frequencies do not). Needs real weights (one call on 4 positions per connected layer)."""
     rotary = getattr(language_model, "rotary_emb", None)
     if rotary is None:
-        return None
+        return None, None
     weight = language_model.get_input_embeddings().weight
     reference = torch.zeros(1, 4, 1, device=weight.device, dtype=torch.float32)
+    pairings = set()
     for text_layer in text_layers:
         try:
             with torch.no_grad():
-                image_rotary_embeddings(rotary, [4], reference, rotary_layer_type(language_model, text_layer))
+                pairings.add(image_rotary_embeddings(rotary, [4], reference, rotary_layer_type(language_model, text_layer))[2])
         except Exception as error:
-            return (
+            return None, (
                 f"its rotary embedding ({type(rotary).__name__}) does not give (cos, sin) for positions as Llama's does "
                 f"({type(error).__name__}: {error}), so image keys cannot be given row and column positions"
             )
-    return None
+    return pairings.pop() if len(pairings) == 1 else None, None

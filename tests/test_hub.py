@@ -420,6 +420,12 @@ def test_card_without_hub_backbones_or_results_says_so(saved, tmp_path):
     assert "`base_model` leaves out the vision and text backbones" in card.text
     assert "Not evaluated yet" in card.text and "No training record was found" in card.text
     assert template_path().name == "hive_template.md"
+    assert "| Cross-attention blocks | 2 (gates start at" in card.text and "shared_softmax" not in card.text
+    # A shared-softmax model's card says how it fuses, and claims no gates.
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "cross_attention_mode": "shared_softmax"}))
+    card = build_model_card(folder)
+    assert "| Fusion | `shared_softmax`" in card.text and "tanh(gate)" not in card.text
 
 
 # --- pushing at the end of training ---------------------------------------------------------------------------

@@ -329,6 +329,7 @@ def build_model_card(
         vision=_backbone(config.get("vision_config") or {}, found["vision"] if not base_model else None),
         text=_backbone(config.get("text_config") or {}, found["text"] if not base_model else None),
         hierarchy_mode=hierarchy_mode,
+        cross_attention_mode=config.get("cross_attention_mode", "gated"),
         hierarchy_description=HIERARCHY_DESCRIPTIONS.get(hierarchy_mode, "see the model's configuration"),
         layer_pairs=config.get("cross_attention_layers") or [],
         gate_init=config.get("gate_init", 0.0),
