@@ -667,6 +667,13 @@ DOC_NOTES = """
   output layer (Phi, GPT-J, CodeGen) is refused when loading.
 - **State-space and hybrid LLMs** (Mamba2, Jamba, Bamba, Falcon-H1, LFM2) work. HIVE's image layers sit after the
   LLM's own cache layers, and they do not change which mask generation builds.
+- **`cross_attention_mode='shared_softmax'`** (the paper authors' fusion, its own table): every LLM family again, with
+  the image keys joined to the connected layers' own self-attention. There are no gates, so check 1 is the input
+  without an image, which must give the bare LLM's logits, and check 2 needs no opening. It needs more of the LLM than
+  the gated blocks: sdpa attention (Gemma2 runs eager), an `input_layernorm` and separate `k_proj`/`v_proj` in the
+  connected layers (GPT-2, Phi-3, OLMo-2 and the state-space layers have none), an attention that passes its keyword
+  arguments on to transformers' attention function (StableLM, Nemotron do not), and a rotary embedding giving
+  `(cos, sin)` (Llama 4's is complex). Each of these is refused when the model is built, with the reason.
 - **Check 4's fresh process** is forked from a worker that imported torch and transformers, but never HIVE, and
   that is blocked from importing this project. Only the saved folder's remote code can serve.
 """
