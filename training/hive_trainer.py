@@ -14,9 +14,12 @@ def whole(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def gate_values(model) -> dict[str, float]:
-    """tanh of every gate, named by block: `gate/attn_t{text_layer}_v{vision_layer}` and `gate/mlp_...`."""
+    """tanh of every gate, named by block: `gate/attn_t{text_layer}_v{vision_layer}` and `gate/mlp_...`; none in
+    `shared_softmax` mode, which has no gates."""
     hive = model.base_model if hasattr(model, "base_model") else model
     values = {}
+    if hive.config.cross_attention_mode != "gated":
+        return values
     for block, (vision_layer, text_layer) in zip(hive.cross_attention_layers, hive.config.cross_attention_layers):
         name = f"t{text_layer}_v{vision_layer}"
         values[f"gate/attn_{name}"] = whole(block.cross_attn_attn_gate.detach()).tanh().item()
