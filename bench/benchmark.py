@@ -259,6 +259,14 @@ def run_benchmark(size: str | HiveBenchSize = "small", device: str | None = None
     return result
 
 
+def fixed_width(lines: list[tuple[str, ...]]) -> list[str]:
+    """Rows of cells as left-aligned columns, the first row a header underlined with dashes."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    rendered = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines]
+    rendered.insert(1, "  ".join("-" * width for width in widths))
+    return rendered
+
+
 def _milliseconds(seconds: float) -> str:
     return f"{seconds * 1e3:,.1f} ms"
 
@@ -301,9 +309,7 @@ def format_table(result: dict) -> str:
         comparison, bound, _ = TARGETS[key]
         value = result[key]
         lines.append((labels[key], *rows[key], f"{value:.3f}", f"{comparison} {bound:g}", "met" if target_met(key, value) else "MISSED"))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    rendered = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines]
-    rendered.insert(1, "  ".join("-" * width for width in widths))
+    rendered = fixed_width(lines)
     settings, sizes, machine = result["settings"], result["sizes"], result["machine"]
     rendered.append("")
     rendered.append(
@@ -352,8 +358,6 @@ def shared_softmax_table(result: dict) -> str:
         value = result["shared_softmax"][key]
         verdict = "met" if target_met(key, value, SHARED_SOFTMAX_TARGETS) else "MISSED"
         lines.append((text, cells[key]["hive"], cells[key]["shared_softmax"], f"{value:.3f}", f"{comparison} {bound:g}", verdict))
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    rendered = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines]
-    rendered.insert(1, "  ".join("-" * width for width in widths))
+    rendered = fixed_width(lines)
     rendered.append(f"same connections {sizes['cross_attention_layers']}, same encoder, LLM, head and projectors")
     return "\n".join(rendered)
