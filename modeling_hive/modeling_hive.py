@@ -556,7 +556,7 @@ class HiveModel(HivePreTrainedModel):
             HiveMultiModalProjector(config, width) for width in vision_level_widths(self.vision_model, config)
         )
         layers = decoder_layers(self.language_model, config.text_config.num_hidden_layers)
-        self.rotary_interleaved = None  # shared_softmax: the LLM's rotary pairing, found by check_cross_attention_is_reached
+        self.rotary_style = None  # shared_softmax: how the LLM rotates its keys, found by check_cross_attention_is_reached
         if config.cross_attention_mode == "shared_softmax":
             self.use_shared_softmax_attention()
             text = config.text_config
@@ -595,7 +595,7 @@ class HiveModel(HivePreTrainedModel):
                 f"HIVE's shared_softmax mode cannot join the image to {type(self.language_model).__name__} "
                 f"({self.config.text_config.model_type}): {reason}. Use cross_attention_mode='gated' for any other LLM."
             )
-        self.language_model.config._attn_implementation_internal = SHARED_SOFTMAX_ATTENTION
+        self.language_model.config._attn_implementation = SHARED_SOFTMAX_ATTENTION
 
     @torch.no_grad()
     def copy_llm_key_value_projections(self) -> None:
@@ -679,9 +679,10 @@ class HiveModel(HivePreTrainedModel):
                     f"the attention of decoder layer(s) {unread} does not pass its keyword arguments to transformers' "
                     "attention function, so the image keys would be silently ignored"
                 )
-            interleaved, rotary_reason = probe_rotary(self.language_model, text_layers)
+            layers = decoder_layers(self.language_model, self.config.text_config.num_hidden_layers)
+            style, rotary_reason = probe_rotary(self.language_model, text_layers, layers)
             reason = reason or rotary_reason
-            self.rotary_interleaved = interleaved  # found once here, so that no forward waits on the device for it
+            self.rotary_style = style  # found once here, so that no forward waits on the device for it
             if reason is not None:
                 raise ValueError(
                     f"HIVE's shared_softmax mode cannot join the image to {type(self.language_model).__name__} "
@@ -707,6 +708,13 @@ class HiveModel(HivePreTrainedModel):
         if probe:
             context.reached[index] = tuple(hidden_states.shape)
         if self.config.cross_attention_mode == "shared_softmax":
+            checkpoint = getattr(module, "_gradient_checkpointing_func", None)
+            if module.training and getattr(module, "gradient_checkpointing", False) and getattr(checkpoint, "keywords", {}).get("use_reentrant"):
+                raise ValueError(
+                    "shared_softmax hands the image keys to the LLM's layers as keyword arguments, which reentrant "
+                    "activation checkpointing cannot differentiate through; enable it with "
+                    "gradient_checkpointing_kwargs={'use_reentrant': False} (transformers' default)."
+                )
             # Handed to this layer's attention function (see shared_softmax_hive), which joins them to the layer's keys.
             key_states, value_states = (None, None) if probe else context.key_values[index]
             image = HiveImageKeyValues(index, key_states, value_states, context.image_mask, context.consumed)
@@ -768,10 +776,17 @@ class HiveModel(HivePreTrainedModel):
             if self.config.cross_attention_mode != "shared_softmax" or rotary is None:
                 key_values.append(block(image_states))
                 continue
+            if self.rotary_style is None:  # built on the meta device and loaded by hand: found now, once
+                layers = decoder_layers(self.language_model, self.config.text_config.num_hidden_layers)
+                style, reason = probe_rotary(self.language_model, [pair[1] for pair in self.config.cross_attention_layers], layers)
+                if style is None:
+                    raise ValueError(f"HIVE's shared_softmax mode cannot position the image keys: {reason}.")
+                self.rotary_style = style
+            halves_layout, neighbours = self.rotary_style
             sizes = tuple(level.shape[1] for level in image_levels) if all_levels is not None else (image_states.shape[1],)
             key = (sizes, rotary_layer_type(self.language_model, text_layer))
             if key not in positions:
-                positions[key] = image_rotary_embeddings(rotary, list(sizes), image_states, key[1], self.rotary_interleaved)
+                positions[key] = (*image_rotary_embeddings(rotary, list(sizes), image_states, key[1], halves_layout), neighbours)
             key_values.append(block(image_states, positions[key]))
         return key_values
 
@@ -925,6 +940,11 @@ class HiveModel(HivePreTrainedModel):
         num_text_layers = self.config.text_config.num_hidden_layers
         if pixel_values is not None:
             self._check_pixel_values(pixel_values, batch_size)
+            if self.config.cross_attention_mode == "shared_softmax" and pixel_values.shape[-2] != pixel_values.shape[-1]:
+                raise ValueError(
+                    f"shared_softmax gives image keys the rows and columns of a square patch grid, and these images are "
+                    f"{pixel_values.shape[-2]}x{pixel_values.shape[-1]}; resize them to a square (the processor does)."
+                )
             image_mask = self._check_image_mask(image_mask, batch_size, device)
             encoder_outputs, vision_hidden_states = self.encode_image(
                 pixel_values, kwargs.get("output_attentions"), kwargs.get("output_hidden_states")

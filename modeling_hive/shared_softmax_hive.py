@@ -15,6 +15,8 @@ the model is exactly the LLM.
 
 import copy
 import inspect
+import math
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -26,8 +28,9 @@ from transformers.modeling_utils import AttentionInterface
 
 
 SHARED_SOFTMAX_ATTENTION = "hive_sdpa"
-# The rotary frequency pairs of an image key, split as the authors split them: the image's place in the sequence, its
-# row, its column. HIVE's images are not in the token stream: they precede the text, at sequence position 0.
+# The rotary frequency pairs of an image key, split as the authors' code splits them (a [3, 3, 2] split of the pairs;
+# ../shared/PAPER.md): the image's place in the sequence, its row, its column. HIVE's images are not in the token
+# stream: they precede the text, at sequence position 0.
 ROTARY_SECTIONS = (3, 3, 2)
 
 
@@ -67,10 +70,10 @@ def hive_sdpa_attention_forward(module, query, key, value, attention_mask, *args
         image.consumed.add(image.index)
     if image is None or image.key_states is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, *args, **kwargs)
-    image_keys = image.key_states.to(key.dtype)
+    image_keys = image.key_states.to(key.device, key.dtype)
     attention_mask = image_key_mask(attention_mask, query, key, image_keys.shape[2], image.image_mask)
     key = torch.cat([key, image_keys], dim=2)  # (B, kv_heads, S + N, head_dim)
-    value = torch.cat([value, image.value_states.to(value.dtype)], dim=2)
+    value = torch.cat([value, image.value_states.to(value.device, value.dtype)], dim=2)
     return sdpa_attention_forward(module, query, key, value, attention_mask, *args, **kwargs)
 
 
@@ -80,46 +83,56 @@ AttentionMaskInterface.register(SHARED_SOFTMAX_ATTENTION, sdpa_mask)
 
 def grid_positions(num_tokens: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """(row, column) of each of a level's tokens: the last `side**2` tokens form a square grid in row-major order, as
-    encoders flatten their patches; tokens before them (CLS, registers) sit at (0, 0)."""
-    side = max(int(num_tokens**0.5), 1)
-    index = torch.arange(num_tokens, device=device) - (num_tokens - side * side)
-    index = index.clamp(min=0)
+    encoders flatten their patches of a square image; tokens before them (CLS, registers) sit at (0, 0)."""
+    side = max(math.isqrt(num_tokens), 1)
+    index = (torch.arange(num_tokens, device=device) - (num_tokens - side * side)).clamp(min=0)
     return index // side, index % side
 
 
-def image_rotary_embeddings(rotary_emb: nn.Module, level_sizes: list[int], reference: torch.Tensor, layer_type=None, interleaved=None):
-    """cos and sin `(1, N, rotary_dim)` for the image tokens of the given levels (concatenated), from the LLM's own
-    rotary embedding (for `layer_type`, where it has one per layer type: Gemma3): the first 3/8 of the frequency pairs
-    at position 0, the next 3/8 at the token's row, the last 2/8 at its column; and whether the LLM pairs dims as
-    neighbours (GPT-J, Cohere) rather than as halves (Llama). `interleaved`: that pairing when already known (found
-    from the values otherwise, which waits for the device)."""
+def image_rotary_embeddings(rotary_emb: nn.Module, level_sizes: list[int], reference: torch.Tensor, layer_type=None,
+                            halves_layout: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """cos and sin per frequency pair, `(1, N, rotary_dim // 2)`, for the image tokens of the given levels
+    (concatenated), from the LLM's own rotary embedding (for `layer_type` where it has one per layer type, as Gemma3):
+    the first 3/8 of the pairs at sequence position 0, the next 3/8 at the token's row, the last 2/8 at its column.
+
+    `halves_layout`: whether `rotary_emb` repeats its frequencies as two halves (Llama) rather than neighbour by
+    neighbour (Cohere); found from the values when None (which waits for the device)."""
     rows, columns = zip(*(grid_positions(size, reference.device) for size in level_sizes))
     rows, columns = torch.cat(rows)[None], torch.cat(columns)[None]  # (1, N)
     kwargs = {} if layer_type is None else {"layer_type": layer_type}
-    # One call for all three: position 0 (the pairing test), the rows, the columns.
-    positions = torch.cat([torch.ones_like(rows[:, :1]), rows, columns], dim=1)
-    cos_all, sin_all = rotary_emb(reference, positions, **kwargs)
-    dim, count = cos_all.shape[-1], rows.shape[1]
-    if interleaved is None:  # position 1 tells the pairing
-        interleaved = not torch.equal(cos_all[0, 0, : dim // 2], cos_all[0, 0, dim // 2 :])
-    (cos_row, cos_column), (sin_row, sin_column) = cos_all[:, 1:].split(count, 1), sin_all[:, 1:].split(count, 1)
-    pair = torch.arange(dim, device=reference.device)
-    pair = pair // 2 if interleaved else pair % (dim // 2)  # which frequency pair each dim belongs to
-    half = dim // 2
+    # One call for all: positions 0 (the sequence section, with the LLM's own scaling) and 1 (the layout), rows, columns.
+    positions = torch.cat([torch.arange(2, device=rows.device)[None], rows, columns], dim=1)
+    cos_all, sin_all = rotary_emb(reference, positions, **kwargs)  # (1, 2 + 2N, rotary_dim)
+    half, count = cos_all.shape[-1] // 2, rows.shape[1]
+    if halves_layout is None:
+        halves_layout = rotary_layout(cos_all[0, 1])
+    cos_all, sin_all = (t[..., :half] if halves_layout else t[..., 0::2] for t in (cos_all, sin_all))  # per frequency pair
+    pair = torch.arange(half, device=reference.device)
     first, second = (round(half * sum(ROTARY_SECTIONS[: i + 1]) / sum(ROTARY_SECTIONS)) for i in range(2))
-    row, column = (pair >= first) & (pair < second), pair >= second  # the rest: sequence position 0, unrotated
-    cos = torch.where(row, cos_row, torch.where(column, cos_column, torch.ones_like(cos_row)))
-    sin = torch.where(row, sin_row, torch.where(column, sin_column, torch.zeros_like(sin_row)))
-    return cos, sin, interleaved
+    row, column = (pair >= first) & (pair < second), pair >= second  # the rest: sequence position 0
+    (cos_row, cos_column), (sin_row, sin_column) = cos_all[:, 2:].split(count, 1), sin_all[:, 2:].split(count, 1)
+    cos = torch.where(row, cos_row, torch.where(column, cos_column, cos_all[:, :1]))
+    sin = torch.where(row, sin_row, torch.where(column, sin_column, sin_all[:, :1]))
+    return cos, sin
 
 
-def apply_rotary(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool) -> torch.Tensor:
-    """Rotates the first `cos.shape[-1]` dims of `(B, heads, N, head_dim)` states, pairing dims as the LLM does."""
-    rotary_dim = cos.shape[-1]
+def rotary_layout(cos: torch.Tensor) -> bool:
+    """Whether cos values `(rotary_dim,)` at a non-zero position repeat their frequencies as two halves."""
+    half = cos.shape[-1] // 2
+    return torch.equal(cos[:half], cos[half:])
+
+
+def apply_rotary(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, neighbours: bool) -> torch.Tensor:
+    """Rotates the first `2 * cos.shape[-1]` dims of `(B, heads, N, head_dim)` states by per-pair cos/sin `(1, N,
+    pairs)`, pairing dim i with i + pairs (Llama) or dim 2i with 2i + 1 (`neighbours`: GPT-J, Cohere, GLM).
+    Adapted from the `rotate_half` functions of transformers' Llama and Cohere models."""
+    rotary_dim = 2 * cos.shape[-1]
     rotated, passed = states[..., :rotary_dim], states[..., rotary_dim:]
-    if interleaved:
+    if neighbours:
+        cos, sin = cos.repeat_interleave(2, dim=-1), sin.repeat_interleave(2, dim=-1)
         turned = torch.stack([-rotated[..., 1::2], rotated[..., 0::2]], dim=-1).flatten(-2)
     else:
+        cos, sin = torch.cat([cos, cos], dim=-1), torch.cat([sin, sin], dim=-1)
         first, second = rotated.chunk(2, dim=-1)
         turned = torch.cat([-second, first], dim=-1)
     rotated = rotated * cos[:, None] + turned * sin[:, None]
@@ -165,15 +178,16 @@ class HiveSharedSoftmaxLayer(nn.Module):
 
     def forward(self, image_states: torch.Tensor, rotary: tuple | None = None):
         """(B, N, width) projected image tokens -> keys and values, each (B, kv_heads, N, head_dim). `rotary`: the
-        keys' positions, as `image_rotary_embeddings` returns them (None: none)."""
+        keys' positions, `(cos, sin, neighbours)` as `image_rotary_embeddings` and `apply_rotary` take them (None:
+        none)."""
         batch_size, num_tokens, _ = image_states.shape
         states = self.input_layernorm(image_states)
         shape = (batch_size, num_tokens, -1, self.head_dim)
         key_states = self.k_norm(self.k_proj(states).view(shape)).transpose(1, 2)
         value_states = self.v_proj(states).view(shape).transpose(1, 2)
         if rotary is not None:
-            cos, sin, interleaved = rotary
-            key_states = apply_rotary(key_states, cos.to(key_states.dtype), sin.to(key_states.dtype), interleaved)
+            cos, sin, neighbours = rotary
+            key_states = apply_rotary(key_states, cos.to(key_states.dtype), sin.to(key_states.dtype), neighbours)
         return key_states, value_states
 
 
@@ -200,7 +214,9 @@ def shared_softmax_refusal(language_model: nn.Module, text_layers: list[int], la
         attention = getattr(layer, "self_attn", None)
         parts = {"input_layernorm": getattr(layer, "input_layernorm", None), "self_attn.k_proj": getattr(attention, "k_proj", None),
                  "self_attn.v_proj": getattr(attention, "v_proj", None)}  # fmt: skip
-        missing = [name for name, part in parts.items() if part is None or (name != "input_layernorm" and not isinstance(part, nn.Linear))]
+        # A PEFT-wrapped projection (LoRA) holds the layer's own Linear as `base_layer`.
+        missing = [name for name, part in parts.items()
+                   if part is None or (name != "input_layernorm" and not isinstance(getattr(part, "base_layer", part), nn.Linear))]  # fmt: skip
         if missing:
             return (
                 f"its decoder layer {text_layer} ({type(layer).__name__}) has no {' or '.join(f'`{m}`' for m in missing)}: the "
@@ -210,23 +226,43 @@ def shared_softmax_refusal(language_model: nn.Module, text_layers: list[int], la
     return None
 
 
-def probe_rotary(language_model: nn.Module, text_layers: list[int]) -> tuple[bool | None, str | None]:
-    """How the LLM's rotary embedding pairs dims (True: neighbours, False: halves, None: no rotary embedding), and why
-    it cannot position image keys, or None: it must give (cos, sin) for positions, as Llama's does (Llama 4's complex
-    frequencies do not). Needs real weights (one call on 4 positions per connected layer)."""
+def probe_rotary(language_model: nn.Module, text_layers: list[int], layers) -> tuple[tuple[bool, bool] | None, str | None]:
+    """How the LLM rotates its keys, `(halves_layout, neighbours)` (None: it has no rotary embedding), and why image
+    keys cannot be rotated the same way, or None.
+
+    `halves_layout`: `rotary_emb` repeats its frequencies as two halves (else neighbour by neighbour). `neighbours`: the
+    model's own `apply_rotary_pos_emb` pairs dim 2i with 2i + 1 (GPT-J, Cohere, GLM) rather than i with i + pairs
+    (Llama); found by rotating a probe key with it and comparing with both pairings. Needs real weights."""
     rotary = getattr(language_model, "rotary_emb", None)
+    config = language_model.config
     if rotary is None:
+        if any(getattr(config, name, None) for name in ("rope_parameters", "rope_theta", "rotary_dim", "rotary_pct")):
+            return None, "it uses rotary positions but has no model-level `rotary_emb` to give image keys theirs"
         return None, None
     weight = language_model.get_input_embeddings().weight
-    reference = torch.zeros(1, 4, 1, device=weight.device, dtype=torch.float32)
-    pairings = set()
+    styles = set()
     for text_layer in text_layers:
+        attention = layers[text_layer].self_attn
+        apply = getattr(sys.modules[type(attention).__module__], "apply_rotary_pos_emb", None)
+        head_dim = getattr(attention, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        probe = torch.randn(1, 1, 1, head_dim, generator=torch.Generator().manual_seed(0)).to(weight.device)
         try:
             with torch.no_grad():
-                pairings.add(image_rotary_embeddings(rotary, [4], reference, rotary_layer_type(language_model, text_layer))[2])
+                layer_type = rotary_layer_type(language_model, text_layer)
+                cos, sin = rotary(probe, torch.ones(1, 1, dtype=torch.long, device=weight.device), **({} if layer_type is None else {"layer_type": layer_type}))
+                halves_layout = rotary_layout(cos[0, 0])
+                theirs = apply(probe, probe, cos, sin)[1] if apply is not None else None
         except Exception as error:
             return None, (
                 f"its rotary embedding ({type(rotary).__name__}) does not give (cos, sin) for positions as Llama's does "
                 f"({type(error).__name__}: {error}), so image keys cannot be given row and column positions"
             )
-    return pairings.pop() if len(pairings) == 1 else None, None
+        pairs = (lambda t: t[..., : t.shape[-1] // 2]) if halves_layout else (lambda t: t[..., 0::2])
+        matches = [n for n in (False, True) if theirs is not None and torch.allclose(apply_rotary(probe, pairs(cos), pairs(sin), n), theirs, atol=1e-5)]
+        if not matches:
+            return None, (
+                f"its keys are not rotated by a rotate-half or neighbour pairing of `rotary_emb`'s (cos, sin) "
+                f"(`apply_rotary_pos_emb` in {type(attention).__module__}), so image keys cannot be rotated as its keys are"
+            )
+        styles.add((halves_layout, matches[0]))
+    return (styles.pop() if len(styles) == 1 else None), None

@@ -79,34 +79,43 @@ def test_one_softmax_over_the_text_keys_and_the_image_keys(past, boolean_mask):
     assert image.consumed == {0}
 
 
-def test_image_keys_rotate_as_the_llm_rotates_its_own_keys():
-    """Row and column positions through the LLM's own rotary embedding and pairing: Llama's halves, Cohere's
-    neighbours. A token at row r, column c is rotated as the LLM would rotate a key at position r in the row
-    frequencies and c in the column ones; CLS-like tokens before the grid and the sequence section stay unrotated."""
-    from transformers.models.cohere.modeling_cohere import CohereRotaryEmbedding
-    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+@pytest.mark.parametrize(
+    "model_type, style",
+    [("llama", (True, False)), ("cohere", (False, True)), ("glm", (True, True)), ("llama-yarn", (True, False))],
+)
+def test_image_keys_rotate_as_the_llm_rotates_its_own_keys(model_type, style):
+    """Row and column positions through the LLM's own rotary embedding and its own `apply_rotary_pos_emb`: Llama pairs
+    halves, Cohere neighbours, GLM lays cos out in halves but pairs neighbours (and rotates half the head only);
+    YaRN scales every rotated dim. A token at row r is rotated in the row frequencies as the LLM rotates a key at
+    position r; the sequence frequencies as at position 0; tokens before the grid (CLS) sit at row 0."""
+    import sys as system
+
+    from transformers import AutoConfig, AutoModel
+
+    from modeling_hive.shared_softmax_hive import probe_rotary
 
     rows, columns = grid_positions(1 + 9, "cpu")
     assert rows.tolist() == [0, 0, 0, 0, 1, 1, 1, 2, 2, 2] and columns.tolist() == [0, 0, 1, 2, 0, 1, 2, 0, 1, 2]
-    for rotary_class, rotate, config in (
-        (LlamaRotaryEmbedding, llama_rotary, LlamaConfig(hidden_size=64, num_attention_heads=2)),
-        (CohereRotaryEmbedding, cohere_rotary, __import__("transformers").CohereConfig(hidden_size=64, num_attention_heads=2)),
-    ):
-        rotary = rotary_class(config)
-        keys = torch.randn(1, 2, 10, 32)
-        cos, sin, interleaved = image_rotary_embeddings(rotary, [10], keys)
-        assert interleaved == (rotary_class is CohereRotaryEmbedding)
-        rotated = apply_rotary(keys, cos, sin, interleaved)
-        assert torch.equal(rotated[:, :, :2], keys[:, :, :2])  # the CLS token and the patch at (0, 0)
-        # The same key, rotated by the LLM's own function at a single position p, equals ours in the frequency
-        # pairs whose section holds p: the row section for the token at (p, 0).
-        for token, position in ((4, 1), (7, 2)):
-            cos_p, sin_p = rotary(keys, torch.tensor([[position]]))
-            theirs, _ = rotate(keys[:, :, token : token + 1], keys[:, :, token : token + 1], cos_p, sin_p)
-            pair = torch.arange(32) // 2 if interleaved else torch.arange(32) % 16
-            row_section = (pair >= 6) & (pair < 12)
-            torch.testing.assert_close(rotated[:, :, token, row_section], theirs[:, :, 0, row_section])
-            assert torch.equal(rotated[:, :, token, pair < 6], keys[:, :, token, pair < 6])
+    sizes = dict(hidden_size=64, num_attention_heads=2, num_key_value_heads=2, num_hidden_layers=1, intermediate_size=32, vocab_size=32,
+                 head_dim=32, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    if model_type == "llama-yarn":
+        sizes["rope_parameters"] = {"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0, "original_max_position_embeddings": 64}
+    llm = AutoModel.from_config(AutoConfig.for_model(model_type.split("-")[0], **sizes)).eval()
+    assert probe_rotary(llm, [0], llm.layers)[0] == style
+    halves_layout, neighbours = style
+    apply = system.modules[type(llm.layers[0].self_attn).__module__].apply_rotary_pos_emb
+    keys = torch.randn(1, 2, 10, 32)
+    cos, sin = image_rotary_embeddings(llm.rotary_emb, [10], keys, None, halves_layout)
+    ours = apply_rotary(keys, cos, sin, neighbours)
+    pairs = cos.shape[-1]
+    pair = (torch.arange(2 * pairs) // 2 if neighbours else torch.arange(2 * pairs) % pairs)
+    sequence, row = pair < round(pairs * 3 / 8), (pair >= round(pairs * 3 / 8)) & (pair < round(pairs * 6 / 8))
+    for token, position in ((0, 0), (4, 1), (7, 2)):
+        key = keys[:, :, token : token + 1]
+        theirs = {p: apply(key, key, *llm.rotary_emb(key, torch.tensor([[p]])))[1][:, :, 0] for p in (0, position)}
+        torch.testing.assert_close(ours[:, :, token, : 2 * pairs][..., row], theirs[position][..., : 2 * pairs][..., row])
+        torch.testing.assert_close(ours[:, :, token, : 2 * pairs][..., sequence], theirs[0][..., : 2 * pairs][..., sequence])
+        assert torch.equal(ours[:, :, token, 2 * pairs :], keys[:, :, token, 2 * pairs :])  # partial rotary: the rest as is
 
 
 def test_without_an_image_the_model_is_exactly_the_llm_and_the_image_matters():
@@ -178,10 +187,26 @@ def test_the_llm_must_run_sdpa_and_have_separate_key_value_projections():
     model(input_ids=input_ids, pixel_values=pixel_values)
     with pytest.raises(ValueError, match="output_cross_attentions needs the gated"):
         model(input_ids=input_ids, pixel_values=pixel_values, output_cross_attentions=True)
+    with pytest.raises(ValueError, match="square patch grid"):  # rows and columns would be guessed wrongly
+        model(input_ids=input_ids, pixel_values=torch.randn(2, 3, 32, 64))
+    model.train()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    with pytest.raises(ValueError, match="use_reentrant"):
+        model(input_ids=input_ids, pixel_values=pixel_values, labels=input_ids)
+    model.gradient_checkpointing_enable()  # transformers' default, non-reentrant: trains
+    model(input_ids=input_ids, pixel_values=pixel_values, labels=input_ids).loss.backward()
+    model.gradient_checkpointing_disable()
+    model.eval()
     # Anything that swaps the LLM's attention function behind HIVE's back is caught at the next forward.
     model.model.language_model.config._attn_implementation_internal = "sdpa"
     with pytest.raises(RuntimeError, match="the image would be ignored"):
         model(input_ids=input_ids, pixel_values=pixel_values)
+    # LoRA on the LLM's k/v projections (PEFT wraps them) does not stop set_attn_implementation from restoring it.
+    from peft import LoraConfig, inject_adapter_in_model
+
+    inject_adapter_in_model(LoraConfig(r=2, target_modules=["k_proj", "v_proj"]), model.model.language_model)
+    model.set_attn_implementation("sdpa")
+    model(input_ids=input_ids, pixel_values=pixel_values)
 
 
 @pytest.mark.slow

@@ -103,3 +103,5 @@ def test_hive_transfer_command_with_no_pretraining_fusion(tmp_path, monkeypatch)
     saved = json.loads((tmp_path / "transfer.json").read_text())
     assert sorted(saved["aggregate"]) == ["mim-only", "none"] and not (tmp_path / "pretraining" / "runs").exists()
     assert main(["transfer", "--recipe", "recipes/tiny-shapes.yaml", "--threads", "0", "--out", str(tmp_path)]) == 2
+    # Seeds given twice would have one silently win: refused, naming both.
+    assert main(["transfer", "--recipe", "recipes/tiny-shapes.yaml", "--seeds", "3", "--set", "transfer.seeds=[2]", "--out", str(tmp_path)]) == 2

@@ -136,6 +136,9 @@ def study_overrides(args, section: str, key: str, chosen: list | None) -> list[s
     if chosen:
         overrides.append(f"{section}.{key}={json.dumps(chosen)}")
     if args.seeds is not None:
+        given = [item for item in overrides if item.split("=", 1)[0].strip() == f"{section}.seeds"]
+        if given:
+            raise ValueError(f"--seeds {args.seeds} and {given[0]} both set the seeds; give one of them.")
         overrides.append(f"{section}.seeds={args.seeds}")
     return overrides
 
