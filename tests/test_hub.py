@@ -49,6 +49,7 @@ LOADABLE = {
     "pipeline_hive.py",
     "processing_hive.py",
     "processor_config.json",
+    "shared_softmax_hive.py",
     "tokenizer.json",
     "tokenizer_config.json",
 }
