@@ -776,12 +776,8 @@ class HiveModel(HivePreTrainedModel):
             if self.config.cross_attention_mode != "shared_softmax" or rotary is None:
                 key_values.append(block(image_states))
                 continue
-            if self.rotary_style is None:  # built on the meta device and loaded by hand: found now, once
-                layers = decoder_layers(self.language_model, self.config.text_config.num_hidden_layers)
-                style, reason = probe_rotary(self.language_model, [pair[1] for pair in self.config.cross_attention_layers], layers)
-                if style is None:
-                    raise ValueError(f"HIVE's shared_softmax mode cannot position the image keys: {reason}.")
-                self.rotary_style = style
+            if self.rotary_style is None:  # built on the meta device and loaded by hand: the build-time check, now
+                self.check_cross_attention_is_reached()
             halves_layout, neighbours = self.rotary_style
             sizes = tuple(level.shape[1] for level in image_levels) if all_levels is not None else (image_states.shape[1],)
             key = (sizes, rotary_layer_type(self.language_model, text_layer))

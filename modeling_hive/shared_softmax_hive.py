@@ -14,6 +14,7 @@ the model is exactly the LLM.
 """
 
 import copy
+import functools
 import inspect
 import math
 import sys
@@ -191,11 +192,17 @@ class HiveSharedSoftmaxLayer(nn.Module):
         return key_states, value_states
 
 
+@functools.cache
+def takes_layer_type(rotary_class: type) -> bool:
+    """Whether a rotary embedding class's forward takes a `layer_type` (read once per class, not per forward)."""
+    return "layer_type" in inspect.signature(rotary_class.forward).parameters
+
+
 def rotary_layer_type(language_model: nn.Module, text_layer: int):
     """The layer type whose rotary embedding layer `text_layer` uses, for an LLM whose rotary embedding takes one
     (Gemma3: sliding and full attention layers rotate with different bases); None otherwise."""
     rotary = getattr(language_model, "rotary_emb", None)
-    if rotary is None or "layer_type" not in inspect.signature(rotary.forward).parameters:
+    if rotary is None or not takes_layer_type(type(rotary)):
         return None
     return language_model.config.layer_types[text_layer]
 

@@ -3,16 +3,16 @@ layers' own self-attention. The family matrix (`tests/family_compatibility.py`, 
 family through it; these tests pin the mechanism and the workflows on Llama."""
 
 import math
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 from torch.nn import functional as F
 from transformers import AutoModelForCausalLM, LlamaConfig
-from transformers.models.cohere.modeling_cohere import apply_rotary_pos_emb as cohere_rotary
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb as llama_rotary
 
 from hive_vlm.tiny import tiny_hive_config
 from modeling_hive import HiveForConditionalGeneration
@@ -25,7 +25,7 @@ from modeling_hive.shared_softmax_hive import (
 )
 
 
-REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[1]
 VOCAB = 128
 
 
@@ -88,8 +88,6 @@ def test_image_keys_rotate_as_the_llm_rotates_its_own_keys(model_type, style):
     halves, Cohere neighbours, GLM lays cos out in halves but pairs neighbours (and rotates half the head only);
     YaRN scales every rotated dim. A token at row r is rotated in the row frequencies as the LLM rotates a key at
     position r; the sequence frequencies as at position 0; tokens before the grid (CLS) sit at row 0."""
-    import sys as system
-
     from transformers import AutoConfig, AutoModel
 
     from modeling_hive.shared_softmax_hive import probe_rotary
@@ -103,7 +101,7 @@ def test_image_keys_rotate_as_the_llm_rotates_its_own_keys(model_type, style):
     llm = AutoModel.from_config(AutoConfig.for_model(model_type.split("-")[0], **sizes)).eval()
     assert probe_rotary(llm, [0], llm.layers)[0] == style
     halves_layout, neighbours = style
-    apply = system.modules[type(llm.layers[0].self_attn).__module__].apply_rotary_pos_emb
+    apply = sys.modules[type(llm.layers[0].self_attn).__module__].apply_rotary_pos_emb
     keys = torch.randn(1, 2, 10, 32)
     cos, sin = image_rotary_embeddings(llm.rotary_emb, [10], keys, None, halves_layout)
     ours = apply_rotary(keys, cos, sin, neighbours)
@@ -235,5 +233,5 @@ def test_hive_train_runs_the_three_stages_with_lora_and_the_final_model_loads_as
         "assert not torch.allclose(a, b)\n"
     )
     checked = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                             env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""})  # fmt: skip
+                             env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""})  # fmt: skip
     assert checked.returncode == 0, checked.stderr[-3000:]
