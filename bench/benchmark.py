@@ -20,10 +20,28 @@ import transformers
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from .compiled import (
+    compile_config,
+    largest_decode_batches,
+    measure_static_decode,
+    measure_train_sweep,
+    sweep_batch_limit,
+    sweep_budget,
+)
 from .flops import hive_prefill_flops, hive_stage2_step_flops
-from .measures import matmul_flops_per_second, matmul_probe_tasks, median
-from .phases import measure_decode, measure_prefill, measure_train_step
-from .models import bench_batch, build_models, build_shared_softmax
+from .measures import copy_bytes_per_second, copy_probe_tasks, matmul_flops_per_second, matmul_probe_tasks, median
+from .phases import (
+    decode_one_step,
+    freeze_for_stage2,
+    hive_sides,
+    measure_decode,
+    measure_prefill,
+    measure_train_step,
+    prefill_for_decode,
+    stage2_step_maker,
+)
+from .models import bench_batch, build_models, build_shared_softmax, cache_bytes
+from .roofline import bandwidth_fraction, cache_bytes_per_position, decode_step_bytes, decode_weight_bytes, probe_bytes
 from .sizes import BENCH_SIZES, HiveBenchSize
 
 
@@ -89,7 +107,9 @@ def describe_machine(device: torch.device) -> dict:
     }
 
 
-def run_benchmark(size: str | HiveBenchSize = "small", device: str | None = None, dtype: str | None = None, repeats: int = 5, seed: int = 0, threads: int | None = None, log: Callable[[str], None] | None = None) -> dict:
+def run_benchmark(size: str | HiveBenchSize = "small", device: str | None = None, dtype: str | None = None, repeats: int = 5, seed: int = 0,
+                  threads: int | None = None, log: Callable[[str], None] | None = None, compile: bool = False, compile_backend: str = "inductor",
+                  sweep: bool = False, memory_budget_gib: float | None = None) -> dict:  # fmt: skip
     """Runs every measure and returns the result: the nine ratio keys at the top level, the raw numbers beside them.
 
     Args:
@@ -102,6 +122,13 @@ def run_benchmark(size: str | HiveBenchSize = "small", device: str | None = None
             on a shared machine (several threads on oversubscribed cores stall at every parallel region); torch's own
             choice on cuda. Pass the core count on a dedicated CPU machine.
         log: called with a line as each measure finishes.
+        compile: also time decode steps compiled as `generate(cache_implementation="static")` compiles them
+            (`compiled.compile_config`), from static caches, every model in the same rounds (`result["compiled"]`).
+        compile_backend: torch.compile's backend for `compile` ("inductor", what users get; "eager" only traces).
+        sweep: also run the batch sweep (`result["sweep"]`): decode tokens/s at batch 1, 8, 32 and each model's largest
+            fitting batch (compiled when `compile`), stage-2 samples/s at each model's largest fitting batch.
+        memory_budget_gib: the memory each model gets in the sweep. Default: the size's `cpu_memory_budget_gib` on
+            cpu; the device's memory on cuda (running out of it ends the search).
 
     Example:
         ```python
@@ -127,6 +154,10 @@ def run_benchmark(size: str | HiveBenchSize = "small", device: str | None = None
         raise ValueError(f"repeats must be at least 1, got {repeats}.")
     if threads is None and device.type == "cpu":
         threads = 1
+    if memory_budget_gib is not None and memory_budget_gib <= 0:
+        raise ValueError(f"memory_budget_gib must be positive, got {memory_budget_gib}.")
+    if memory_budget_gib is None and device.type == "cpu":
+        memory_budget_gib = size.cpu_memory_budget_gib
     if threads is not None:
         if threads < 1:
             raise ValueError(f"threads must be at least 1, got {threads}.")
@@ -140,19 +171,58 @@ def run_benchmark(size: str | HiveBenchSize = "small", device: str | None = None
     batch = bench_batch(size, 1, device=device, dtype=dtype, seed=seed)
     long_batch_images = size.long_context_images
     matmul_tasks = matmul_probe_tasks(device, dtype, size.matmul_sizes)
+    copy_nbytes = probe_bytes(device)
+    models = {"hive": hive, "llava": llava, "shared_softmax": shared}
     with torch.inference_mode():
         prefill = measure_prefill(hive, llava, batch, repeats, device, matmul_tasks, shared)
         log("prefill measured")
         decode_short = measure_decode(hive, llava, batch, 1, size.decode_tokens, repeats, device, size.decode_batch_size, recompute=True,
-                                      shared=shared)  # fmt: skip
+                                      shared=shared, probe_tasks=copy_probe_tasks(device, copy_nbytes))  # fmt: skip
         log("decode at one image measured")
         decode_long = measure_decode(hive, llava, batch, long_batch_images, size.decode_tokens, repeats, device, size.decode_batch_size,
                                      shared=shared)  # fmt: skip
         log(f"decode at {long_batch_images} images measured")
         with sdpa_kernel([SDPBackend.MATH]), FlopCounterMode(display=False) as counter:
             hive(input_ids=batch.input_ids, pixel_values=batch.pixel_values, use_cache=True, logits_to_keep=1)
+        prefills = {images: {name: prefill_for_decode(model, batch, images, is_llava=name == "llava") for name, model in models.items()}
+                    for images in (1, long_batch_images)}  # fmt: skip
+        weight_bytes = {name: decode_weight_bytes(model, lambda m=model, p=prefills[1][name]: decode_one_step(m, p)) for name, model in models.items()}
+        compiled = sweep_decode = None
+        config = compile_config(device, compile_backend) if compile else None
+        # Every static cache shape (image count, batch) compiles once per model; the limit is torch's per function.
+        with torch._dynamo.config.patch(recompile_limit=64):
+            if compile:
+                compiled = {
+                    key: measure_static_decode(models, prefills[images], size.decode_tokens, repeats, device, dict.fromkeys(models, 1), config)
+                    for images, key in ((1, "576"), (long_batch_images, "2880"))
+                }
+                log("compiled decode measured")
+            if sweep:
+                budget = sweep_budget(device, None if memory_budget_gib is None else int(memory_budget_gib * 2**30))
+                limit = sweep_batch_limit(size, device)
+                largest = largest_decode_batches(models, prefills[1], size.decode_tokens, device, budget, limit)
+                batches = {str(b): dict.fromkeys(models, b) for b in (1, 8, 32) if b <= limit}
+                batches["largest"] = {name: found["batch"] for name, found in largest.items()}
+                # A batch measured already (batch 1 compiled above; a largest batch equal to a fixed one) is not run again.
+                measured = {tuple(dict.fromkeys(models, 1).items()): compiled["576"]} if compiled else {}
+                sweep_decode = {}
+                for key, sizes in batches.items():
+                    if tuple(sizes.items()) not in measured:
+                        measured[tuple(sizes.items())] = measure_static_decode(models, prefills[1], size.decode_tokens, repeats, device, sizes, config)
+                    sweep_decode[key] = {**measured[tuple(sizes.items())], "batch_sizes": sizes}
+                log(f"decode batch sweep measured (largest batches {batches['largest']})")
     train = measure_train_step(hive, llava, size, repeats, device, dtype, seed, matmul_tasks, shared)
     log("training step measured")
+    train_sweep = None
+    if sweep:
+        freeze_for_stage2(hive_sides(hive, shared), llava)
+        for model in models.values():
+            model.train()
+        make_step = stage2_step_maker(hive, llava, size, device, dtype, seed, shared)
+        train_sweep = measure_train_sweep(models, make_step, repeats, device, budget, limit)
+        for model in models.values():
+            model.eval()
+        log(f"stage-2 batch sweep measured (largest batches {({name: found['batch'] for name, found in train_sweep['largest'].items()})})")
 
     matmul = {"prefill": matmul_flops_per_second(prefill["times"]["ttft"]), "train_step": matmul_flops_per_second(train["times"])}
     times = {
@@ -182,6 +252,10 @@ def run_benchmark(size: str | HiveBenchSize = "small", device: str | None = None
     prefill_flops_per_second = sum(prefill_flops.values()) / medians["ttft"]["hive"]
     train_flops_per_second = sum(train_flops.values()) / medians["train_step"]["hive"]
     kv_bytes = prefill["kv_cache_bytes"]
+    roofline = roofline_result(size, models, prefills, weight_bytes, copy_bytes_per_second(decode_short["copy"], copy_nbytes), copy_nbytes,
+                               medians, compiled)  # fmt: skip
+    roofline["prefill_fraction_of_matmul_peak"] = prefill_flops_per_second / peak["prefill"]
+    roofline["train_step_fraction_of_matmul_peak"] = train_flops_per_second / peak["train_step"]
 
     shared_softmax = {
         "ttft_ratio": medians["ttft"]["shared_softmax"] / medians["ttft"]["hive"],
@@ -223,6 +297,9 @@ def run_benchmark(size: str | HiveBenchSize = "small", device: str | None = None
             "hive_train_step_flops_per_s": train_flops_per_second,
             "hive_train_step_fraction_of_peak": train_flops_per_second / peak["train_step"],
         },
+        "roofline": roofline,
+        **({"compiled": compiled_result(compiled, config, medians, roofline)} if compiled else {}),
+        **({"sweep": sweep_result(sweep_decode, train_sweep, largest, budget, limit, roofline, hive.config, size, peak)} if sweep else {}),
         "parameters": {
             "hive": sum(p.numel() for p in hive.parameters()),
             "llava": sum(p.numel() for p in llava.parameters()),
@@ -257,6 +334,108 @@ def run_benchmark(size: str | HiveBenchSize = "small", device: str | None = None
         },
     }
     return result
+
+
+IMAGE_COUNTS = ("576", "2880")  # the issue's names for one image's tokens and five images' worth (at every size)
+
+
+def roofline_result(size: HiveBenchSize, models: dict, prefills: dict, weight_bytes: dict, bytes_per_second: float, probe_nbytes: int,
+                    medians: dict, compiled: dict | None) -> dict:  # fmt: skip
+    """Bytes per decode step (batch 1) and the fraction of the copy-bandwidth limit each model's eager (and compiled)
+    step reaches, at both image counts."""
+    steps_bytes, per_position, image_bytes = {}, {}, {}
+    for images, key in zip(prefills, IMAGE_COUNTS):
+        per_position[key], image_bytes[key], steps_bytes[key] = {}, {}, {}
+        for name in models:
+            cache = prefills[images][name][0]
+            held = cache_bytes(cache)
+            per_position[key][name] = cache_bytes_per_position(held, cache.get_seq_length())
+            image_bytes[key][name] = held["cross_attention"]
+            steps_bytes[key][name] = decode_step_bytes(weight_bytes[name], per_position[key][name], image_bytes[key][name], cache.get_seq_length(),
+                                                       size.decode_tokens)  # fmt: skip
+    fractions = {"eager": {key: {name: bandwidth_fraction(steps_bytes[key][name], bytes_per_second, medians[f"decode_step_{key}"][name])
+                                 for name in models} for key in IMAGE_COUNTS}}  # fmt: skip
+    if compiled:
+        fractions["compiled"] = {
+            key: {name: bandwidth_fraction(steps_bytes[key][name], bytes_per_second, median(compiled[key]["times"][name])) for name in models}
+            for key in IMAGE_COUNTS
+        }
+    return {
+        "copy_bytes_per_s": bytes_per_second,  # bytes read plus written
+        "copy_probe_bytes": probe_nbytes,
+        "decode_weight_bytes": weight_bytes,
+        "decode_cache_bytes_per_position": per_position,
+        "decode_image_bytes": image_bytes,
+        "decode_step_bytes": steps_bytes,
+        "decode_fraction_of_bandwidth": fractions,
+    }
+
+
+def compiled_result(compiled: dict, config, medians: dict, roofline: dict) -> dict:
+    """The compiled decode measures: raw and median step times, tokens/s, ratios, speed-up over the eager steps,
+    compile times and what torch's compiler counted."""
+    compiled_medians = {key: {name: median(values) for name, values in measure["times"].items()} for key, measure in compiled.items()}
+    tokens = {key: {name: 1 / seconds for name, seconds in sides.items()} for key, sides in compiled_medians.items()}
+    return {
+        "settings": {"mode": config.mode, "backend": config.backend, "fullgraph": config.fullgraph, "dynamic": config.dynamic,
+                     "cache": "StaticCache", "what": "decode steps (generate runs the prefill eagerly)"},  # fmt: skip
+        "ratios": {
+            **{f"decode_ratio_{key}": tokens[key]["hive"] / tokens[key]["llava"] for key in compiled},
+            **{f"shared_softmax_decode_ratio_{key}": tokens[key]["shared_softmax"] / tokens[key]["hive"] for key in compiled},
+        },
+        "speedup_over_eager": {key: {name: medians[f"decode_step_{key}"][name] / seconds for name, seconds in sides.items()}
+                               for key, sides in compiled_medians.items()},  # fmt: skip
+        "decode_fraction_of_bandwidth": roofline["decode_fraction_of_bandwidth"]["compiled"],
+        "decode_tokens_per_s": tokens,
+        "timings_s": {f"decode_step_{key}": measure["times"] for key, measure in compiled.items()},
+        "medians_s": {f"decode_step_{key}": sides for key, sides in compiled_medians.items()},
+        "compile_s": {key: measure["compile_s"] for key, measure in compiled.items()},
+        "dynamo": {key: measure["dynamo"] for key, measure in compiled.items()},
+    }
+
+
+def sweep_result(decode: dict, train: dict, largest_decode: dict, budget: int, limit: int, roofline: dict, config, size: HiveBenchSize,
+                 peak: dict) -> dict:  # fmt: skip
+    """The batch sweep: decode tokens/s and the fraction of the bandwidth limit at each batch (576 image tokens), and
+    stage-2 samples/s at each model's largest fitting batch."""
+    key = IMAGE_COUNTS[0]
+    decode_rows = {}
+    for batches, measure in decode.items():
+        sizes = measure["batch_sizes"]
+        medians = {name: median(values) for name, values in measure["times"].items()}
+        step_bytes = {
+            name: roofline["decode_weight_bytes"][name]
+            + sizes[name] * (roofline["decode_step_bytes"][key][name] - roofline["decode_weight_bytes"][name])
+            for name in medians
+        }
+        tokens = {name: sizes[name] / seconds for name, seconds in medians.items()}
+        decode_rows[batches] = {
+            "batch_sizes": sizes,
+            "tokens_per_s": tokens,
+            "hive_llava_ratio": tokens["hive"] / tokens["llava"],
+            "step_bytes": step_bytes,
+            "fraction_of_bandwidth": {name: bandwidth_fraction(step_bytes[name], roofline["copy_bytes_per_s"], medians[name]) for name in medians},
+            "timings_s": measure["times"],
+            "compile_s": measure["compile_s"],
+        }
+    train_medians = {name: median(values) for name, values in train["times"].items()}
+    train_batches = {name: found["batch"] for name, found in train["largest"].items()}
+    samples = {name: train_batches[name] / seconds for name, seconds in train_medians.items()}
+    hive_flops = sum(hive_stage2_step_flops(config, size.text_tokens, train_batches["hive"]).values())
+    return {
+        "memory_budget_bytes": budget,
+        "batch_limit": limit,
+        "decode": decode_rows,
+        "decode_largest_search": largest_decode,
+        "train": {
+            "batch_sizes": train_batches,
+            "samples_per_s": samples,
+            "hive_llava_ratio": samples["hive"] / samples["llava"],
+            "hive_fraction_of_matmul_peak": hive_flops / train_medians["hive"] / peak["train_step"],
+            "timings_s": train["times"],
+            "largest_search": train["largest"],
+        },
+    }
 
 
 def fixed_width(lines: list[tuple[str, ...]]) -> list[str]:
@@ -330,7 +509,84 @@ def format_table(result: dict) -> str:
         f"({medians['decode_step_cross_kv']['recompute_with_encoder'] / medians['decode_step_cross_kv']['cached']:.1f}x the cached step); "
         f"HIVE stage-2 step at {flops['hive_train_step_fraction_of_peak']:.1%} of the matmul peak"
     )
+    rendered.append(roofline_line(result))
     rendered += ["", shared_softmax_table(result)]
+    if "compiled" in result:
+        rendered += ["", compiled_table(result)]
+    if "sweep" in result:
+        rendered += ["", sweep_table(result)]
+    return "\n".join(rendered)
+
+
+def _percent(fraction: float) -> str:
+    return f"{fraction:.1%}" if fraction >= 0.001 else f"{fraction:.2e}"
+
+
+def roofline_line(result: dict) -> str:
+    """Bytes per decode step and the fraction of the copy-bandwidth limit the eager batch-1 steps reach."""
+    roofline = result["roofline"]
+    fractions = roofline["decode_fraction_of_bandwidth"]["eager"]
+    return (
+        f"decode at batch 1 against the bandwidth limit (copy {roofline['copy_bytes_per_s'] / 1e9:,.1f} GB/s, read + written): "
+        f"{_mib(roofline['decode_step_bytes']['576']['hive'])}/step HIVE, {_mib(roofline['decode_step_bytes']['576']['llava'])} LLaVA; "
+        f"reached {_percent(fractions['576']['hive'])} HIVE, {_percent(fractions['576']['llava'])} LLaVA "
+        f"({_percent(fractions['2880']['hive'])}, {_percent(fractions['2880']['llava'])} at {result['sizes']['long_context_image_tokens']:,} image tokens)"
+    )
+
+
+def compiled_table(result: dict) -> str:
+    """The compiled decode steps: tokens/s of each model, HIVE/LLaVA, each model's speed-up over its eager step, the
+    fraction of the bandwidth limit reached."""
+    compiled, sizes = result["compiled"], result["sizes"]
+    tokens, speedup, fractions = compiled["decode_tokens_per_s"], compiled["speedup_over_eager"], compiled["decode_fraction_of_bandwidth"]
+    settings = compiled["settings"]
+    header = ("compiled decode, static cache, batch 1", "HIVE", "LLaVA", "HIVE/LLaVA", "vs eager (HIVE, LLaVA)", "of bandwidth limit")
+    lines = [header]
+    for key, image_tokens in (("576", sizes["image_tokens"]), ("2880", sizes["long_context_image_tokens"])):
+        lines.append((
+            f"decode tokens/s, {image_tokens:,} image tokens",
+            f"{tokens[key]['hive']:,.1f} tok/s",
+            f"{tokens[key]['llava']:,.1f} tok/s",
+            f"{compiled['ratios'][f'decode_ratio_{key}']:.3f}",
+            f"{speedup[key]['hive']:.2f}x, {speedup[key]['llava']:.2f}x",
+            f"{_percent(fractions[key]['hive'])}, {_percent(fractions[key]['llava'])}",
+        ))  # fmt: skip
+    rendered = fixed_width(lines)
+    compile_s = compiled["compile_s"]["576"]
+    rendered.append(
+        f"torch.compile mode {settings['mode']!r}, backend {settings['backend']!r}, dynamic {settings['dynamic']}; first run (compile) "
+        f"{compile_s['hive']:.1f} s HIVE, {compile_s['llava']:.1f} s LLaVA, not timed; shared-softmax/gated tokens/s "
+        f"{compiled['ratios']['shared_softmax_decode_ratio_576']:.3f}, {compiled['ratios']['shared_softmax_decode_ratio_2880']:.3f}; "
+        f"graph breaks in a decode step: HIVE {compiled['dynamo']['576']['hive']['graph_breaks']}, "
+        f"shared-softmax {compiled['dynamo']['576']['shared_softmax']['graph_breaks']}, LLaVA {compiled['dynamo']['576']['llava']['graph_breaks']}"
+    )
+    return "\n".join(rendered)
+
+
+def sweep_table(result: dict) -> str:
+    """Decode tokens/s over the batch sweep (one image), and stage-2 samples/s at each model's largest fitting batch."""
+    sweep = result["sweep"]
+    mode = "compiled" if "compiled" in result else "eager"
+    header = (f"decode batch sweep ({mode}, static cache)", "HIVE", "LLaVA", "HIVE/LLaVA", "of bandwidth limit (HIVE, LLaVA)")
+    lines = [header]
+    for key, row in sweep["decode"].items():
+        batches = row["batch_sizes"]
+        label = f"batch {key}" if key != "largest" else f"largest fitting batch (HIVE {batches['hive']}, LLaVA {batches['llava']})"
+        lines.append((
+            label,
+            f"{row['tokens_per_s']['hive']:,.1f} tok/s",
+            f"{row['tokens_per_s']['llava']:,.1f} tok/s",
+            f"{row['hive_llava_ratio']:.3f}",
+            f"{_percent(row['fraction_of_bandwidth']['hive'])}, {_percent(row['fraction_of_bandwidth']['llava'])}",
+        ))  # fmt: skip
+    rendered = fixed_width(lines)
+    train = sweep["train"]
+    rendered.append(
+        f"stage-2 at the largest batch in {_mib(sweep['memory_budget_bytes'])} (at most {sweep['batch_limit']}): "
+        f"HIVE batch {train['batch_sizes']['hive']}, {train['samples_per_s']['hive']:,.1f} samples/s; "
+        f"LLaVA batch {train['batch_sizes']['llava']}, {train['samples_per_s']['llava']:,.1f} samples/s; "
+        f"HIVE/LLaVA {train['hive_llava_ratio']:.3f}; HIVE at {_percent(train['hive_fraction_of_matmul_peak'])} of the matmul peak"
+    )
     return "\n".join(rendered)
 
 

@@ -3,6 +3,7 @@
 Example:
     $ hive bench --size small --device cpu --out bench-small.json
     $ hive bench --size base --device cuda --dtype bfloat16 --repeats 10
+    $ hive bench --size base --device cuda --dtype bfloat16 --compile --sweep   # what a GPU user sees
 """
 
 import json
@@ -22,6 +23,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--repeats", type=int, default=5, help="Timed repetitions per measure and model (default: 5).")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: 1 on cpu, stable on shared machines; torch's choice on cuda).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the random weights and inputs.")
+    parser.add_argument("--compile", action="store_true",
+                        help="Also time decode steps compiled as generate(cache_implementation='static') compiles them (static caches; "
+                             "CUDA graphs on cuda), every model in the same rounds.")  # fmt: skip
+    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend for --compile (default: inductor).")
+    parser.add_argument("--sweep", action="store_true",
+                        help="Also run the batch sweep: decode tokens/s at batch 1, 8, 32 and the largest that fits; stage-2 samples/s "
+                             "at the largest batch that fits each model.")  # fmt: skip
+    parser.add_argument("--memory-budget-gib", type=float, default=None,
+                        help="Memory each model gets in the sweep (default: the size's CPU budget on cpu, the device's memory on cuda).")  # fmt: skip
 
 
 def write_json(result: dict, path: str) -> None:
@@ -46,6 +56,10 @@ def run(args) -> int:
             repeats=args.repeats,
             seed=args.seed,
             threads=args.threads,
+            compile=args.compile,
+            compile_backend=args.compile_backend,
+            sweep=args.sweep,
+            memory_budget_gib=args.memory_budget_gib,
             log=lambda line: print(f"[hive bench] {line}", file=sys.stderr, flush=True),
         )
     except ValueError as error:

@@ -128,3 +128,54 @@ def matmul_probe_tasks(device: torch.device, dtype: torch.dtype, sizes: tuple[in
 def matmul_flops_per_second(times: dict[str, list[float]]) -> dict[int, float]:
     """FLOP/s (2 n^3 / median seconds) of every `matmul_<n>` entry of an `interleaved` result."""
     return {int(name.split("_")[1]): 2 * int(name.split("_")[1]) ** 3 / median(values) for name, values in times.items() if name.startswith("matmul_")}
+
+
+def copy_probe_tasks(device: torch.device, nbytes: int) -> dict[str, Callable[[], float]]:
+    """A timed device-to-device copy of `nbytes` (one source, one destination buffer), to interleave with decode steps.
+
+    `nbytes` should be several times the last-level cache, so that the copy streams from memory.
+    """
+    source = torch.ones(nbytes, dtype=torch.uint8, device=device)
+    destination = torch.empty_like(source)
+    return {"copy": lambda: timed(lambda: destination.copy_(source), device)}
+
+
+def copy_bytes_per_second(seconds: list[float], nbytes: int) -> float:
+    """Bytes read plus bytes written per second by a copy of `nbytes` (its median time)."""
+    return 2 * nbytes / median(seconds)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+def largest_batch(peak_bytes: Callable[[int], int], budget: int, limit: int) -> tuple[int, dict[int, int]]:
+    """The largest batch size up to `limit` whose measured peak bytes fit in `budget`, and every size tried.
+
+    `peak_bytes(batch)` runs the work at that batch and returns its peak bytes; running out of device memory counts as
+    not fitting. Memory grows about linearly with the batch, so the size predicted from batches 1 and 2 is tried first,
+    then smaller ones (by 10%, at least 1) until one fits. Returns 0 when even batch 1 does not fit.
+    """
+    tried = {}
+
+    def fits(batch: int) -> bool:
+        try:
+            tried[batch] = peak_bytes(batch)
+        except (torch.OutOfMemoryError, RuntimeError) as error:
+            if not is_out_of_memory(error):
+                raise
+            tried[batch] = -1
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            return False
+        return tried[batch] <= budget
+
+    if not fits(1):
+        return 0, tried
+    if limit == 1 or not fits(2):
+        return 1, tried
+    per_sample = max(tried[2] - tried[1], 1)
+    batch = max(2, min(limit, (budget - tried[1]) // per_sample + 1))
+    while batch > 2 and not fits(batch):
+        batch -= max(1, batch // 10)
+    return batch, tried

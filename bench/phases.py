@@ -109,30 +109,39 @@ def measure_prefill(hive, llava, batch: BenchBatch, repeats: int, device, matmul
     return {"times": times, "kv_cache_bytes": kv_bytes}
 
 
+def prefill_for_decode(model, batch: BenchBatch, images: int, is_llava: bool):
+    """A batch-1 prefill holding `images` images' worth of tokens, as the decode measures start from: the cache, the
+    first generated token and (HIVE) the tiled vision features. HIVE's LLM side runs on precomputed image keys/values;
+    LLaVA on its merged embeddings."""
+    if is_llava:
+        out = model(inputs_embeds=llava_inputs_embeds(model, batch, images), use_cache=True, logits_to_keep=1)
+        return out[CACHE_NAME], out.logits.argmax(-1), None
+    image_mask = None  # every sample has an image: the model then stores no mask either
+    features, key_values = hive_image_key_values(model, batch, images)
+    cache = cache_with_image_key_values(model, key_values, image_mask)
+    token = model(input_ids=batch.input_ids, cache=cache, use_cache=True, logits_to_keep=1).logits.argmax(-1)
+    return cache, token, features
+
+
 def measure_decode(hive, llava, batch: BenchBatch, images: int, steps: int, repeats: int, device, batch_size: int = 1, recompute: bool = False,
-                   shared=None) -> dict:  # fmt: skip
+                   shared=None, probe_tasks: dict | None = None) -> dict:  # fmt: skip
     """(b), and (e) when `recompute`: seconds per decode step after a prefill holding `images` images' worth of tokens.
 
     Returns per-step times of both models at batch 1 (`hive`, `llava`) and, when `batch_size` > 1, with the same
     prefilled caches repeated `batch_size` times (`hive_batched`, `llava_batched`). `recompute` adds HIVE at batch 1
     with its cross-attention keys/values recomputed before every step from kept vision features (`hive_recompute`,
     against `hive_cached` timed in the same rounds) and from the pixels, encoder included (`hive_recompute_encoder`).
+    `probe_tasks` (e.g. the copy probe) run in the batch-1 rounds, under their own names.
     """
-    image_mask = None  # every sample has an image: the model then stores no mask either
     models, caches, tokens = {**hive_sides(hive, shared), "llava": llava}, {}, {}
     for name, model in models.items():
-        if name == "llava":
-            out = llava(inputs_embeds=llava_inputs_embeds(llava, batch, images), use_cache=True, logits_to_keep=1)
-            caches[name], tokens[name] = out[CACHE_NAME], out.logits.argmax(-1)
-            continue
-        features, key_values = hive_image_key_values(model, batch, images)
-        caches[name] = cache_with_image_key_values(model, key_values, image_mask)
-        tokens[name] = model(input_ids=batch.input_ids, cache=caches[name], use_cache=True, logits_to_keep=1).logits.argmax(-1)
+        caches[name], tokens[name], features = prefill_for_decode(model, batch, images, is_llava=name == "llava")
         if name == "hive":
             hive_features = features
     hive_cache, hive_token = caches["hive"], tokens["hive"]
 
-    times = interleaved({name: (lambda name=name: decode_run(models[name], caches[name], tokens[name], steps, device)) for name in models}, repeats)
+    tasks = {name: (lambda name=name: decode_run(models[name], caches[name], tokens[name], steps, device)) for name in models}
+    times = interleaved({**tasks, **(probe_tasks or {})}, repeats)
     if recompute:
         cross_layers = hive_cache.layers[hive.config.text_config.num_hidden_layers :]
 
@@ -208,3 +217,35 @@ def measure_train_step(hive, llava, size: HiveBenchSize, repeats: int, device, d
         "trainable_parameters": trainable,
         "hive_flops_counted_by_torch": counter.get_total_flops(),
     }
+
+
+def stage2_step_maker(hive, llava, size: HiveBenchSize, device, dtype, seed: int, shared=None) -> Callable:
+    """`make_step(name, batch_size) -> (step, optimizer)` for the stage-2 batch sweep: one forward + backward + AdamW
+    step of that model on a fresh batch of that size (the same inputs as `measure_train_step`'s, at another size).
+    The models must be frozen for stage 2 (`freeze_for_stage2`) and in train mode."""
+    models = {**hive_sides(hive, shared), "llava": llava}
+
+    def make_step(name: str, batch_size: int):
+        batch = bench_batch(size, batch_size, device=device, dtype=dtype, seed=seed + 1)
+        if name == "llava":
+            inputs = dict(input_ids=batch.llava_input_ids, pixel_values=batch.pixel_values, labels=batch.llava_labels)
+        else:
+            inputs = dict(input_ids=batch.input_ids, pixel_values=batch.pixel_values, labels=batch.input_ids)
+        model = models[name]
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+
+        def step():
+            model(**inputs).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        return step, optimizer
+
+    return make_step
+
+
+def decode_one_step(model, prefill) -> None:
+    """One decode step from a `prefill_for_decode` result, its cache cropped back to the prefill after."""
+    cache, token = prefill[:2]
+    model(input_ids=token, use_cache=True, **{CACHE_NAME: cache})
+    cache.crop(-1)

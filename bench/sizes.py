@@ -25,6 +25,8 @@ class HiveBenchSize:
         decode_batch_size: samples decoded together in the batched decode measure (the ratio keys are at batch 1).
         train_batch_size: samples in the stage-2 training step.
         matmul_sizes: square sizes tried when measuring the matmul peak (the best one counts).
+        cpu_sweep_batch_limit: the largest batch the batch sweep tries on a CPU (a time cap; on a GPU memory decides).
+        cpu_memory_budget_gib: the memory every model gets in the CPU batch sweep, unless --memory-budget-gib says.
     """
 
     name: str
@@ -36,6 +38,8 @@ class HiveBenchSize:
     decode_batch_size: int = 8
     train_batch_size: int = 2
     matmul_sizes: tuple[int, ...] = (1024, 2048)
+    cpu_sweep_batch_limit: int = 32
+    cpu_memory_budget_gib: float = 1.0
 
     @property
     def image_tokens(self) -> int:
@@ -73,6 +77,7 @@ BENCH_SIZES = {
         decode_batch_size=16,
         train_batch_size=8,
         matmul_sizes=(2048, 4096, 8192),
+        cpu_memory_budget_gib=8.0,
     ),
     # The same token counts (576 and 2,880 image tokens) and the same LLM depth (24 layers, so 4 blocks against 24 layers
     # as at `base`) at a fraction of the widths; the encoder keeps 2/3 of its depth so that it still costs about what
@@ -114,5 +119,7 @@ BENCH_SIZES = {
         decode_batch_size=2,
         train_batch_size=2,
         matmul_sizes=(128, 256),
+        cpu_sweep_batch_limit=8,
+        cpu_memory_budget_gib=0.0625,
     ),
 }

@@ -1,0 +1,155 @@
+"""`hive bench --compile` and `--sweep`: decode steps compiled as `generate(cache_implementation="static")` compiles
+them, from static caches, with every model in the same interleaved rounds; decode tokens/s over a batch sweep; stage-2
+samples/s at the largest batch that fits each model in the same memory.
+
+A decode measure starts from the batch-1 prefill the eager measures use (`phases.prefill_for_decode`), copied into a
+`StaticCache` (repeated to the batch size), so every batch and both modes decode from the same cached states.
+"""
+
+import torch
+from torch._dynamo.utils import counters
+from transformers import CompileConfig, StaticCache
+
+from modeling_hive.modeling_hive import HiveCrossAttentionCacheLayer
+
+from .measures import interleaved, largest_batch, peak_allocated_during, resident_training_bytes, tensor_bytes, timed
+from .phases import decode_run
+from .sizes import HiveBenchSize
+
+
+def compile_config(device: torch.device, backend: str = "inductor") -> CompileConfig:
+    """What `generate` compiles a decode step with: its default `CompileConfig` (mode "reduce-overhead", CUDA graphs)
+    on CUDA; on the CPU the same settings without CUDA graphs (mode "default").
+
+    One change: `dynamic=False` (generate's default is None). Every model's forward runs through one shared code
+    object (transformers' output wrapper), so with None the second model compiled sees "a changed shape" and gets a
+    dynamic-shape graph while the first keeps a static one. With False each model and cache shape gets its own static
+    graph, in any order, as a user's first `generate` does.
+    """
+    return CompileConfig(mode="reduce-overhead" if device.type == "cuda" else "default", backend=backend, dynamic=False)
+
+
+def static_cache_from(cache, model, batch_size: int, max_cache_len: int) -> StaticCache:
+    """A `StaticCache` of `max_cache_len` positions holding a batch-1 prefill's `cache` repeated `batch_size` times.
+
+    The LLM's layers are written through `update` (so the static tensors are allocated, and marked for CUDA graphs,
+    outside any compiled code); HIVE's image layers follow them, as a prefill leaves them.
+    """
+    static = StaticCache(config=model.config.get_text_config(decoder=True), max_cache_len=max_cache_len)
+    text_layers = [layer for layer in cache.layers if not isinstance(layer, HiveCrossAttentionCacheLayer)]
+    for static_layer, layer in zip(static.layers, text_layers, strict=True):
+        static_layer.update(layer.keys.repeat_interleave(batch_size, 0), layer.values.repeat_interleave(batch_size, 0))
+    for layer in cache.layers[len(text_layers) :]:
+        image = HiveCrossAttentionCacheLayer()
+        mask = None if layer.image_mask is None else layer.image_mask.repeat_interleave(batch_size, 0)
+        image.write(layer.keys.repeat_interleave(batch_size, 0), layer.values.repeat_interleave(batch_size, 0), mask)
+        static.layers.append(image)
+    return static
+
+
+def static_cache_bytes(cache) -> int:
+    """Bytes a static cache holds (allocated for its every position, used or not)."""
+    return tensor_bytes(*(getattr(layer, name, None) for layer in cache.layers for name in ("keys", "values", "image_mask")))
+
+
+def dynamo_counts() -> dict:
+    """Graphs compiled and graph breaks (by reason) counted by torch's compiler since `counters.clear()`."""
+    return {
+        "graphs": counters["stats"]["unique_graphs"],
+        "graph_breaks": sum(counters["graph_break"].values()),
+        "graph_break_reasons": dict(counters["graph_break"]),
+    }
+
+
+def measure_static_decode(models: dict, prefills: dict, steps: int, repeats: int, device, batch_sizes: dict, config: CompileConfig | None,
+                          probe_tasks: dict | None = None) -> dict:  # fmt: skip
+    """Seconds per decode step of each model from a static cache, all in the same interleaved rounds.
+
+    Args:
+        models: name -> model. prefills: name -> `(cache, first token, ...)` from `prefill_for_decode`.
+        batch_sizes: name -> the batch that model decodes (the same for all at a fixed batch; each its own largest).
+        config: the `CompileConfig` of `model.get_compiled_call` (what `generate` calls), or None for eager steps.
+        probe_tasks: run in the same rounds under their own names.
+
+    Returns `{"times": name -> per-step seconds, "compile_s": name -> seconds of the first (compiling) run,
+    "dynamo": name -> what torch's compiler counted during it}`; the first run is not among the times.
+    """
+    calls, caches, tokens, compile_s, dynamo = {}, {}, {}, {}, {}
+    for name, model in models.items():
+        cache, token = prefills[name][:2]
+        caches[name] = static_cache_from(cache, model, batch_sizes[name], cache.get_seq_length() + steps)
+        tokens[name] = token.repeat_interleave(batch_sizes[name], 0)
+        calls[name] = model if config is None else model.get_compiled_call(config)
+        counters.clear()
+        compile_s[name] = decode_run(calls[name], caches[name], tokens[name], steps, device) * steps
+        dynamo[name] = dynamo_counts()
+    tasks = {name: (lambda name=name: decode_run(calls[name], caches[name], tokens[name], steps, device)) for name in models}
+    times = interleaved({**tasks, **(probe_tasks or {})}, repeats)
+    return {"times": times, "compile_s": compile_s, "dynamo": dynamo}
+
+
+def decode_peak_bytes(model, prefill, batch_size: int, steps: int, device) -> int:
+    """Weights, a static cache at `batch_size` and the largest growth during one eager decode step from it."""
+    cache, token = prefill[:2]
+    static = static_cache_from(cache, model, batch_size, cache.get_seq_length() + steps)
+    tokens = token.repeat_interleave(batch_size, 0)
+    above = peak_allocated_during(lambda: model(input_ids=tokens, use_cache=True, cache=static), device)
+    return tensor_bytes(*model.parameters(), *model.buffers()) + static_cache_bytes(static) + above
+
+
+def sweep_budget(device: torch.device, budget_bytes: int | None) -> int:
+    """The memory every model gets in the sweep: `budget_bytes` when given, else (CUDA) the whole device's."""
+    if budget_bytes is not None:
+        return budget_bytes
+    if device.type != "cuda":
+        raise ValueError("A CPU batch sweep needs a memory budget (--memory-budget-gib).")
+    return torch.cuda.get_device_properties(device).total_memory
+
+
+def sweep_batch_limit(size: HiveBenchSize, device: torch.device) -> int:
+    """The largest batch the sweep tries: the size's CPU cap on a CPU (time, not memory), 1024 on a GPU."""
+    return size.cpu_sweep_batch_limit if device.type == "cpu" else 1024
+
+
+def largest_decode_batches(models: dict, prefills: dict, steps: int, device, budget: int, limit: int) -> dict:
+    """name -> `{"batch": largest batch that fits, "peak_bytes": batch -> bytes measured}`."""
+    found = {}
+    for name, model in models.items():
+        batch, tried = largest_batch(lambda b, m=model, p=prefills[name]: decode_peak_bytes(m, p, b, steps, device), budget, limit)
+        found[name] = {"batch": batch, "peak_bytes": tried}
+    return found
+
+
+def train_peak_bytes(model, step, optimizer, device) -> int:
+    """Resident training bytes (weights, gradients, optimizer state) after a warm step, plus a step's peak growth."""
+    step()
+    return resident_training_bytes(model, optimizer) + peak_allocated_during(step, device)
+
+
+def measure_train_sweep(models: dict, make_step, repeats: int, device, budget: int, limit: int) -> dict:
+    """Stage-2 samples/s of each model at the largest batch that fits `budget`, all in the same interleaved rounds.
+
+    `make_step(name, batch_size)` returns `(step, optimizer)`: a function running one stage-2 step of that model on a
+    batch of that size, and its optimizer.
+    """
+    largest, steps = {}, {}
+    for name, model in models.items():
+
+        def peak(batch_size, name=name, model=model):
+            step, optimizer = make_step(name, batch_size)
+            try:
+                return train_peak_bytes(model, step, optimizer, device)
+            finally:
+                for parameter in model.parameters():
+                    parameter.grad = None
+
+        batch, tried = largest_batch(peak, budget, limit)
+        if batch == 0:
+            raise ValueError(f"{name}: a stage-2 step at batch 1 needs {tried[1]:,} bytes, over the sweep's budget of {budget:,}.")
+        largest[name] = {"batch": batch, "peak_bytes": tried}
+        steps[name] = make_step(name, batch)[0]
+    times = interleaved({name: (lambda name=name: timed(steps[name], device)) for name in models}, repeats)
+    for model in models.values():
+        for parameter in model.parameters():
+            parameter.grad = None
+    return {"largest": largest, "times": times}
