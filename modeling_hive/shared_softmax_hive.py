@@ -3,7 +3,8 @@ self-attention (one softmax over text and image keys, no gate).
 
 Each connected LLM layer gets a `HiveSharedSoftmaxLayer`, which turns its level's projected image tokens into keys and
 values the layer's attention can read: the layer's input norm, image k/v projections that start as copies of the
-layer's `k_proj`/`v_proj`, a per-head RMSNorm on the keys and 2-D (row, column) rotary positions.
+layer's `k_proj`/`v_proj`, a per-head RMSNorm on the keys and rotary positions laid out as the authors lay them out
+(row and column on the fastest 6/8 of the frequencies, side // 2 on the rest; see `image_rotary_pairs`).
 
 How they reach the attention: HIVE's pre-hook on that decoder layer passes them as the keyword argument
 `hive_image_key_values`; transformers hands a decoder layer's keyword arguments on to its attention function, and the
@@ -27,12 +28,15 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_utils import AttentionInterface
 
+from .configuration_hive import SHARED_SOFTMAX_NORMS
+
 
 SHARED_SOFTMAX_ATTENTION = "hive_sdpa"
-# The rotary frequency pairs of an image key, split as the authors' code splits them (a [3, 3, 2] split of the pairs;
-# ../shared/PAPER.md): the image's place in the sequence, its row, its column. HIVE's images are not in the token
-# stream: they precede the text, at sequence position 0.
-ROTARY_SECTIONS = (3, 3, 2)
+# An image key's rotary frequency pairs, as the authors' `apply_multimodal_rotary_pos_emb` (eugenelet/HIVE,
+# llava_next/model/language_model/paidge_llama.py) assigns them: its positions are (row, column, side // 2) over
+# `mrope_section = [3, 3, 2] * head_dim / 16`, and its reassembly gives the highest 6/8 of the frequencies to the grid
+# (the row rotates at the even ones, the column at the odd ones) and the lowest 2/8 to the constant side // 2.
+IMAGE_ROTARY_SECTIONS = (3, 3, 2)  # row, column, constant (side // 2): parts of the rotary pairs
 
 
 @dataclass
@@ -44,6 +48,7 @@ class HiveImageKeyValues:
     value_states: torch.Tensor | None
     image_mask: torch.Tensor | None  # (B,) bool: which samples have an image; None when all of them do
     consumed: set  # indices of the blocks whose keys reached an attention function in this forward
+    layer: "HiveSharedSoftmaxLayer | None" = None  # the block: its query/key norms in `queries_and_keys` mode
 
 
 def image_key_mask(attention_mask, query: torch.Tensor, key: torch.Tensor, num_image_tokens: int, image_mask) -> torch.Tensor:
@@ -71,6 +76,8 @@ def hive_sdpa_attention_forward(module, query, key, value, attention_mask, *args
         image.consumed.add(image.index)
     if image is None or image.key_states is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, *args, **kwargs)
+    if image.layer is not None and image.layer.q_norm is not None:  # the authors' norms, after the rotation and cache
+        query, key = image.layer.normalize(query, key, image.image_mask)
     image_keys = image.key_states.to(key.device, key.dtype)
     attention_mask = image_key_mask(attention_mask, query, key, image_keys.shape[2], image.image_mask)
     key = torch.cat([key, image_keys], dim=2)  # (B, kv_heads, S + N, head_dim)
@@ -90,31 +97,54 @@ def grid_positions(num_tokens: int, device) -> tuple[torch.Tensor, torch.Tensor]
     return index // side, index % side
 
 
+def image_rotary_pairs(pairs: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each of an image key's `pairs` rotary frequency pairs (in the LLM's order: pair 0 turns fastest), which of
+    its positions turns it (0: row, 1: column, 2: the constant side // 2) and at which pair's frequency, as the
+    authors' reassembly does: of the highest `grid` = 6/8 of the pairs, the row takes the even frequencies into the
+    first pairs and the column the odd ones into the next; the lowest 2/8 turn by side // 2 at their own frequency.
+    Exactly the authors' layout when `pairs` is a multiple of 8 (their split needs head_dim % 16 == 0).
+
+    Example:
+        >>> [t.tolist() for t in image_rotary_pairs(8)]
+        [[0, 0, 0, 1, 1, 1, 2, 2], [0, 2, 4, 1, 3, 5, 6, 7]]
+    """
+    row, column, constant = IMAGE_ROTARY_SECTIONS
+    grid = pairs * (row + column) // (row + column + constant)
+    rows = (grid + 1) // 2  # the even frequencies of the grid's pairs
+    pair = torch.arange(pairs)
+    component = torch.where(pair < rows, 0, torch.where(pair < grid, 1, 2))
+    frequency = torch.where(pair < rows, 2 * pair, torch.where(pair < grid, 2 * (pair - rows) + 1, pair))
+    return component, frequency
+
+
 def image_rotary_embeddings(rotary_emb: nn.Module, level_sizes: list[int], reference: torch.Tensor, layer_type=None,
                             halves_layout: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """cos and sin per frequency pair, `(1, N, rotary_dim // 2)`, for the image tokens of the given levels
     (concatenated), from the LLM's own rotary embedding (for `layer_type` where it has one per layer type, as Gemma3):
-    the first 3/8 of the pairs at sequence position 0, the next 3/8 at the token's row, the last 2/8 at its column.
+    each pair turned by the token's row, its column or its level's side // 2, at the frequency `image_rotary_pairs`
+    gives it (the authors' layout; the image precedes the text, at sequence offset 0).
 
     `halves_layout`: whether `rotary_emb` repeats its frequencies as two halves (Llama) rather than neighbour by
     neighbour (Cohere); found from the values when None (which waits for the device)."""
-    rows, columns = zip(*(grid_positions(size, reference.device) for size in level_sizes))
-    rows, columns = torch.cat(rows)[None], torch.cat(columns)[None]  # (1, N)
+    grids = [grid_positions(size, reference.device) for size in level_sizes]
+    middles = [torch.full_like(row, max(math.isqrt(size), 1) // 2) for size, (row, _) in zip(level_sizes, grids)]
+    count = sum(level_sizes)
     kwargs = {} if layer_type is None else {"layer_type": layer_type}
-    # One call for all: positions 0 (the sequence section, with the LLM's own scaling) and 1 (the layout), rows, columns.
-    positions = torch.cat([torch.arange(2, device=rows.device)[None], rows, columns], dim=1)
-    cos_all, sin_all = rotary_emb(reference, positions, **kwargs)  # (1, 2 + 2N, rotary_dim)
-    half, count = cos_all.shape[-1] // 2, rows.shape[1]
+    # One call for all: position 1 (the layout), then every token's row, column and side // 2.
+    layout = torch.ones(1, dtype=torch.long, device=reference.device)
+    positions = torch.cat([layout, *(row for row, _ in grids), *(column for _, column in grids), *middles])[None]
+    cos_all, sin_all = rotary_emb(reference, positions, **kwargs)  # (1, 1 + 3N, rotary_dim)
+    half = cos_all.shape[-1] // 2
     if halves_layout is None:
-        halves_layout = rotary_layout(cos_all[0, 1])
-    cos_all, sin_all = (t[..., :half] if halves_layout else t[..., 0::2] for t in (cos_all, sin_all))  # per frequency pair
-    pair = torch.arange(half, device=reference.device)
-    first, second = (round(half * sum(ROTARY_SECTIONS[: i + 1]) / sum(ROTARY_SECTIONS)) for i in range(2))
-    row, column = (pair >= first) & (pair < second), pair >= second  # the rest: sequence position 0
-    (cos_row, cos_column), (sin_row, sin_column) = cos_all[:, 2:].split(count, 1), sin_all[:, 2:].split(count, 1)
-    cos = torch.where(row, cos_row, torch.where(column, cos_column, cos_all[:, :1]))
-    sin = torch.where(row, sin_row, torch.where(column, sin_column, sin_all[:, :1]))
-    return cos, sin
+        halves_layout = rotary_layout(cos_all[0, 0])
+    component, frequency = (t.to(reference.device) for t in image_rotary_pairs(half))
+
+    def assemble(values: torch.Tensor) -> torch.Tensor:
+        values = values[:, 1:, :half] if halves_layout else values[:, 1:, 0::2]  # (1, 3N, pairs): per frequency pair
+        values = values.unflatten(1, (3, count)).transpose(1, 2)  # (1, N, 3, pairs): by row, column, side // 2
+        return values[:, :, component, frequency]  # (1, N, pairs)
+
+    return assemble(cos_all), assemble(sin_all)
 
 
 def rotary_layout(cos: torch.Tensor) -> bool:
@@ -141,7 +171,7 @@ def apply_rotary(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, nei
 
 
 class HiveKeyRMSNorm(nn.Module):
-    """Per-head RMSNorm on the image keys."""
+    """Per-head RMSNorm on keys (or queries)."""
 
     def __init__(self, head_dim: int, eps: float):
         super().__init__()
@@ -158,17 +188,24 @@ class HiveSharedSoftmaxLayer(nn.Module):
     input norm and k/v projections (copies, trained with the connector while the LLM may stay frozen), then per-head
     RMSNorm and 2-D rotary positions on the keys. No gate: the image competes with the text in one softmax.
 
+    `norm` (`HiveConfig.shared_softmax_norm`): `"image_keys"` normalises the image keys before their rotation, and the
+    layer's own queries and keys stay the LLM's; `"queries_and_keys"`, as the authors' code, normalises every key
+    (text and image, `k_norm`) and every query (`q_norm`) of the layer after the rotation, in samples with an image.
+
     Built from the decoder layer it serves (`input_layernorm`, `self_attn.k_proj`, `self_attn.v_proj`); call
     `copy_from(decoder_layer)` once the LLM's weights are loaded."""
 
-    def __init__(self, decoder_layer: nn.Module, head_dim: int, eps: float):
+    def __init__(self, decoder_layer: nn.Module, head_dim: int, eps: float, norm: str = "image_keys"):
         super().__init__()
-        norm, attention = decoder_layer.input_layernorm, decoder_layer.self_attn
-        self.input_layernorm = copy.deepcopy(norm)
+        if norm not in SHARED_SOFTMAX_NORMS:
+            raise ValueError(f"shared_softmax_norm must be one of {SHARED_SOFTMAX_NORMS}, got {norm!r}.")
+        norm_layer, attention = decoder_layer.input_layernorm, decoder_layer.self_attn
+        self.input_layernorm = copy.deepcopy(norm_layer)
         self.k_proj = copy.deepcopy(attention.k_proj)
         self.v_proj = copy.deepcopy(attention.v_proj)
         self.head_dim = head_dim
         self.k_norm = HiveKeyRMSNorm(head_dim, eps)
+        self.q_norm = HiveKeyRMSNorm(head_dim, eps) if norm == "queries_and_keys" else None
 
     @torch.no_grad()
     def copy_from(self, decoder_layer: nn.Module) -> None:
@@ -184,12 +221,26 @@ class HiveSharedSoftmaxLayer(nn.Module):
         batch_size, num_tokens, _ = image_states.shape
         states = self.input_layernorm(image_states)
         shape = (batch_size, num_tokens, -1, self.head_dim)
-        key_states = self.k_norm(self.k_proj(states).view(shape)).transpose(1, 2)
+        key_states = self.k_proj(states).view(shape).transpose(1, 2)
         value_states = self.v_proj(states).view(shape).transpose(1, 2)
+        if self.q_norm is None:  # image_keys: normalised before the rotation
+            key_states = self.k_norm(key_states)
         if rotary is not None:
             cos, sin, neighbours = rotary
             key_states = apply_rotary(key_states, cos.to(key_states.dtype), sin.to(key_states.dtype), neighbours)
+        if self.q_norm is not None:  # queries_and_keys: after it, as the layer's own keys are (see `normalize`)
+            key_states = self.k_norm(key_states)
         return key_states, value_states
+
+    def normalize(self, query: torch.Tensor, key: torch.Tensor, image_mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """queries_and_keys mode: the layer's own queries `(B, heads, T, head_dim)` and keys `(B, kv_heads, S,
+        head_dim)`, rotated and cached, through `q_norm` and `k_norm`, in the samples with an image (`image_mask`,
+        None: all); the others stay exactly the LLM's."""
+        normed_query, normed_key = self.q_norm(query).to(query.dtype), self.k_norm(key).to(key.dtype)
+        if image_mask is None:
+            return normed_query, normed_key
+        keep = image_mask.to(query.device)[:, None, None, None]
+        return torch.where(keep, normed_query, query), torch.where(keep, normed_key, key)
 
 
 @functools.cache

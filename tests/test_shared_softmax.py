@@ -52,13 +52,29 @@ class Attention(torch.nn.Module):
     is_causal = True
 
 
+def rms_norm(states, weight):
+    return weight * states / states.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()
+
+
 @pytest.mark.parametrize("past", [0, 3])
 @pytest.mark.parametrize("boolean_mask", [False, True])
-def test_one_softmax_over_the_text_keys_and_the_image_keys(past, boolean_mask):
+@pytest.mark.parametrize("norm", ["image_keys", "queries_and_keys"])
+def test_one_softmax_over_the_text_keys_and_the_image_keys(past, boolean_mask, norm):
     """The attention function against a hand-written softmax over [text keys, image keys]: causal over the text (past
-    keys included), every image key visible to every query of a sample with an image, none to one without."""
+    keys included), every image key visible to every query of a sample with an image, none to one without. With
+    `queries_and_keys`, the queries and the text keys (past ones included) of the sample with an image go through the
+    block's RMSNorms first, as the authors' code does after the rotation; the sample without one stays the LLM's."""
+    from modeling_hive.shared_softmax_hive import HiveSharedSoftmaxLayer
+
     torch.manual_seed(0)
     batch, heads, kv_heads, queries, images, dim = 2, 4, 2, 3, 5, 8
+    decoder = AutoModelForCausalLM.from_config(LlamaConfig(hidden_size=32, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                                                           head_dim=dim, num_hidden_layers=1, intermediate_size=16, vocab_size=16))  # fmt: skip
+    block = HiveSharedSoftmaxLayer(decoder.model.layers[0], dim, 1e-6, norm)
+    with torch.no_grad():
+        block.k_norm.weight.uniform_(0.5, 1.5)
+        if block.q_norm is not None:
+            block.q_norm.weight.uniform_(0.5, 1.5)
     query = torch.randn(batch, heads, queries, dim)
     key, value = torch.randn(batch, kv_heads, past + queries, dim), torch.randn(batch, kv_heads, past + queries, dim)
     image_keys, image_values = torch.randn(batch, kv_heads, images, dim), torch.randn(batch, kv_heads, images, dim)
@@ -67,9 +83,13 @@ def test_one_softmax_over_the_text_keys_and_the_image_keys(past, boolean_mask):
     mask = None
     if boolean_mask:
         mask = causal[None, None].expand(batch, 1, queries, past + queries)
-    image = HiveImageKeyValues(0, image_keys, image_values, image_mask, set())
+    image = HiveImageKeyValues(0, image_keys, image_values, image_mask, set(), block)
     output, _ = hive_sdpa_attention_forward(Attention(), query, key, value, mask, scaling=dim**-0.5, hive_image_key_values=image)
 
+    if norm == "queries_and_keys":
+        with torch.no_grad():
+            query = torch.cat([rms_norm(query[:1], block.q_norm.weight), query[1:]])
+            key = torch.cat([rms_norm(key[:1], block.k_norm.weight), key[1:]])
     all_keys = torch.cat([key, image_keys], 2).repeat_interleave(2, dim=1)
     all_values = torch.cat([value, image_values], 2).repeat_interleave(2, dim=1)
     allowed = torch.cat([causal.expand(batch, 1, queries, past + queries), image_mask[:, None, None, None].expand(batch, 1, queries, images)], -1)
@@ -79,15 +99,39 @@ def test_one_softmax_over_the_text_keys_and_the_image_keys(past, boolean_mask):
     assert image.consumed == {0}
 
 
+def rotate_half(states):
+    first, second = states.chunk(2, dim=-1)
+    return torch.cat([-second, first], dim=-1)
+
+
+def authors_multimodal_rotary(keys, cos, sin, head_dim):
+    """The authors' `apply_multimodal_rotary_pos_emb` (eugenelet/HIVE, llava_next/model/language_model/paidge_llama.py),
+    written again from its description: `cos`/`sin` `(3, B, N, head_dim)` are Llama's (two halves of the frequencies,
+    fastest first) at the positions (row, column, side // 2); each half is split [3, 3, 2] * head_dim / 16; the first
+    two sections of a half (its fastest 6/8) become the row at their even frequencies followed by the column at their
+    odd ones, and the third section takes the constant component; the keys turn by rotate-half."""
+    sections = [3 * head_dim // 16, 3 * head_dim // 16, 2 * head_dim // 16] * 2
+
+    def reassemble(values):
+        parts = values.split(sections, dim=-1)
+        halves = []
+        for grid, constant in ((torch.cat(parts[0:2], -1), parts[2]), (torch.cat(parts[3:5], -1), parts[5])):
+            halves += [grid[0, ..., 0::2], grid[1, ..., 1::2], constant[2]]
+        return torch.cat(halves, dim=-1)[:, None]  # (B, 1, N, head_dim)
+
+    cos, sin = reassemble(cos), reassemble(sin)
+    return keys * cos + rotate_half(keys) * sin
+
+
 @pytest.mark.parametrize(
     "model_type, style",
     [("llama", (True, False)), ("cohere", (False, True)), ("glm", (True, True)), ("llama-yarn", (True, False))],
 )
-def test_image_keys_rotate_as_the_llm_rotates_its_own_keys(model_type, style):
-    """Row and column positions through the LLM's own rotary embedding and its own `apply_rotary_pos_emb`: Llama pairs
-    halves, Cohere neighbours, GLM lays cos out in halves but pairs neighbours (and rotates half the head only);
-    YaRN scales every rotated dim. A token at row r is rotated in the row frequencies as the LLM rotates a key at
-    position r; the sequence frequencies as at position 0; tokens before the grid (CLS) sit at row 0."""
+def test_image_keys_rotate_as_the_authors_multimodal_rotary_in_the_llms_own_pairing(model_type, style):
+    """Image keys of two levels (a 4x4 grid, then CLS and a 3x3 grid) against the authors' function above, fed the
+    LLM's own frequencies: Llama pairs halves, Cohere neighbours, GLM lays cos out in halves but pairs neighbours (and
+    rotates half the head only); YaRN scales every rotated dim. A neighbour-paired LLM's pair k (dims 2k, 2k + 1) must
+    turn as the authors turn pair k (dims k, k + pairs); a CLS token sits at row 0, column 0."""
     from transformers import AutoConfig, AutoModel
 
     from modeling_hive.shared_softmax_hive import probe_rotary
@@ -101,23 +145,53 @@ def test_image_keys_rotate_as_the_llm_rotates_its_own_keys(model_type, style):
     llm = AutoModel.from_config(AutoConfig.for_model(model_type.split("-")[0], **sizes)).eval()
     assert probe_rotary(llm, [0], llm.layers)[0] == style
     halves_layout, neighbours = style
-    apply = sys.modules[type(llm.layers[0].self_attn).__module__].apply_rotary_pos_emb
-    keys = torch.randn(1, 2, 10, 32)
-    cos, sin = image_rotary_embeddings(llm.rotary_emb, [10], keys, None, halves_layout)
+    levels = [16, 10]
+    keys = torch.randn(1, 2, sum(levels), 32)
+    cos, sin = image_rotary_embeddings(llm.rotary_emb, levels, keys, None, halves_layout)
     ours = apply_rotary(keys, cos, sin, neighbours)
     pairs = cos.shape[-1]
-    pair = (torch.arange(2 * pairs) // 2 if neighbours else torch.arange(2 * pairs) % pairs)
-    sequence, row = pair < round(pairs * 3 / 8), (pair >= round(pairs * 3 / 8)) & (pair < round(pairs * 6 / 8))
-    for token, position in ((0, 0), (4, 1), (7, 2)):
-        key = keys[:, :, token : token + 1]
-        theirs = {p: apply(key, key, *llm.rotary_emb(key, torch.tensor([[p]])))[1][:, :, 0] for p in (0, position)}
-        torch.testing.assert_close(ours[:, :, token, : 2 * pairs][..., row], theirs[position][..., : 2 * pairs][..., row])
-        torch.testing.assert_close(ours[:, :, token, : 2 * pairs][..., sequence], theirs[0][..., : 2 * pairs][..., sequence])
-        assert torch.equal(ours[:, :, token, 2 * pairs :], keys[:, :, token, 2 * pairs :])  # partial rotary: the rest as is
+    rotated = 2 * pairs  # GLM rotates half of its head
+    assert (model_type == "glm") == (rotated < 32)
+    start = 0
+    for size in levels:
+        side = math.isqrt(size)
+        row, column = grid_positions(size, "cpu")
+        positions = torch.stack([row, column, torch.full_like(row, side // 2)])[:, None]  # (3, 1, n)
+        cos_llm, sin_llm = llm.rotary_emb(keys, positions.flatten(1))  # (1, 3n, rotary dims) in the LLM's layout
+        per_pair = (lambda t: t[..., :pairs]) if halves_layout else (lambda t: t[..., 0::2])
+        cos3, sin3 = (torch.cat([per_pair(t), per_pair(t)], -1).view(3, 1, size, rotated) for t in (cos_llm, sin_llm))
+        level = keys[:, :, start : start + size, :rotated]
+        if neighbours:  # into the authors' pairing (dims k, k + pairs), and back
+            level = torch.cat([level[..., 0::2], level[..., 1::2]], dim=-1)
+        theirs = authors_multimodal_rotary(level, cos3, sin3, rotated)
+        if neighbours:
+            theirs = torch.stack([theirs[..., :pairs], theirs[..., pairs:]], dim=-1).flatten(-2)
+        torch.testing.assert_close(ours[:, :, start : start + size, :rotated], theirs)
+        assert torch.equal(ours[:, :, start : start + size, rotated:], keys[:, :, start : start + size, rotated:])
+        start += size
 
 
-def test_without_an_image_the_model_is_exactly_the_llm_and_the_image_matters():
-    model = build()
+def test_on_the_study_llm_image_keys_turn_by_row_and_column_at_the_fast_frequencies():
+    """The study's tiny Llama (head_dim 16, theta 1e4) and an 8x8 grid: row 7 turns pair 0 by 7 rad, column 7 turns
+    pair 3 by 7 * 10**-0.5 rad (the layout before the authors' put the grid on the slowest pairs: 0.22 and 0.007 rad)."""
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    from modeling_hive.shared_softmax_hive import image_rotary_pairs
+
+    rotary = LlamaRotaryEmbedding(LlamaConfig(hidden_size=64, num_attention_heads=4, head_dim=16, rope_theta=10000.0))
+    cos, sin = image_rotary_embeddings(rotary, [64], torch.zeros(1), None, True)
+    angle = torch.atan2(sin, cos)[0]  # (64, 8), wrapped to (-pi, pi]
+    component, frequency = image_rotary_pairs(8)
+    assert component.tolist() == [0, 0, 0, 1, 1, 1, 2, 2] and frequency.tolist() == [0, 2, 4, 1, 3, 5, 6, 7]
+    assert math.isclose(angle[7 * 8, 0].item(), math.remainder(7.0, 2 * math.pi), abs_tol=1e-5)  # row 7, column 0
+    assert math.isclose(angle[7, 3].item(), 7 * 10**-0.5, abs_tol=1e-5)  # row 0, column 7
+    assert angle[7, 0].item() == 0 and angle[7 * 8, 3].item() == 0
+    torch.testing.assert_close(angle[:, 6], torch.full((64,), 4 * 10**-3.0))  # side // 2 at pair 6's frequency
+
+
+@pytest.mark.parametrize("norm", ["image_keys", "queries_and_keys"])
+def test_without_an_image_the_model_is_exactly_the_llm_and_the_image_matters(norm):
+    model = build(shared_softmax_norm=norm)
     input_ids, pixel_values = inputs()
     with torch.no_grad():
         text_only = model(input_ids=input_ids).logits
@@ -132,9 +206,10 @@ def test_without_an_image_the_model_is_exactly_the_llm_and_the_image_matters():
     torch.testing.assert_close(mixed[1], text_only[1], atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("hierarchy_mode", ["paired", "all_levels"])
-def test_generate_with_the_cache_equals_without_and_padding_leaves_real_tokens_unchanged(hierarchy_mode):
-    model = build(hierarchy_mode=hierarchy_mode)
+@pytest.mark.parametrize("hierarchy_mode, norm", [("paired", "image_keys"), ("all_levels", "image_keys"), ("paired", "queries_and_keys"),
+                                                  ("all_levels", "queries_and_keys")])  # fmt: skip
+def test_generate_with_the_cache_equals_without_and_padding_leaves_real_tokens_unchanged(hierarchy_mode, norm):
+    model = build(hierarchy_mode=hierarchy_mode, shared_softmax_norm=norm)
     input_ids, pixel_values = inputs()
     attention_mask = torch.ones_like(input_ids)
     attention_mask[1, :2] = 0  # left padding
@@ -147,13 +222,15 @@ def test_generate_with_the_cache_equals_without_and_padding_leaves_real_tokens_u
     torch.testing.assert_close(padded, alone, atol=1e-5, rtol=1e-4)
 
 
-def test_image_projections_start_as_the_layers_own_and_every_block_parameter_learns(tmp_path):
+@pytest.mark.parametrize("norm", ["image_keys", "queries_and_keys"])
+def test_image_projections_start_as_the_layers_own_and_every_block_parameter_learns(tmp_path, norm):
     donor = build(seed=3)  # its LLM and encoder, saved as the backbones' own checkpoints
     bare_llm(donor).save_pretrained(tmp_path / "text")
     donor.model.vision_model.save_pretrained(tmp_path / "vision")
     torch.manual_seed(7)  # HIVE's own weights from another seed than the LLM's
     model = HiveForConditionalGeneration.from_backbones(str(tmp_path / "vision"), str(tmp_path / "text"),
-                                                        cross_attention_layers=[[1, 1], [3, 3]], cross_attention_mode="shared_softmax")  # fmt: skip
+                                                        cross_attention_layers=[[1, 1], [3, 3]], cross_attention_mode="shared_softmax",
+                                                        shared_softmax_norm=norm)  # fmt: skip
     layers = model.model.language_model.layers
     for block, (_, text_layer) in zip(model.model.cross_attention_layers, model.config.cross_attention_layers):
         attention = layers[text_layer].self_attn
@@ -166,7 +243,14 @@ def test_image_projections_start_as_the_layers_own_and_every_block_parameter_lea
     model(input_ids=input_ids, pixel_values=pixel_values, labels=input_ids).loss.backward()
     fusion = [*model.model.multi_modal_projectors.named_parameters(), *model.model.cross_attention_layers.named_parameters()]
     assert not [name for name, p in fusion if p.grad is None or not p.grad.any()]
+    assert any(".q_norm." in name for name, _ in fusion) == (norm == "queries_and_keys")
     assert all(p.grad is None for p in model.model.language_model.parameters())
+    for projector in model.model.multi_modal_projectors:  # queries_and_keys: the authors' Xavier-uniform init
+        for linear in (projector.linear_1, projector.linear_2):
+            bound = math.sqrt(6 / (linear.in_features + linear.out_features))
+            xavier = linear.weight.abs().max() <= bound and linear.weight.std() > 0.8 * bound / math.sqrt(3)
+            assert xavier == (norm == "queries_and_keys")
+            assert (norm == "image_keys") or not linear.bias.any()
 
 
 def test_the_llm_must_run_sdpa_and_have_separate_key_value_projections():
