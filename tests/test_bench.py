@@ -15,8 +15,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from hive_vlm.bench.benchmark import RESULT_KEYS, SHARED_SOFTMAX_TARGETS
-from hive_vlm.bench.phases import hive_image_key_values, llava_inputs_embeds
+from hive_vlm.bench.measures import largest_batch
+from hive_vlm.bench.phases import decode_one_step, hive_image_key_values, llava_inputs_embeds, prefill_for_decode
 from hive_vlm.bench.flops import hive_prefill_flops, hive_stage2_step_flops
+from hive_vlm.bench.roofline import cache_bytes_per_position, decode_step_bytes, decode_weight_bytes
 from hive_vlm.bench.models import bench_batch, build_models, build_shared_softmax, cache_bytes, cache_with_image_key_values
 from hive_vlm.bench.sizes import BENCH_SIZES
 from hive_vlm.cli import main
@@ -24,6 +26,7 @@ from modeling_hive.compatibility_hive import CACHE_NAME
 
 
 TOY = BENCH_SIZES["toy"]
+MODELS = ("hive", "llava", "shared_softmax")
 
 
 def is_number(value) -> bool:
@@ -40,8 +43,11 @@ def one_thread():
 
 
 def test_toy_run_writes_every_result_key_as_a_number(tmp_path, one_thread, capsys):
+    # --compile with torch.compile's "eager" backend: dynamo traces every decode step as it would for inductor, without
+    # inductor's code generation (tens of seconds per model on two cores); scripts/device_check_speed.sh runs inductor.
     out = tmp_path / "bench" / "toy.json"
-    assert main(["bench", "--size", "toy", "--repeats", "1", "--threads", "1", "--device", "cpu", "--out", str(out)]) == 0
+    arguments = ["bench", "--size", "toy", "--repeats", "1", "--threads", "1", "--device", "cpu", "--out", str(out)]
+    assert main([*arguments, "--compile", "--compile-backend", "eager", "--sweep"]) == 0
     result = json.loads(out.read_text())
 
     numeric_top_level = {key for key, value in result.items() if not isinstance(value, (dict, list, str))}
@@ -62,8 +68,46 @@ def test_toy_run_writes_every_result_key_as_a_number(tmp_path, one_thread, capsy
     assert all(is_number(value) and value > 0 for value in result["shared_softmax"].values()), result["shared_softmax"]
     for measure in ("ttft", "llm_prefill", "fusion", "decode_step_576", "decode_step_2880", "train_step"):
         assert set(result["medians_s"][measure]) >= {"hive", "llava", "shared_softmax"}, measure
+
+    # Compiled decode: every model compiled (at least one graph), timed in the same rounds, ratios as numbers.
+    compiled = result["compiled"]
+    assert compiled["settings"]["backend"] == "eager" and compiled["settings"]["mode"] == "default"
+    assert set(compiled["ratios"]) == {f"{kind}decode_ratio_{key}" for kind in ("", "shared_softmax_") for key in ("576", "2880")}
+    assert all(is_number(value) and value > 0 for value in compiled["ratios"].values())
+    for key in ("576", "2880"):
+        assert {name: len(values) for name, values in compiled["timings_s"][f"decode_step_{key}"].items()} == dict.fromkeys(MODELS, 1)
+        assert all(compiled["dynamo"][key][name]["graphs"] >= 1 for name in MODELS), compiled["dynamo"][key]
+        assert all(seconds > 0 for seconds in compiled["compile_s"][key].values())
+
+    # Roofline: a measured bandwidth, bytes per step from the models' weights and caches, fractions of the limit.
+    roofline = result["roofline"]
+    assert roofline["copy_bytes_per_s"] > 0
+    for key in ("576", "2880"):
+        assert roofline["decode_step_bytes"][key]["llava"] > roofline["decode_weight_bytes"]["llava"]
+        for mode in ("eager", "compiled"):
+            assert all(0 < fraction <= 1 for fraction in roofline["decode_fraction_of_bandwidth"][mode][key].values()), (mode, key)
+    assert 0 < roofline["prefill_fraction_of_matmul_peak"] <= 1 and 0 < roofline["train_step_fraction_of_matmul_peak"] <= 1
+
+    # The sweep: batch 1, 8 and the largest batch within toy's CPU cap (8); stage 2 at each model's largest batch in
+    # the budget, whose measured peak is within it.
+    sweep = result["sweep"]
+    assert sweep["batch_limit"] == 8 and sweep["memory_budget_bytes"] == int(TOY.cpu_memory_budget_gib * 2**30)
+    assert set(sweep["decode"]) == {"1", "8", "largest"}
+    for key, row in sweep["decode"].items():
+        assert all(1 <= batch <= 8 for batch in row["batch_sizes"].values())
+        assert all(is_number(tokens) and tokens > 0 for tokens in row["tokens_per_s"].values()), key
+        assert all(0 < fraction <= 1 for fraction in row["fraction_of_bandwidth"].values()), key
+    assert sweep["decode"]["8"]["step_bytes"]["llava"] > sweep["decode"]["1"]["step_bytes"]["llava"]
+    train = sweep["train"]
+    for name, batch in train["batch_sizes"].items():
+        assert 1 <= batch <= 8
+        assert 0 < train["largest_search"][name]["peak_bytes"][str(batch)] <= sweep["memory_budget_bytes"]
+        assert is_number(train["samples_per_s"][name]) and train["samples_per_s"][name] > 0
+    assert 0 < train["hive_fraction_of_matmul_peak"] <= 1
+
     printed = capsys.readouterr().out
-    labels = ("time to first token", "KV-cache bytes", "matmul peak", "shared-softmax vs gated blocks", f"wrote {out}")
+    labels = ("time to first token", "KV-cache bytes", "matmul peak", "shared-softmax vs gated blocks", "compiled decode", "bandwidth limit",
+              "decode batch sweep", "stage-2 at the largest batch", f"wrote {out}")  # fmt: skip
     assert all(label in printed for label in labels)
 
 
@@ -144,3 +188,51 @@ def test_analytic_flops_equal_torch_flop_counter(one_thread):
     with sdpa_kernel([SDPBackend.MATH]), FlopCounterMode(display=False) as counter:
         hive(input_ids=batch.input_ids, pixel_values=batch.pixel_values, labels=batch.input_ids).loss.backward()
     assert counter.get_total_flops() == sum(hive_stage2_step_flops(hive.config, size.text_tokens, batch_size=2).values())
+
+
+@torch.inference_mode()
+def test_bytes_per_decode_step_equal_a_hand_count_on_toy(one_thread):
+    hive, llava = build_models(TOY)
+    shared = build_shared_softmax(hive)
+    batch = bench_batch(TOY, 1)
+    prefills = {name: prefill_for_decode(model, batch, 1, is_llava=name == "llava") for name, model in zip(MODELS, (hive, llava, shared))}
+    weights = {name: decode_weight_bytes(model, lambda m=model, p=prefills[name]: decode_one_step(m, p))
+               for name, model in zip(MODELS, (hive, llava, shared))}  # fmt: skip
+
+    # Qwen2 at toy: width 32, 2 heads of 16, 1 K/V head, MLP 64, vocabulary 256 (the head tied to the embedding), 4 layers.
+    layer = (32 * 32 + 32) + 2 * (32 * 16 + 16) + 32 * 32 + 3 * 32 * 64 + 2 * 32  # q, k, v (biased), o, MLP, 2 norms
+    llm = 256 * 32 + 4 * layer + 32  # the head reads the whole tied matrix; the final norm
+    assert weights["llava"] == 4 * llm
+    # A gated block at decode reads everything but its image k/v projections (the image keys/values are cached).
+    assert hive.config.cross_attention_intermediate_size == 128 and hive.config.cross_attention_qk_norm
+    block = 32 + 2 + 32 * 32 + 16 + 32 * 32 + 32 + (32 * 128 + 128) + (128 * 32 + 32)  # norm, gates, q, q norm, o, norm, MLP
+    assert weights["hive"] == 4 * (llm + 4 * block)
+    # Shared-softmax's image keys join the LLM's own attention: a decode step reads the LLM's weights alone.
+    assert weights["shared_softmax"] == 4 * llm
+
+    # The caches: per position, 4 layers x (K and V) x 16 floats; HIVE's 4 blocks x (K and V) x 16 image tokens x 16.
+    caches = {name: cache_bytes(prefill[0]) for name, prefill in prefills.items()}
+    assert cache_bytes_per_position(caches["llava"], TOY.text_tokens + TOY.image_tokens) == cache_bytes_per_position(caches["hive"], TOY.text_tokens) == 4 * 2 * 16 * 4
+    assert caches["hive"]["cross_attention"] == 4 * 2 * 16 * 16 * 4
+    # 4 steps after 8 positions attend to 10.5 positions on average; the weights are read once for the batch.
+    assert decode_step_bytes(weights["hive"], 512, caches["hive"]["cross_attention"], TOY.text_tokens, steps=4, batch_size=2) == (
+        4 * (llm + 4 * block) + 2 * (512 * 10.5 + 4 * 2 * 16 * 16 * 4)
+    )
+
+
+def test_largest_batch_predicts_from_two_batches_and_backs_off_until_it_fits():
+    # Linear memory: the prediction from batches 1 and 2 fits at once.
+    batch, tried = largest_batch(lambda b: 100 + 10 * b, budget=1_000, limit=1_000)
+    assert batch == 90 and set(tried) == {1, 2, 90}
+    # Memory that grows faster than the two first batches say: smaller batches are tried until one fits.
+    batch, tried = largest_batch(lambda b: 100 + 10 * b + b * b, budget=1_000, limit=1_000)
+    assert 100 + 10 * batch + batch * batch <= 1_000 and all(100 + 10 * b + b * b > 1_000 for b in tried if b > batch)
+    # Running out of device memory counts as not fitting; the limit caps the search; nothing fits gives 0.
+    def out_of_memory_above_20(b):
+        if b > 20:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return b
+
+    assert largest_batch(out_of_memory_above_20, budget=10**9, limit=1_000)[0] <= 20
+    assert largest_batch(lambda b: b, budget=10**9, limit=6)[0] == 6
+    assert largest_batch(lambda b: 2_000, budget=1_000, limit=8)[0] == 0
