@@ -57,6 +57,9 @@ def test_quick_mode_runs_every_fusion_and_writes_table_json_and_plots(quick):
     for fusion in FUSIONS:
         assert f"| {fusion} |" in table
     assert "one seed: cannot tell" in table  # --quick has one seed: no difference may be called real
+    # every fusion's readout and the budget setting are named (this recipe keeps flat on the last layer, unmatched)
+    assert "| fusion | encoder layers read (0-based) |" in table and "(vision_feature_layer -1) |" in table
+    assert "| qformer | the last hidden state" in table and "Budgets not matched (`match_params: false`)" in table
     for name in ("accuracy_vs_steps", "accuracy_per_level"):
         assert (out / "plots" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     steps = [point["step"] for point in saved["runs"][0]["curve"]]
@@ -103,6 +106,22 @@ def test_reported_parameter_counts_are_the_weights_that_train(quick):
     # stage2.train_vision: the encoder trains with the fusion in stage 2, the LLM still does not.
     counts = hive.set_stage(2, train_vision=True)
     assert counts["vision"]["trainable"] > 0 and counts["llm"]["trainable"] == 0
+
+
+def test_pretrain_llm_trains_all_of_the_llm_but_its_embeddings_and_head_in_stages_2_and_3(quick):
+    # study.pretrain_llm, the authors' setting: the LLM trains with the fusion from stage 2 on, for every fusion alike.
+    out, settings, _ = quick
+    vision, text, meta = backbones(out)
+    for name in FUSIONS:
+        fusion = build_fusion(name, vision, text, meta["image_token_id"], dataclasses.replace(settings.fusion, shared_softmax_norm="queries_and_keys"))
+        edges = {id(p) for module in (fusion.model.get_input_embeddings(), fusion.model.get_output_embeddings()) for p in module.parameters()}
+        body = [p for p in fusion.components["llm"] if id(p) not in edges]
+        for stage in (2, 3):
+            counts = fusion.set_stage(stage, pretrain_llm=True)
+            assert body and all(p.requires_grad for p in body), (name, stage)
+            assert not any(p.requires_grad for p in fusion.components["llm"] if id(p) in edges), (name, stage)
+            assert counts["llm"]["trainable"] == sum(p.numel() for p in body) and counts["fusion"]["trainable"] > 0
+        assert fusion.set_stage(2)["llm"]["trainable"] == 0  # without it, the LLM is frozen in stage 2 again
 
 
 def test_stage3_lora_adapts_the_same_llm_projections_in_every_fusion(quick):
@@ -219,6 +238,13 @@ def test_recipe_errors_name_the_key():
     assert load_study(DEFAULT_RECIPE, overrides=["stage3.vision_learning_rate=0.0"])[1].stage3["vision_learning_rate"] == 0.0
     with pytest.raises(ValueError, match="unknown fusion 'perceiver'"):
         build_fusion("perceiver", "v", "t", 5)
+    with pytest.raises(ValueError, match="pretrain_llm already trains the LLM in stage 3"):
+        study_from_values({**values, "study": {"train_llm": True, "pretrain_llm": True}})
+    with pytest.raises(ValueError, match=r"study.pretrain_llm trains the whole LLM; drop stage3.lora_r"):
+        study_from_values({**values, "stage3": {**values["stage3"], "lora_r": 4}, "study": {"pretrain_llm": True}})
+    with pytest.raises(ValueError, match=r"study.fusion.shared_softmax_norm must be one of \('image_keys', 'queries_and_keys'\)"):
+        study_from_values({**values, "study": {"fusion": {"shared_softmax_norm": "all"}}})
+    assert study_from_values({**values, "study": {}})[1].match_params  # matched budgets unless a recipe says otherwise
 
 
 def test_shipped_ablation_recipes_parse():

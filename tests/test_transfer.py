@@ -41,6 +41,11 @@ def test_quick_transfer_writes_every_output(quick):
             assert metric in row, (variant, metric)
     table = (out / "transfer.md").read_text()
     assert "| variant | accuracy | low |" in table and "Pre-training cost" in table and "one seed: cannot tell" in table
+    # flat pre-trains on the layer transfer reads (the authors' SA); every variant's readout and the budgets are named
+    assert "| flat | layer 2 of 4 (vision_feature_layer -2) | layer 2 of 4 (vision_feature_layer -2) |" in table
+    assert "| hive-paired | layers 1, 3 of 4 | layer 2 of 4 (vision_feature_layer -2) |" in table
+    assert "| mim-only | – (no fusion) |" in table and "Budgets matched to hive-paired's stage-2 budget" in table
+    assert "LoRA r=4 on the LLM in stage 3" in table  # tiny-shapes' own stage 3
     assert saved["pretraining_cost"]["hive-paired"]["stage2"] > 0 and saved["pretraining_cost"]["none"]["stage2"] == "–"
     for name in ("accuracy_vs_steps", "accuracy_per_level"):
         assert (out / "plots" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -91,6 +96,11 @@ def test_transfer_settings_name_bad_keys():
     recipe, study, transfer = load_transfer(TINY, overrides=["transfer.stage2.max_steps=7"])
     assert transfer.default_transfer is False and transfer.variants == list(VARIANTS) and transfer.stage2["steps"] == 7
     assert transfer.stage3["steps"] == recipe.stage3["max_steps"] and transfer.vision_feature_layer == -2
+    assert study.fusion.flat_vision_feature_layer == -2 and study.match_params  # the paper's SA, at matched budgets
+    _, study, _ = load_transfer(TINY, overrides=["transfer.vision_feature_layer=-1"])
+    assert study.fusion.flat_vision_feature_layer == -1  # flat pre-trains on whatever layer transfer reads
+    with pytest.raises(ValueError, match=r"flat_vision_feature_layer \(-1\) and transfer.vision_feature_layer \(-2\) differ"):
+        load_transfer(TINY, overrides=["study.fusion.flat_vision_feature_layer=-1"])
 
 
 def test_hive_transfer_command_with_no_pretraining_fusion(tmp_path, monkeypatch):

@@ -35,6 +35,7 @@ from transformers import (
 
 from modeling_hive import HiveForConditionalGeneration
 from modeling_hive.backbones_hive import as_tokens, eval_mode, probe_image_shape
+from modeling_hive.configuration_hive import vision_num_levels
 
 
 FUSIONS = ("hive-paired", "hive-all-levels", "single-level", "shared-softmax", "flat", "qformer")
@@ -52,12 +53,14 @@ class HiveFusionSettings:
         single_level_text_layers: LLM layers of single-level's blocks, all reading the last vision layer; the text
             layers of `cross_attention_layers` when unset (as many connections as HIVE).
         cross_attention_intermediate_size: width of the MLP in each HIVE block (`HiveConfig`'s default when unset).
-        flat_vision_feature_layer: the encoder layer LLaVA projects (-1: the last, HIVE's deepest level).
+        flat_vision_feature_layer: the encoder layer LLaVA projects, as LLaVA's `vision_feature_layer` (-2: the
+            penultimate, what the authors' SA baseline reads in every stage and what `hive transfer` reads).
         flat_projector_hidden_size: width of LLaVA's projector MLP (the LLM width when unset, LLaVA's own design).
         qformer_num_query_tokens, qformer_num_hidden_layers, qformer_intermediate_size: the Q-Former's shape; its
             width is the LLM's and its heads the LLM's attention heads.
         gate_init: the starting value of the HIVE fusions' tanh gates (`HiveConfig.gate_init`; 0.0, Flamingo's
             choice, makes every block start as the identity).
+        shared_softmax_norm: shared-softmax's `HiveConfig.shared_softmax_norm` (`"queries_and_keys"`: the authors').
         intermediate_sizes: per fusion, a width override (`--match-params` fills it): the cross-attention MLP for
             the HIVE fusions, the projector for flat, the Q-Former MLP for qformer.
     """
@@ -65,12 +68,13 @@ class HiveFusionSettings:
     cross_attention_layers: list = field(default_factory=lambda: [[1, 1], [2, 2], [3, 3]])
     single_level_text_layers: list | None = None
     cross_attention_intermediate_size: int | None = None
-    flat_vision_feature_layer: int = -1
+    flat_vision_feature_layer: int = -2
     flat_projector_hidden_size: int | None = None
     qformer_num_query_tokens: int = 8
     qformer_num_hidden_layers: int = 2
     qformer_intermediate_size: int | None = None
     gate_init: float = 0.0
+    shared_softmax_norm: str = "image_keys"
     intermediate_sizes: dict = field(default_factory=dict)
 
 
@@ -86,10 +90,12 @@ class HiveAblationFusion:
         llm (`nn.Module`): the LLM's decoder, where `add_lora` puts its adapters.
         image_token_id (`int`), num_image_tokens (`int`): placeholder tokens inserted after the first token of every
             sequence (0 for HIVE, which reads the image through cross-attention).
+        readout (`str`): which encoder layers the fusion reads, in words (the study reports it).
     """
 
-    def __init__(self, name, model, components, encoder, llm, image_token_id: int, num_image_tokens: int):
+    def __init__(self, name, model, components, encoder, llm, image_token_id: int, num_image_tokens: int, readout: str):
         self.name = name
+        self.readout = readout
         self.model = model
         self.components = components
         self.encoder = encoder
@@ -125,15 +131,20 @@ class HiveAblationFusion:
         # The wrapped projections keep their weight tensors (now under `base_layer`): the `llm` list stays right.
         self.components["lora"] = [p for name, p in self.llm.named_parameters() if "lora_" in name]
 
-    def set_stage(self, stage: int, train_vision: bool | None = None, train_llm: bool = False) -> dict:
+    def set_stage(self, stage: int, train_vision: bool | None = None, train_llm: bool = False, pretrain_llm: bool = False) -> dict:
         """Freezes everything but what `stage` trains: the fusion, the encoder with `train_vision` (default: in stage
-        3 only) and, in stage 3, the LLM's LoRA adapters when there are any, or the whole LLM with `train_llm`.
-        Parameters the loss never reaches (found by one probe backward) stay frozen. Returns the counts."""
+        3 only) and, in stage 3, the LLM's LoRA adapters when there are any, or the whole LLM with `train_llm`. With
+        `pretrain_llm` the LLM trains in every stage as the authors' stages 2 and 3 train it: all of it but its input
+        embeddings and output head. Parameters the loss never reaches (found by one probe backward) stay frozen.
+        Returns the counts."""
         train_vision = stage == 3 if train_vision is None else train_vision
-        wanted = {"vision": train_vision, "fusion": True, "llm": stage == 3 and train_llm, "lora": stage == 3}
+        wanted = {"vision": train_vision, "fusion": True, "llm": (stage == 3 and train_llm) or pretrain_llm, "lora": stage == 3}
         for name, params in self.components.items():
             for parameter in params:
                 parameter.requires_grad_(wanted[name])
+        if pretrain_llm:
+            for module in (self.model.get_input_embeddings(), self.model.get_output_embeddings()):
+                module.requires_grad_(False)
         self.freeze_unreached()
         return self.parameter_counts()
 
@@ -204,14 +215,16 @@ def _hive(name, vision_dir, text_dir, settings: HiveFusionSettings, image_token_
         pairs = [[last, text] for text in text_layers]
     kwargs = {"cross_attention_layers": pairs, "hierarchy_mode": mode, "gate_init": settings.gate_init}
     if name == "shared-softmax":  # no gate, no MLP: its budget is the projectors and the image k/v projections
-        kwargs["cross_attention_mode"] = "shared_softmax"
+        kwargs.update(cross_attention_mode="shared_softmax", shared_softmax_norm=settings.shared_softmax_norm)
     width = settings.intermediate_sizes.get(name) or settings.cross_attention_intermediate_size
     if width and name != "shared-softmax":
         kwargs["cross_attention_intermediate_size"] = int(width)
     model = HiveForConditionalGeneration.from_backbones(str(vision_dir), str(text_dir), **kwargs)
     parts = model.component_parameters()
     components = {"vision": parts["vision"], "fusion": parts["projector"] + parts["cross_attention"], "llm": parts["llm"]}
-    return HiveAblationFusion(name, model, components, model.model.vision_model, model.model.language_model, image_token_id, 0)
+    depth = vision_num_levels(model.config.vision_config)
+    readout = f"layers {', '.join(map(str, model.config.vision_layers))} of {depth}" + (", every block" if name == "single-level" else "")
+    return HiveAblationFusion(name, model, components, model.model.vision_model, model.model.language_model, image_token_id, 0, readout)
 
 
 def _flat(vision_dir, text_dir, settings: HiveFusionSettings, image_token_id) -> HiveAblationFusion:
@@ -235,8 +248,10 @@ def _flat(vision_dir, text_dir, settings: HiveFusionSettings, image_token_id) ->
     components = {"vision": list(model.model.vision_tower.parameters()),
                   "fusion": list(projector.parameters()),
                   "llm": list(model.model.language_model.parameters()) + list(model.lm_head.parameters())}  # fmt: skip
+    layer, depth = settings.flat_vision_feature_layer, vision_num_levels(vision.config)
+    readout = f"layer {depth + layer if layer < 0 else layer - 1} of {depth} (vision_feature_layer {layer})"
     return HiveAblationFusion("flat", model, components, model.model.vision_tower, model.model.language_model, image_token_id,
-                              num_tokens)
+                              num_tokens, readout)
 
 
 def _qformer(vision_dir, text_dir, settings: HiveFusionSettings, image_token_id) -> HiveAblationFusion:
@@ -259,8 +274,10 @@ def _qformer(vision_dir, text_dir, settings: HiveFusionSettings, image_token_id)
     components = {"vision": list(vision.parameters()),
                   "fusion": [model.query_tokens, *model.qformer.parameters(), *model.language_projection.parameters()],
                   "llm": list(model.language_model.parameters())}  # fmt: skip
+    depth = vision_num_levels(vision.config)
+    readout = f"the last hidden state (layer {depth - 1} of {depth}, after the encoder's final norm)"
     return HiveAblationFusion("qformer", model, components, vision, model.language_model.get_decoder(), image_token_id,
-                              settings.qformer_num_query_tokens)
+                              settings.qformer_num_query_tokens, readout)
 
 
 def build_fusion(name: str, vision_dir, text_dir, image_token_id: int, settings: HiveFusionSettings | None = None,

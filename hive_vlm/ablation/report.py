@@ -101,24 +101,44 @@ def _table(table: dict, fusions: list, columns: list[tuple[str, str]], digits: i
     return lines
 
 
+def llm_setting(study) -> str:
+    """How a study trains the LLM, in words."""
+    if study.stage3.get("lora_r"):
+        return f"LoRA r={study.stage3['lora_r']} on the LLM in stage 3"
+    if getattr(study, "pretrain_llm", False):
+        return "LLM trained in stages 2 and 3, all but its embeddings and head (`pretrain_llm`, the authors' setting)"
+    return "LLM frozen in stage 2, trained in stage 3 (`train_llm`)" if study.train_llm else "LLM frozen throughout"
+
+
+def budget_setting(study, matched: dict | None) -> str:
+    """Whether a study's stage-2 budgets were matched, in words."""
+    if not matched:
+        return "Budgets not matched (`match_params: false`): each fusion's stage-2 budget is its own (see Cost)."
+    kept = [f"{name} ({row['budget']:,})" for name, row in matched.items() if not row["width"] and row["budget"] != row["reference"]]
+    return ("Budgets matched to hive-paired's stage-2 budget (`match_params`, the default): " +
+            ", ".join(f"{name} width {row['width']} → {row['budget']:,}" for name, row in matched.items() if row["width"]) +
+            (f"; without a width to change, kept at their own: {', '.join(kept)}" if kept else "") + ".")  # fmt: skip
+
+
 def markdown(study, meta: dict, table: dict, verdicts: list[dict], matched: dict | None, plots: dict, title: str = "Ablation",
-             compared: str = "Fusions") -> str:
-    row_label = compared.lower().rstrip("s").split()[-1]  # "Fusions" -> fusion, "Pre-training variants" -> variant
+             compared: str = "Fusions", readouts: dict | None = None) -> str:
     """The report's tables as markdown (what docs/ablation.md quotes): one per evaluation, with its per-level or
-    per-group columns when the benchmark reports them."""
+    per-group columns when the benchmark reports them; `readouts` (name -> the encoder layers it reads) first."""
+    row_label = compared.lower().rstrip("s").split()[-1]  # "Fusions" -> fusion, "Pre-training variants" -> variant
     fusions = [fusion for fusion in study.fusions if fusion in table]
     stage2, stage3 = study.stage2, study.stage3
-    llm = (f"LoRA r={stage3['lora_r']} on the LLM in stage 3" if stage3.get("lora_r") else
-           "LLM trained in stage 3" if study.train_llm else "LLM frozen throughout")  # fmt: skip
+    llm = llm_setting(study)
     lines = [f"# {title}: {study.name}", ""]
     if study.default_study:
         lines += ["The recipe has no `study` section: the default fusions and seeds ran.", ""]
     lines += [f"{compared}: {', '.join(fusions)}. Seeds: {study.seeds} (mean ± sample std over seeds). Stage 2: {stage2['steps']} steps "
               f"× {stage2['batch_size']}; stage 3: {stage3['steps']} steps × {stage3['batch_size']} "
               f"(encoder {'trained' if stage3['train_vision'] else 'frozen'}); {llm}.", ""]  # fmt: skip
-    if matched:
-        lines += ["Budgets matched to hive-paired's stage-2 budget (`--match-params`): " +
-                  ", ".join(f"{name} width {row['width']} → {row['budget']:,}" for name, row in matched.items() if row["width"]), ""]  # fmt: skip
+    if matched is not None or not study.match_params:
+        lines += [budget_setting(study, matched), ""]
+    if readouts:
+        lines += [f"| {row_label} | encoder layers read (0-based) |", "|---|---|"]
+        lines += [f"| {name} | {readouts[name]} |" for name in fusions if readouts.get(name)] + [""]
     for entry in meta["evaluations"]:
         label = entry["label"]
         keys = [m.split("/", 1)[1] for m in table.get(fusions[0], {}) if m.split("/")[0] == label] if fusions else []
@@ -213,7 +233,7 @@ def _save(figure, path: Path, out: Path) -> str:
 
 
 def write_report(out, study, meta: dict, runs: list[dict], matched: dict | None = None, stem: str = "ablation",
-                 title: str = "Ablation", compared: str = "Fusions") -> dict:
+                 title: str = "Ablation", compared: str = "Fusions", show_readouts: bool = True) -> dict:
     """Writes `<stem>.json`, `<stem>.md` and `plots/` into `out`; returns the JSON content.
 
     Args:
@@ -222,6 +242,7 @@ def write_report(out, study, meta: dict, runs: list[dict], matched: dict | None 
         meta (`dict`): the shared preparation's meta (`prepare_shared`).
         runs (`list[dict]`): every run's result (`run_fusion`).
         matched (`dict`, *optional*): `match_budgets`'s widths and budgets.
+        show_readouts (`bool`): list the encoder layers each run's model reads (its `readout`) in the markdown.
     """
     from dataclasses import asdict
 
@@ -242,9 +263,10 @@ def write_report(out, study, meta: dict, runs: list[dict], matched: dict | None 
         "runs": [{**entry, "curve": run["curve"], "parameters": run["parameters"], "batch_hashes":
                   {stage: run["stages"][stage]["batch_hashes"] for stage in run["stages"]},
                   "losses": {stage: run["stages"][stage]["losses"] for stage in run["stages"]}, "memory": run["memory"],
-                  "timing": run["timing"]} for entry, run in zip(flat, runs)],
+                  "timing": run["timing"], "readout": run.get("readout")} for entry, run in zip(flat, runs)],
         "plots": plots,
     }  # fmt: skip
     write_json_atomic(out / f"{stem}.json", report)
-    write_atomically(out / f"{stem}.md", markdown(study, meta, table, verdicts, matched, plots, title, compared))
+    readouts = {run["fusion"]: run.get("readout") for run in runs} if show_readouts else None
+    write_atomically(out / f"{stem}.md", markdown(study, meta, table, verdicts, matched, plots, title, compared, readouts))
     return report

@@ -3,7 +3,8 @@
 Every fusion sees the same batches in the same order (the seed fixes the order; each batch's SHA-256 over its pixels,
 token ids and labels is recorded per step), trains the same numbers of steps with the same optimiser, and is
 evaluated by the same adapters and scorers. The LLM stays frozen unless stage 3 sets `lora_r` (LoRA adapters) or the
-study sets `train_llm` (the whole LLM, in stage 3).
+study sets `train_llm` (the whole LLM, in stage 3) or `pretrain_llm` (all of it but its embeddings and head, in stages
+2 and 3, as the authors' code trains it).
 
     stage 2  the fusion weights train on the recipe's stage-2 captions (`HiveCaptionCollator`); the encoder too with
              `stage2.train_vision` (frozen by default, as in the paper)
@@ -285,11 +286,13 @@ def run_fusion(spec: dict) -> dict:
         if stage3.get("lora_r"):
             torch.manual_seed(seed * 1000 + 4)
             fusion.add_lora(stage3["lora_r"], stage3["lora_alpha"], stage3["lora_dropout"])
-        return fusion.set_stage(3, train_vision=stage3["train_vision"], train_llm=study["train_llm"])
+        return fusion.set_stage(3, train_vision=stage3["train_vision"], train_llm=study["train_llm"], pretrain_llm=study["pretrain_llm"])
 
-    result = {"fusion": name, "seed": seed, "study": study, "num_image_tokens": fusion.num_image_tokens}
-    result.update(train_and_evaluate(fusion, shared, out, study["stage2"], stage3, study["eval"], seed, clock,
-                                     lambda: fusion.set_stage(2, train_vision=study["stage2"]["train_vision"]), set_stage3))  # fmt: skip
+    def set_stage2() -> dict:
+        return fusion.set_stage(2, train_vision=study["stage2"]["train_vision"], pretrain_llm=study["pretrain_llm"])
+
+    result = {"fusion": name, "seed": seed, "study": study, "num_image_tokens": fusion.num_image_tokens, "readout": fusion.readout}
+    result.update(train_and_evaluate(fusion, shared, out, study["stage2"], stage3, study["eval"], seed, clock, set_stage2, set_stage3))
     result["memory"]["isolated"] = bool(spec.get("isolated"))
     with atomic_folder(out / "encoder") as folder:  # the encoder as this fusion left it: what `hive transfer` reuses
         fusion.encoder.save_pretrained(folder)

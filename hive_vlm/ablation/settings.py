@@ -4,8 +4,9 @@ recipe's optional `study` section (the fusions, seeds and study-only settings).
     study:
       fusions: [hive-paired, hive-all-levels, single-level, shared-softmax, flat, qformer]
       seeds: [0, 1, 2]            # fusion initialisation and batch order; data and backbones are shared by all seeds
-      match_params: false         # true: every fusion's stage-2 budget within 10% of hive-paired's (widths rescaled)
+      match_params: true          # every fusion's stage-2 budget within 10% of hive-paired's (widths rescaled)
       train_llm: false            # true: the whole LLM trains in stage 3 too, at the fusion's learning rate
+      pretrain_llm: false         # true: the LLM (but its embeddings and head) trains in stages 2 and 3, as the authors'
       benchmarks: null            # names of the recipe's `eval` entries to score; null: all of them
       fusion: {...}               # HiveFusionSettings, except what model.hive already sets
       eval: {checkpoints: 4, validation_limit: 64, batch_size: 32, limit: null, probe_epochs: 30, probe_limit: null}
@@ -27,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hive_vlm.training.recipe import HiveRecipe, apply_overrides, check_scalar, parse_recipe, read_recipe_file
+
+from modeling_hive.configuration_hive import SHARED_SOFTMAX_NORMS
 
 from .fusions import FUSIONS, HiveFusionSettings
 
@@ -55,7 +58,8 @@ class HiveStudySettings:
         name (`str`): the recipe's name.
         fusions (`list[str]`): fusions to compare, from `FUSIONS`.
         seeds (`list[int]`): seeds (fusion initialisation and batch order).
-        match_params (`bool`): widen or narrow each fusion until its stage-2 budget is within 10% of hive-paired's.
+        match_params (`bool`): widen or narrow each fusion until its stage-2 budget is within 10% of hive-paired's
+            (the default; shared-softmax, which has no width, keeps its own budget and the report says so).
         benchmarks (`list[str]`, *optional*): the recipe's evaluation entries to score (all when unset).
         fusion (`HiveFusionSettings`): the fusions' shapes.
         stage2, stage3 (`dict`): `steps`, `batch_size`, `learning_rate`, `vision_learning_rate`, `weight_decay`,
@@ -63,19 +67,23 @@ class HiveStudySettings:
         eval (`dict`): `EVAL_DEFAULTS`' keys.
         train_llm (`bool`): the whole LLM trains in stage 3 as well, at the fusion's learning rate (a study-only
             setting; `stage3.lora_r` gives every fusion's LLM LoRA adapters instead).
+        pretrain_llm (`bool`): the LLM trains in stages 2 and 3, all of it but its input embeddings and output head,
+            at the fusion's learning rate: the authors' setting (their stages 2 and 3 train `mm_language_model`, for
+            HIVE and for SA alike). False: the LLM stays frozen in stage 2.
         default_study (`bool`): the recipe had no `study` section, so the default fusions and seeds run.
     """
 
     name: str
     fusions: list = field(default_factory=lambda: list(FUSIONS))
     seeds: list = field(default_factory=lambda: list(DEFAULT_SEEDS))
-    match_params: bool = False
+    match_params: bool = True
     benchmarks: list | None = None
     fusion: HiveFusionSettings = field(default_factory=HiveFusionSettings)
     stage2: dict = field(default_factory=dict)
     stage3: dict = field(default_factory=dict)
     eval: dict = field(default_factory=lambda: dict(EVAL_DEFAULTS))
     train_llm: bool = False
+    pretrain_llm: bool = False
     default_study: bool = False
 
 
@@ -156,7 +164,7 @@ def parse_study(recipe: HiveRecipe, where: str = "recipe") -> HiveStudySettings:
     values = values or {}
     if not isinstance(values, dict):
         raise ValueError(f"{where}.study: expected a mapping, got {type(values).__name__}.")
-    allowed = {"fusions", "seeds", "match_params", "train_llm", "benchmarks", "fusion", "eval"}
+    allowed = {"fusions", "seeds", "match_params", "train_llm", "pretrain_llm", "benchmarks", "fusion", "eval"}
     unknown = sorted(set(values) - allowed)
     if unknown:
         raise ValueError(f"{where}.study: unknown key(s) {unknown}; allowed: {sorted(allowed)}.")
@@ -184,12 +192,20 @@ def parse_study(recipe: HiveRecipe, where: str = "recipe") -> HiveStudySettings:
         hint = " (the HIVE fusions take them from model.hive)" if set(extra) & set(FROM_MODEL_HIVE) else ""
         raise ValueError(f"{where}.study.fusion: unknown key(s) {extra}{hint}; allowed: {sorted(known)}.")
     from_hive = {key: recipe.model.hive[key] for key in FROM_MODEL_HIVE if key in recipe.model.hive}
-    match_params = values.get("match_params", False)
+    if fusion_values.get("shared_softmax_norm", "image_keys") not in SHARED_SOFTMAX_NORMS:
+        raise ValueError(f"{where}.study.fusion.shared_softmax_norm must be one of {SHARED_SOFTMAX_NORMS}, got "
+                         f"{fusion_values['shared_softmax_norm']!r}.")  # fmt: skip
+    match_params = values.get("match_params", True)
     check_scalar(f"{where}.study.match_params", match_params, bool)
-    train_llm = values.get("train_llm", False)
+    train_llm, pretrain_llm = values.get("train_llm", False), values.get("pretrain_llm", False)
     check_scalar(f"{where}.study.train_llm", train_llm, bool)
-    if train_llm and recipe.stage3.get("lora_r"):
-        raise ValueError(f"{where}.study.train_llm trains the whole LLM; drop stage3.lora_r (LoRA adapters) or train_llm.")
+    check_scalar(f"{where}.study.pretrain_llm", pretrain_llm, bool)
+    for key, value in (("train_llm", train_llm), ("pretrain_llm", pretrain_llm)):
+        if value and recipe.stage3.get("lora_r"):
+            raise ValueError(f"{where}.study.{key} trains the whole LLM; drop stage3.lora_r (LoRA adapters) or {key}.")
+    if train_llm and pretrain_llm:
+        raise ValueError(f"{where}.study: pretrain_llm already trains the LLM in stage 3; drop train_llm (the whole LLM, stage 3 "
+                         "only) or pretrain_llm (all but its embeddings and head, stages 2 and 3).")  # fmt: skip
     benchmarks = values.get("benchmarks")
     if benchmarks is not None and (not isinstance(benchmarks, list) or not all(isinstance(b, str) for b in benchmarks)):
         raise ValueError(f"{where}.study.benchmarks: give a list of the recipe's eval entry names, got {benchmarks!r}.")
@@ -203,7 +219,7 @@ def parse_study(recipe: HiveRecipe, where: str = "recipe") -> HiveStudySettings:
     return HiveStudySettings(name=recipe.name, fusions=fusions, seeds=seeds, match_params=bool(match_params), benchmarks=benchmarks,
                              fusion=HiveFusionSettings(**from_hive, **fusion_values), stage2=stage_loop_settings(recipe, 2),
                              stage3=stage_loop_settings(recipe, 3), eval=evaluation, train_llm=bool(train_llm),
-                             default_study=default_study)  # fmt: skip
+                             pretrain_llm=bool(pretrain_llm), default_study=default_study)  # fmt: skip
 
 
 def load_study(path=None, quick: bool = False, overrides: list[str] | None = None) -> tuple[HiveRecipe, HiveStudySettings]:

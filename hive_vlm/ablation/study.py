@@ -22,6 +22,7 @@ Example:
     $ hive ablate --recipe recipes/tiny-shapes.yaml --quick --out /tmp/ablation-quick
     $ hive ablate --recipe my-llava-data.yaml --fusions hive-paired flat --seeds 2 --out my-study
     $ hive ablate --recipe recipes/ablation-shapes.yaml --match-params stage3.max_steps=400 --out ablation-matched
+    $ hive ablate --recipe recipes/ablation-shapes-learning.yaml --set study.pretrain_llm=true --out ablation-llm-trained
 """
 
 import argparse
@@ -146,14 +147,16 @@ def study_overrides(args, section: str, key: str, chosen: list | None) -> list[s
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     study_arguments(parser, __doc__, "ablation")
     parser.add_argument("--fusions", nargs="+", choices=FUSIONS, help="Fusions to compare (default: the recipe's, all six).")
-    parser.add_argument("--match-params", action="store_true", help="Match every fusion's trainable budget to hive-paired's within 10%%.")
+    parser.add_argument("--match-params", action=argparse.BooleanOptionalAction, default=None,
+                        help="Match every fusion's stage-2 budget to hive-paired's within 10%% (the default: study.match_params); "
+                             "--no-match-params gives each fusion its own.")  # fmt: skip
 
 
 def run(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     overrides = study_overrides(args, "study", "fusions", args.fusions)
-    if args.match_params:
-        overrides.append("study.match_params=true")
+    if args.match_params is not None:
+        overrides.append(f"study.match_params={str(args.match_params).lower()}")
     recipe, study = load_study(args.recipe, quick=args.quick, overrides=overrides)
     run_ablation(recipe, study, args.out, isolate=not args.no_isolate, threads=args.threads)
     return 0

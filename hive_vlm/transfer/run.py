@@ -41,7 +41,8 @@ def transfer_encoder(spec: dict) -> dict:
                          HiveFusionSettings(flat_vision_feature_layer=transfer["vision_feature_layer"]), seed=seed,
                          vocab_size=meta["vocab_size"])  # fmt: skip
     result = {"variant": spec["variant"], "fusion": spec["variant"], "seed": seed, "encoder": spec["encoder"],
-              "encoder_digest": spec["encoder_digest"], "llm": spec["llm"], "transfer": transfer, "eval": eval_settings}
+              "encoder_digest": spec["encoder_digest"], "llm": spec["llm"], "transfer": transfer, "eval": eval_settings,
+              "readout": llava.readout}
     if meta["shapes"]:  # the encoder as pre-training left it (transfer keeps it frozen unless train_vision)
         result["linear_probe_before"] = probe_encoder(llava.encoder, processor.image_processor, shared / "data" / "shapes",
                                                       eval_settings["probe_epochs"], eval_settings.get("probe_limit"))  # fmt: skip

@@ -100,6 +100,18 @@ def parse_transfer(recipe: HiveRecipe, study: HiveStudySettings, where: str = "r
     return HiveTransferSettings(variants=variants, seeds=seeds, default_transfer=default_transfer, **kept, **stages)
 
 
+def flat_readout(recipe: HiveRecipe, transfer: HiveTransferSettings, where: str = "recipe") -> int:
+    """The encoder layer `flat` pre-trains on: the one transfer reads (`transfer.vision_feature_layer`), as the
+    authors' SA baseline reads layer -2 in every stage; otherwise flat's directly trained readout would be thrown away
+    at transfer. A recipe that sets `study.fusion.flat_vision_feature_layer` to another layer is refused."""
+    given = ((recipe.study or {}).get("fusion") or {}).get("flat_vision_feature_layer")
+    if given is not None and given != transfer.vision_feature_layer:
+        raise ValueError(f"{where}: study.fusion.flat_vision_feature_layer ({given}) and transfer.vision_feature_layer "
+                         f"({transfer.vision_feature_layer}) differ; flat must pre-train on the layer transfer reads. Set "
+                         "one of them, or both to the same layer.")  # fmt: skip
+    return transfer.vision_feature_layer
+
+
 def load_transfer(path=None, quick: bool = False, overrides: list[str] | None = None):
     """Reads a `hive train` recipe, applies `--quick` and `key=value` overrides; returns `(recipe, study, transfer)`."""
     path = Path(path or DEFAULT_RECIPE)
@@ -108,6 +120,7 @@ def load_transfer(path=None, quick: bool = False, overrides: list[str] | None = 
         values = {**values, "transfer": {**values["transfer"], "seeds": [0]}}
     recipe, study = study_from_values(values, quick, overrides, where=path.name)
     transfer = parse_transfer(recipe, study, where=path.name)
+    study.fusion.flat_vision_feature_layer = flat_readout(recipe, transfer, where=path.name)
     if quick:
         transfer.stage2.update(steps=3, batch_size=4)
         transfer.stage3.update(steps=4, batch_size=4)

@@ -164,13 +164,15 @@ def run_transfer(recipe, study: HiveStudySettings, transfer: HiveTransferSetting
                                  stage3={**transfer.stage3, "train_vision": transfer.train_vision}, eval=study.eval,
                                  fusion=HiveFusionSettings(flat_vision_feature_layer=transfer.vision_feature_layer),
                                  train_llm=transfer.train_llm)  # fmt: skip
-    report = write_report(out, compared, meta, runs, stem="transfer", title="Transfer into LLaVA", compared="Pre-training variants")
+    report = write_report(out, compared, meta, runs, stem="transfer", title="Transfer into LLaVA", compared="Pre-training variants",
+                          show_readouts=False)  # both readouts are listed with the pre-training settings below
     cost = pretraining_cost(pretrained, transfer.variants)
     report["pretraining_cost"] = cost
     write_json_atomic(out / "transfer.json", report)
     lines = ["", "## Pre-training cost (seconds per step through the proxy LLM, median; mean over seeds)", "",
              "| variant | stage 2 | stage 3 |", "|---|---|---|"]  # fmt: skip
     lines += [f"| {variant} | {row['stage2']} | {row['stage3']} |" for variant, row in cost.items()]
+    lines += pretraining_settings(pretraining, pretrained, runs)
     write_atomically(out / "transfer.md", (out / "transfer.md").read_text() + "\n".join(lines) + "\n")
     print(f"[transfer] report: {out / 'transfer.md'} ({time.perf_counter() - started:.0f}s)", flush=True)
     return report
@@ -180,6 +182,21 @@ def _transfer_identity(run: dict) -> dict:
     """What one transfer run depends on: its encoder's weights, the LLM, the transfer and evaluation settings."""
     settings = {k: v for k, v in run["transfer"].items() if k not in ("variants", "seeds", "default_transfer")}
     return {"encoder": run.get("encoder_digest"), "llm": run["llm"], "transfer": settings, "eval": run.get("eval")}
+
+
+def pretraining_settings(pretraining: HiveStudySettings, pretrained: dict, runs: list[dict]) -> list[str]:
+    """transfer.md's account of how the encoders were pre-trained: the budgets, the LLM, shared-softmax's norm, and
+    which encoder layers each variant's fusion read in pre-training and its LLaVA reads in transfer."""
+    from hive_vlm.ablation.report import budget_setting, llm_setting
+
+    before = {run["fusion"]: run.get("readout") for run in pretrained.get("runs", [])}
+    after = {run["variant"]: run.get("readout") for run in runs}
+    lines = ["", "## Pre-training settings and the encoder layers each variant reads", "",
+             f"{budget_setting(pretraining, pretrained.get('matched_budgets')) if pretrained.get('runs') else 'No fusion pre-trained.'} "
+             f"{llm_setting(pretraining)}; shared-softmax norm `{pretraining.fusion.shared_softmax_norm}`.", "",
+             "| variant | read in pre-training (0-based) | read in transfer |", "|---|---|---|"]  # fmt: skip
+    lines += [f"| {variant} | {before.get(variant) or '– (no fusion)'} | {after.get(variant) or '–'} |" for variant in after]
+    return lines
 
 
 def pretraining_cost(pretrained: dict, variants) -> dict:
