@@ -197,18 +197,19 @@ def run_benchmark(size: str | HiveBenchSize = "small", device: str | None = None
                     for images, key in ((1, "576"), (long_batch_images, "2880"))
                 }
                 log("compiled decode measured")
-            if sweep:
+            if sweep:  # HIVE's gated blocks against LLaVA (the shared-softmax column stays at batch 1)
+                swept = {name: models[name] for name in ("hive", "llava")}
                 budget = sweep_budget(device, None if memory_budget_gib is None else int(memory_budget_gib * 2**30))
                 limit = sweep_batch_limit(size, device)
-                largest = largest_decode_batches(models, prefills[1], size.decode_tokens, device, budget, limit)
-                batches = {str(b): dict.fromkeys(models, b) for b in (1, 8, 32) if b <= limit}
+                largest = largest_decode_batches(swept, prefills[1], size.decode_tokens, device, budget, limit)
+                batches = {str(b): dict.fromkeys(swept, b) for b in (1, 8, 32) if b <= limit}
                 batches["largest"] = {name: found["batch"] for name, found in largest.items()}
                 # A batch measured already (batch 1 compiled above; a largest batch equal to a fixed one) is not run again.
-                measured = {tuple(dict.fromkeys(models, 1).items()): compiled["576"]} if compiled else {}
+                measured = {tuple(dict.fromkeys(swept, 1).items()): subset(compiled["576"], swept)} if compiled else {}
                 sweep_decode = {}
                 for key, sizes in batches.items():
                     if tuple(sizes.items()) not in measured:
-                        measured[tuple(sizes.items())] = measure_static_decode(models, prefills[1], size.decode_tokens, repeats, device, sizes, config)
+                        measured[tuple(sizes.items())] = measure_static_decode(swept, prefills[1], size.decode_tokens, repeats, device, sizes, config)
                     sweep_decode[key] = {**measured[tuple(sizes.items())], "batch_sizes": sizes}
                 log(f"decode batch sweep measured (largest batches {batches['largest']})")
     train = measure_train_step(hive, llava, size, repeats, device, dtype, seed, matmul_tasks, shared)
@@ -219,7 +220,7 @@ def run_benchmark(size: str | HiveBenchSize = "small", device: str | None = None
         for model in models.values():
             model.train()
         make_step = stage2_step_maker(hive, llava, size, device, dtype, seed, shared)
-        train_sweep = measure_train_sweep(models, make_step, repeats, device, budget, limit)
+        train_sweep = measure_train_sweep(swept, make_step, repeats, device, budget, limit)
         for model in models.values():
             model.eval()
         log(f"stage-2 batch sweep measured (largest batches {({name: found['batch'] for name, found in train_sweep['largest'].items()})})")
@@ -334,6 +335,11 @@ def run_benchmark(size: str | HiveBenchSize = "small", device: str | None = None
         },
     }
     return result
+
+
+def subset(measure: dict, models: dict) -> dict:
+    """A `measure_static_decode` result restricted to `models`."""
+    return {part: {name: value for name, value in values.items() if name in models} for part, values in measure.items()}
 
 
 IMAGE_COUNTS = ("576", "2880")  # the issue's names for one image's tokens and five images' worth (at every size)

@@ -61,15 +61,13 @@ def dynamo_counts() -> dict:
     }
 
 
-def measure_static_decode(models: dict, prefills: dict, steps: int, repeats: int, device, batch_sizes: dict, config: CompileConfig | None,
-                          probe_tasks: dict | None = None) -> dict:  # fmt: skip
+def measure_static_decode(models: dict, prefills: dict, steps: int, repeats: int, device, batch_sizes: dict, config: CompileConfig | None) -> dict:
     """Seconds per decode step of each model from a static cache, all in the same interleaved rounds.
 
     Args:
         models: name -> model. prefills: name -> `(cache, first token, ...)` from `prefill_for_decode`.
         batch_sizes: name -> the batch that model decodes (the same for all at a fixed batch; each its own largest).
         config: the `CompileConfig` of `model.get_compiled_call` (what `generate` calls), or None for eager steps.
-        probe_tasks: run in the same rounds under their own names.
 
     Returns `{"times": name -> per-step seconds, "compile_s": name -> seconds of the first (compiling) run,
     "dynamo": name -> what torch's compiler counted during it}`; the first run is not among the times.
@@ -84,7 +82,7 @@ def measure_static_decode(models: dict, prefills: dict, steps: int, repeats: int
         compile_s[name] = decode_run(calls[name], caches[name], tokens[name], steps, device) * steps
         dynamo[name] = dynamo_counts()
     tasks = {name: (lambda name=name: decode_run(calls[name], caches[name], tokens[name], steps, device)) for name in models}
-    times = interleaved({**tasks, **(probe_tasks or {})}, repeats)
+    times = interleaved(tasks, repeats)
     return {"times": times, "compile_s": compile_s, "dynamo": dynamo}
 
 

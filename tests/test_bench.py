@@ -94,7 +94,7 @@ def test_toy_run_writes_every_result_key_as_a_number(tmp_path, one_thread, capsy
     assert sweep["batch_limit"] == 8 and sweep["memory_budget_bytes"] == int(TOY.cpu_memory_budget_gib * 2**30)
     assert set(sweep["decode"]) == {"1", "8", "largest"}
     for key, row in sweep["decode"].items():
-        assert all(1 <= batch <= 8 for batch in row["batch_sizes"].values())
+        assert set(row["batch_sizes"]) == {"hive", "llava"} and all(1 <= batch <= 8 for batch in row["batch_sizes"].values())
         assert all(is_number(tokens) and tokens > 0 for tokens in row["tokens_per_s"].values()), key
         assert all(0 < fraction <= 1 for fraction in row["fraction_of_bandwidth"].values()), key
     assert sweep["decode"]["8"]["step_bytes"]["llava"] > sweep["decode"]["1"]["step_bytes"]["llava"]
