@@ -285,7 +285,7 @@ def test_save_pretrained_writes_safetensors_auto_map_and_code(tmp_path):
     assert config["model_type"] == "hive"
     assert config["auto_map"] == {
         "AutoConfig": "configuration_hive.HiveConfig",
-        "AutoModel": "modeling_hive.HiveModel",
+        "AutoModel": "modeling_hive.HiveForConditionalGeneration",
         "AutoModelForImageTextToText": "modeling_hive.HiveForConditionalGeneration",
         "AutoModelForCausalLM": "modeling_hive.HiveForConditionalGeneration",
     }
@@ -313,7 +313,7 @@ def test_fresh_offline_process_loads_remote_code_and_reproduces_logits(tmp_path,
     """
     result = run_isolated(code, str(tmp_path))
     assert result["module"].startswith("transformers_modules") and result["cls"] == "HiveForConditionalGeneration"
-    assert result["base"] == "HiveModel" and result["causal"] == "HiveForConditionalGeneration"
+    assert result["base"] == "HiveForConditionalGeneration" and result["causal"] == "HiveForConditionalGeneration"
     assert torch.equal(torch.load(tmp_path / "logits.pt", weights_only=True), expected)
 
 
