@@ -245,6 +245,12 @@ def test_recipe_errors_name_the_key():
     with pytest.raises(ValueError, match=r"study.fusion.shared_softmax_norm must be one of \('image_keys', 'queries_and_keys'\)"):
         study_from_values({**values, "study": {"fusion": {"shared_softmax_norm": "all"}}})
     assert study_from_values({**values, "study": {}})[1].match_params  # matched budgets unless a recipe says otherwise
+    # hive train would honour these; the study's loop does not, so a study on them is refused, naming each
+    with pytest.raises(ValueError, match=r"stage2: \['gradient_accumulation_steps', 'lr_scheduler_type', 'max_grad_norm', 'warmup_steps'\]"):
+        study_from_values({**values, "stage2": {**values["stage2"], "warmup_steps": 5, "lr_scheduler_type": "cosine",
+                                                "gradient_accumulation_steps": 2, "max_grad_norm": 0.5}})  # fmt: skip
+    with pytest.raises(ValueError, match=r"stage3: \['lora_target_modules'\] would change how `hive train` trains"):
+        study_from_values({**values, "stage3": {**values["stage3"], "lora_r": 4, "lora_target_modules": ".*q_proj$"}})
 
 
 def test_shipped_ablation_recipes_parse():

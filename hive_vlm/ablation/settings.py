@@ -14,7 +14,9 @@ recipe's optional `study` section (the fusions, seeds and study-only settings).
 The HIVE fusions take `cross_attention_layers`, `cross_attention_intermediate_size` and `gate_init` from `model.hive`.
 Stages 2 and 3 take `max_steps`, `per_device_train_batch_size`, `learning_rate`, `vision_learning_rate`,
 `weight_decay`, `train_vision` and (stage 3) the LoRA settings from the recipe's stage sections; every fusion trains
-through the same loop (`hive_vlm.ablation.run.train_stage`), whatever else the sections set for the Trainer.
+through the same loop (`hive_vlm.ablation.run.train_stage`). A stage key `hive train` would honour and the loop does
+not (`lr_scheduler_type`, `warmup_steps`, `gradient_accumulation_steps`, `max_grad_norm`, `lora_target_modules`, ...)
+is refused by name.
 
 Example:
     >>> from hive_vlm.ablation.settings import load_study
@@ -94,8 +96,26 @@ def _merge(base: dict, update: dict) -> dict:
     return merged
 
 
+# Recipe stage keys a study honours: the loop's (`stage_loop_settings`), the shared data's (caption prompt, lengths), and
+# keys that change nothing a study trains (where `hive train` logs and saves, the device).
+STUDY_STAGE_KEYS = {"max_steps", "per_device_train_batch_size", "learning_rate", "vision_learning_rate", "weight_decay", "train_vision",
+                    "caption_prompt", "max_length"}  # fmt: skip
+STUDY_STAGE3_KEYS = {"lora_r", "lora_alpha", "lora_dropout"}
+INERT_STAGE_KEYS = {"use_cpu", "logging_steps", "logging_strategy", "logging_first_step", "save_steps", "save_strategy", "save_total_limit",
+                    "report_to", "run_name", "disable_tqdm", "dataloader_num_workers", "dataloader_pin_memory"}  # fmt: skip
+
+
 def stage_loop_settings(recipe: HiveRecipe, stage: int) -> dict:
-    """What the study's training loop reads from a recipe stage (its `TrainingArguments`, defaults filled in)."""
+    """What the study's training loop reads from a recipe stage (its `TrainingArguments`, defaults filled in). A key
+    `hive train` would honour and the loop does not (a schedule, warm-up, accumulation, clipping, LoRA targets, ...)
+    is refused by name: a study must not train differently from the recipe it names."""
+    honoured = STUDY_STAGE_KEYS | INERT_STAGE_KEYS | (STUDY_STAGE3_KEYS if stage == 3 else set())
+    ignored = sorted(set(getattr(recipe, f"stage{stage}")) - honoured)
+    if ignored:
+        raise ValueError(f"stage{stage}: {ignored} would change how `hive train` trains, and a study's training loop does not "
+                         "read them (it trains with AdamW, 5% linear warm-up then cosine decay, gradients clipped at 1.0, one "
+                         "batch per optimiser step, LoRA on the LLM's attention and MLP projections); drop them from the "
+                         f"recipe a study reads, or train it with `hive train`.")  # fmt: skip
     args = recipe.stage_arguments(stage, "unused", use_cpu=True)
     values = {"steps": args.max_steps, "batch_size": args.per_device_train_batch_size, "learning_rate": args.learning_rate,
               "vision_learning_rate": args.learning_rate if args.vision_learning_rate is None else args.vision_learning_rate, "weight_decay": args.weight_decay,
