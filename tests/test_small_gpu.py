@@ -7,16 +7,20 @@ bitsandbytes runs on its CPU backend here, whose 4-bit kernels need whole blocks
 import json
 import shutil
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from isolated import run_isolated
 from PIL import Image
+from safetensors.torch import load_file
 from transformers import ViTImageProcessorPil
 
+from hive_vlm.cli import main
 from hive_vlm.data.tokenizer import build_tokenizer
 from hive_vlm.tiny import tiny_hive_config
+from hive_vlm.training.recipe import load_recipe
 from modeling_hive import HiveForConditionalGeneration
 from modeling_hive.processing_hive import HiveProcessor
 
@@ -391,3 +395,53 @@ def test_trl_grpo_trains_with_a_reward_after_naming_a_token_to_suppress(hive_fol
     assert result["error"] is not None and "image_token_id" in result["error"], result
     assert result["steps"] == 2 and result["completion_length"] > 0, result
     assert result["changed"] > 0, result
+
+
+# ------------------------------------------------------------------------------------------- `hive train`, QLoRA
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    ("quantization", "message"),
+    [
+        ({"load_in_4bit": True, "bnb_4bit_quant_typ": "nf4"}, "quantization: unknown key(s) ['bnb_4bit_quant_typ']"),
+        ({"bnb_4bit_quant_type": "nf4"}, "quantization needs load_in_4bit: true"),
+        ({"load_in_4bit": True, "bnb_4bit_quant_type": "nf5"}, "bnb_4bit_quant_type must be nf4 or fp4, got 'nf5'"),
+        ("4bit", "quantization must be a mapping"),
+    ],
+)
+def test_a_bad_stage3_quantization_is_refused_at_load_naming_it(quantization, message):
+    recipe = load_recipe(REPO / "recipes" / "tiny-shapes.yaml")
+    recipe.stage3["quantization"] = quantization
+    with pytest.raises(ValueError) as error:
+        recipe.stage_arguments(3, "out")
+    assert message in str(error.value)
+    recipe.stage3.update(quantization={"load_in_4bit": True}, lora_r=0)
+    with pytest.raises(ValueError, match="quantization needs lora_r > 0"):
+        recipe.stage_arguments(3, "out")
+
+
+def test_hive_train_stage3_with_quantization_trains_qlora_and_merges_into_the_unquantized_llm(tmp_path):
+    pytest.importorskip("bitsandbytes", reason="the `quantization` extra: pip install 'hive-vlm[quantization]'")
+    run = tmp_path / "run"
+    common = ["--recipe", str(REPO / "recipes" / "tiny-shapes.yaml"), "--output-dir", str(run), "data.shapes.num_train=32",
+              "stage2.max_steps=2", "stage2.save_steps=10", "stage3.max_steps=3", "stage3.save_steps=10"]  # fmt: skip
+    assert main(["train", "--stage", "2", *common]) == 0
+    quantization = "stage3.quantization={load_in_4bit: true, bnb_4bit_quant_type: nf4, bnb_4bit_compute_dtype: float32}"
+    assert main(["train", "--stage", "3", *common, quantization]) == 0
+
+    stage2 = load_file(run / "stage2" / "model" / "model.safetensors")
+    base = load_file(run / "stage3" / "base" / "model.safetensors")
+    merged = load_file(run / "stage3" / "model" / "model.safetensors")
+    assert set(base) == set(stage2) == set(merged)  # plain, unquantized folders: no 4-bit state in them
+    for folder in ("base", "model"):
+        assert "quantization_config" not in json.loads((run / "stage3" / folder / "config.json").read_text())
+    llm = [name for name in stage2 if name.startswith("model.language_model.")]
+    assert all(torch.equal(base[name], stage2[name]) for name in llm)  # the adapter's base: stage 2's LLM, unrounded
+    query = "model.language_model.layers.1.self_attn.q_proj.weight"
+    assert not torch.equal(merged[query], stage2[query])  # the trained LoRA, merged
+    block = "model.cross_attention_layers.0.cross_attn.q_proj.weight"
+    assert not torch.equal(base[block], stage2[block]) and torch.equal(merged[block], base[block])  # HIVE trained in 4-bit
+    adapter = load_file(run / "stage3" / "adapter" / "adapter_model.safetensors")
+    assert adapter and all(".language_model." in name and ".lora_" in name for name in adapter)

@@ -40,6 +40,11 @@ class HiveFinetuneTrainer(HiveTrainer):
             outside = [name for name, _ in model.named_modules() if name.endswith("lora_A") and ".language_model." not in f".{name}"]
             if outside:
                 raise ValueError(f"lora_target_modules must match LLM modules only; it also caught {outside[:3]}.")
+            if getattr(model, "is_quantized", False):
+                # transformers' own mark of adapters attached in place: with it, Trainer accepts a quantized LLM (QLoRA).
+                model._hf_peft_config_loaded = True
+        elif getattr(model, "is_quantized", False):
+            raise ValueError("a quantized HIVE model trains its LLM through LoRA only (QLoRA): set lora_r > 0.")
         super().__init__(model, args, **kwargs)
 
     def trainable_components(self, args):
@@ -71,6 +76,8 @@ class HiveFinetuneTrainer(HiveTrainer):
         if self.lora_model is None:
             return self.model
         base = self.lora_model.unload()
+        if getattr(base, "is_quantized", False):
+            base._hf_peft_config_loaded = False
         self.lora_model = None
         self.model = base
         return base

@@ -21,6 +21,7 @@ from pathlib import Path
 import datasets
 import torch
 from accelerate import PartialState
+from peft import prepare_model_for_kbit_training
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, ViTImageProcessorPil, set_seed
 
 from hive_vlm.data import loaders
@@ -214,7 +215,10 @@ class HiveRecipeRun:
         if not stage2.is_dir():
             raise ValueError(f"stage 3 starts from stage 2's model, and {stage2} does not exist; run --stage 2 first (or --stage all).")
         args = self.recipe.stage_arguments(3, str(folder), push_to_hub=False)
-        model = HiveForConditionalGeneration.from_pretrained(stage2, dtype=self.dtype)
+        quantization_config = args.quantization_config()
+        model = HiveForConditionalGeneration.from_pretrained(stage2, dtype=self.dtype, quantization_config=quantization_config)
+        if quantization_config is not None:  # QLoRA: peft's preparation of a quantized model (its norms in float32)
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.gradient_checkpointing)
         collator = HiveChatCollator(processor, max_length=args.max_length or self.recipe.data.max_length, report=self.report)
         trainer = HiveFinetuneTrainer(model, args, data_collator=collator, train_dataset=self.dataset(3), processing_class=processor)
         self._train(trainer, folder)
@@ -226,7 +230,22 @@ class HiveRecipeRun:
         if self.state.is_main_process:
             with atomic_folder(folder / "adapter") as out:
                 trainer.save_adapter(out, base_model_name_or_path=str(folder / "base"), state_dict=state_dict)
-        base = self._save_hive(trainer.unload_lora(), processor, folder / "base", trainer.base_state_dict(state_dict))
+        base_state_dict = trainer.base_state_dict(state_dict)
+        base_model = trainer.unload_lora()
+        if quantization_config is not None:
+            # The adapter's base is the unquantized stage-2 LLM with this stage's encoder, projectors and blocks: the
+            # LoRA then merges into full-precision weights, not into their 4-bit or 8-bit rounding.
+            base_model = HiveForConditionalGeneration.from_pretrained(stage2, dtype=self.dtype)
+            trained = {
+                name: tensor
+                for name, tensor in base_state_dict.items()
+                if not name.startswith("model.language_model.") and name != "lm_head.weight"
+            }
+            unexpected = base_model.load_state_dict(trained, strict=False).unexpected_keys
+            if unexpected:
+                raise RuntimeError(f"stage 3's trained weights do not fit the stage-2 model: {unexpected[:5]}")
+            base_state_dict = None
+        base = self._save_hive(base_model, processor, folder / "base", base_state_dict)
         model = merge_adapter(HiveForConditionalGeneration.from_pretrained(base), folder / "adapter")
         return self._save_hive(model, processor, folder / "model")
 
