@@ -9,6 +9,7 @@ from transformers.configuration_utils import SubConfigSpec
 
 HIERARCHY_MODES = ("paired", "all_levels")
 CROSS_ATTENTION_MODES = ("gated", "shared_softmax")
+SHARED_SOFTMAX_NORMS = ("image_keys", "queries_and_keys")
 
 
 def vision_num_levels(vision_config) -> int:
@@ -69,6 +70,14 @@ class HiveConfig(PreTrainedConfig):
             and image keys, no gate), through image k/v projections copied from the layer's `k_proj`/`v_proj`, with
             per-head RMSNorm and 2-D rotary positions on the image keys. It needs an LLM with sdpa attention and
             separate `k_proj`/`v_proj`; the `cross_attention_*` head, MLP and gate fields do not apply to it.
+        shared_softmax_norm (`str`, *optional*, defaults to `"image_keys"`):
+            Which keys and queries `shared_softmax` normalises (per-head RMSNorm). `"image_keys"`: the image keys
+            only, before their rotation; the layer's own queries and keys stay the LLM's, so with the LLM frozen
+            (stage 2) the text attends to its own tokens exactly as the LLM does. `"queries_and_keys"`: as the
+            authors' code, every query and every key (text and image) of a connected layer, after the rotation, in
+            samples with an image; the projectors then start as theirs (Xavier-uniform weights, zero biases). The LLM's
+            attention then changes at the connected layers as soon as an image is present, even with the LLM frozen;
+            a text-only input is still exactly the LLM.
         cross_attention_num_heads (`int`, *optional*):
             Query heads of the cross-attention blocks. Defaults to the LLM's attention heads (for an LLM without
             attention, such as Mamba, heads of 64 dimensions, or one head when the width is not a multiple of 64).
@@ -88,6 +97,12 @@ class HiveConfig(PreTrainedConfig):
             Activation of the per-level projectors (LayerNorm, Linear, act, Linear).
         rms_norm_eps (`float`, *optional*, defaults to 1e-6):
             Epsilon of the blocks' RMSNorms.
+        logits_by_causal_lm (`bool`, *optional*):
+            How the LLM's causal-LM class makes its logits: `False` when they are its head applied to the last hidden
+            state, `True` when its forward does more after the head (Gemma2's soft-capping, Cohere's scaling) and HIVE
+            runs that forward. Measured once when the model is built (`check_logits_are_the_llms`) and saved with it,
+            so that loading with offloaded or quantized weights never has to measure it; `None` (a folder saved
+            before it was recorded) measures it when the model is loaded.
 
     Example:
         ```python
@@ -112,6 +127,7 @@ class HiveConfig(PreTrainedConfig):
     num_cross_attention_layers: int = 4
     hierarchy_mode: str = "paired"
     cross_attention_mode: str = "gated"
+    shared_softmax_norm: str = "image_keys"
     cross_attention_num_heads: int | None = None
     cross_attention_num_key_value_heads: int | None = None
     cross_attention_intermediate_size: int | None = None
@@ -120,6 +136,7 @@ class HiveConfig(PreTrainedConfig):
     cross_attention_dropout: float = 0.0
     projector_hidden_act: str = "gelu"
     rms_norm_eps: float = 1e-6
+    logits_by_causal_lm: bool | None = None
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
@@ -165,6 +182,8 @@ class HiveConfig(PreTrainedConfig):
             raise ValueError(f"hierarchy_mode must be one of {HIERARCHY_MODES}, got {self.hierarchy_mode!r}.")
         if self.cross_attention_mode not in CROSS_ATTENTION_MODES:
             raise ValueError(f"cross_attention_mode must be one of {CROSS_ATTENTION_MODES}, got {self.cross_attention_mode!r}.")
+        if self.shared_softmax_norm not in SHARED_SOFTMAX_NORMS:
+            raise ValueError(f"shared_softmax_norm must be one of {SHARED_SOFTMAX_NORMS}, got {self.shared_softmax_norm!r}.")
         if self.cross_attention_mode == "shared_softmax" and not getattr(self.text_config, "num_attention_heads", None):
             raise ValueError(
                 f"cross_attention_mode='shared_softmax' joins the image to the LLM's own self-attention, and the "

@@ -51,6 +51,7 @@ from .shared_softmax_hive import (
     rotary_layer_type,
     shared_softmax_refusal,
 )
+from .validation_hive import check_hive_inputs, check_label_values, check_labels
 
 
 logger = logging.get_logger(__name__)
@@ -128,6 +129,9 @@ class HiveCrossAttentionCacheLayer(DynamicLayer):
     """A cache layer holding one block's image keys/values (and the image mask), written once at prefill.
 
     It sits after the LLM's own layers in the same `Cache`, so beam search reordering and batch expansion apply to it.
+    Its tensors are fixed buffers, as a `StaticLayer`'s: a later prefill of the same shapes (a static cache that
+    `generate` reuses, another image of the same size) and beam reordering write into them in place, so a compiled
+    decode step keeps reading the same addresses (CUDA graphs replay on them) and nothing is recompiled.
     """
 
     is_compileable = True  # static caches skip the decode mask unless every layer says so
@@ -138,8 +142,25 @@ class HiveCrossAttentionCacheLayer(DynamicLayer):
         self.image_mask = None
 
     def write(self, key_states: torch.Tensor, value_states: torch.Tensor, image_mask: torch.Tensor | None) -> None:
+        """Stores one block's image keys/values `(B, kv_heads, N, head_dim)` and the `(B,)` image mask (None: every
+        sample has an image): in place into the buffers held, when shapes and dtypes match and no gradient flows,
+        else as new buffers."""
+        if self.keys is not None and not key_states.requires_grad and not self.keys.requires_grad and all(
+            mine.shape == theirs.shape and mine.dtype == theirs.dtype and mine.device == theirs.device
+            for mine, theirs in ((self.keys, key_states), (self.values, value_states))
+        ):
+            self.keys.copy_(key_states)
+            self.values.copy_(value_states)
+        else:
+            self.keys, self.values = key_states, value_states
+            if not key_states.requires_grad and not torch.compiler.is_compiling():
+                torch._dynamo.mark_static_address(self.keys)  # as transformers' StaticLayer marks its buffers
+                torch._dynamo.mark_static_address(self.values)
+        if image_mask is not None and self.image_mask is not None and image_mask.shape == self.image_mask.shape:
+            self.image_mask.copy_(image_mask)
+        else:
+            self.image_mask = None if image_mask is None else image_mask.clone()
         self.dtype, self.device = key_states.dtype, key_states.device
-        self.keys, self.values, self.image_mask = key_states, value_states, image_mask
         self.is_initialized = True
 
     def update(self, key_states, value_states, *args, **kwargs):
@@ -156,18 +177,20 @@ class HiveCrossAttentionCacheLayer(DynamicLayer):
         return -1
 
     def reset(self) -> None:
-        self.keys, self.values, self.image_mask = None, None, None
+        """Empties the layer and keeps its buffers for the next prefill (`generate` resets a static cache it reuses)."""
         self.is_initialized = False
 
     def crop(self, tokens_to_remove: int) -> None:
         """Image keys/values do not grow with the text: assisted decoding's crops leave them alone."""
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Beam search: in place, so the buffers keep their addresses."""
         if self.is_initialized:
             beam_idx = beam_idx.to(self.keys.device)
-            self.keys, self.values = self.keys.index_select(0, beam_idx), self.values.index_select(0, beam_idx)
+            self.keys.copy_(self.keys.index_select(0, beam_idx))
+            self.values.copy_(self.values.index_select(0, beam_idx))
             if self.image_mask is not None:
-                self.image_mask = self.image_mask.index_select(0, beam_idx)
+                self.image_mask.copy_(self.image_mask.index_select(0, beam_idx))
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         if self.is_initialized:
@@ -181,6 +204,20 @@ class HiveCrossAttentionCacheLayer(DynamicLayer):
             self.keys, self.values = self.keys[indices], self.values[indices]
             if self.image_mask is not None:
                 self.image_mask = self.image_mask[indices]
+
+
+def cache_image_key_values(cache: Cache, num_text_layers: int, key_values: list, image_mask: torch.Tensor | None) -> None:
+    """Writes every block's image keys/values into `cache`, one `HiveCrossAttentionCacheLayer` per block after the
+    LLM's own layers; layers already there are written in place (see `HiveCrossAttentionCacheLayer.write`)."""
+    hive_layers = cache.layers[num_text_layers:]
+    if len(hive_layers) != len(key_values) or not all(isinstance(layer, HiveCrossAttentionCacheLayer) for layer in hive_layers):
+        while len(cache.layers) > num_text_layers and isinstance(cache.layers[-1], HiveCrossAttentionCacheLayer):
+            cache.layers.pop()
+        if len(cache.layers) != num_text_layers:
+            raise ValueError(f"The cache has {len(cache.layers)} layers; expected the LLM's {num_text_layers}.")
+        cache.layers.extend(HiveCrossAttentionCacheLayer() for _ in key_values)
+    for layer, (key_states, value_states) in zip(cache.layers[num_text_layers:], key_values):
+        layer.write(key_states, value_states, image_mask)
 
 
 class HiveRMSNorm(nn.Module):
@@ -323,10 +360,12 @@ class HiveCrossAttentionLayer(GradientCheckpointingLayer):
         return hidden_states + mlp_output, attn_weights
 
 
-# Every Auto class a saved HIVE folder answers to with `trust_remote_code=True`.
+# Every Auto class a saved HIVE folder answers to with `trust_remote_code=True`. `AutoModel` gives the generating class,
+# as remote-code VLMs (InternVL, MiniCPM-V) do: tools that know no HIVE class (lmms-eval's generic `huggingface` model)
+# load an unknown model type with `AutoModel` and call `generate`. The bare `HiveModel` is its `.model`.
 HIVE_AUTO_MAP = {
     "AutoConfig": "configuration_hive.HiveConfig",
-    "AutoModel": "modeling_hive.HiveModel",
+    "AutoModel": "modeling_hive.HiveForConditionalGeneration",
     "AutoModelForImageTextToText": "modeling_hive.HiveForConditionalGeneration",
     "AutoModelForCausalLM": "modeling_hive.HiveForConditionalGeneration",
 }
@@ -340,11 +379,19 @@ class HivePreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["HiveCrossAttentionLayer", "HiveSharedSoftmaxLayer"]
     _skip_keys_device_placement = ["cache", "past_key_values"]
+    # HIVE's own modules and the vision tower are never quantized (bitsandbytes and the other quantizers skip the modules
+    # listed here), and stay in float32 when the rest loads in float16: only the LLM is quantized, as QLoRA recipes for
+    # VLMs do. Patterns match from the start of a module's name in both classes (`model.` prefixed or not).
+    _keep_in_fp32_modules = [
+        r"(model\.)?vision_model",
+        r"(model\.)?multi_modal_projectors",
+        r"(model\.)?cross_attention_layers",
+    ]  # `all_levels` mode adds its level embeddings (HiveModel.__init__)
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_attention_backend = True
-    _can_compile_fullgraph = False
+    _can_compile_fullgraph = True
 
     @classmethod
     def is_custom_code(cls) -> bool:
@@ -543,6 +590,10 @@ class HivePreTrainedModel(PreTrainedModel):
             init.constant_(module.cross_attn_mlp_gate, self.config.gate_init)
         elif isinstance(module, HiveModel) and module.level_embeddings is not None:
             init.normal_(module.level_embeddings, std=0.02)
+        elif isinstance(module, HiveMultiModalProjector) and self.config.shared_softmax_norm == "queries_and_keys":
+            for linear in (module.linear_1, module.linear_2):  # the authors' projector init (after its children's)
+                init.xavier_uniform_(linear.weight)
+                init.zeros_(linear.bias)
 
 
 class HiveModel(HivePreTrainedModel):
@@ -552,6 +603,10 @@ class HiveModel(HivePreTrainedModel):
         super().__init__(config)
         self.vision_model = AutoModel.from_config(config.vision_config)
         self.language_model = AutoModel.from_config(config.text_config)
+        # Read once here, not in every forward (where torch.compile would trace `inspect`).
+        self.encoder_takes_noise = "noise" in forward_parameters(type(self.vision_model))
+        # shared_softmax: the layer type whose rotary embedding each block's image keys use (Gemma3), or None.
+        self.rotary_layer_types = [rotary_layer_type(self.language_model, layer) for _, layer in config.cross_attention_layers]
         self.multi_modal_projectors = nn.ModuleList(
             HiveMultiModalProjector(config, width) for width in vision_level_widths(self.vision_model, config)
         )
@@ -562,12 +617,14 @@ class HiveModel(HivePreTrainedModel):
             text = config.text_config
             head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
             self.cross_attention_layers = nn.ModuleList(
-                HiveSharedSoftmaxLayer(layers[text_layer], head_dim, config.rms_norm_eps) for _, text_layer in config.cross_attention_layers
+                HiveSharedSoftmaxLayer(layers[text_layer], head_dim, config.rms_norm_eps, config.shared_softmax_norm)
+                for _, text_layer in config.cross_attention_layers
             )
         else:
             self.cross_attention_layers = nn.ModuleList(HiveCrossAttentionLayer(config) for _ in config.cross_attention_layers)
         if config.hierarchy_mode == "all_levels":
             self.level_embeddings = nn.Parameter(torch.zeros(len(config.vision_layers), config.text_config.hidden_size))
+            self._keep_in_fp32_modules = [*self._keep_in_fp32_modules, r"(model\.)?level_embeddings"]
         else:
             self.level_embeddings = None
         self._no_split_modules = sorted(
@@ -717,16 +774,22 @@ class HiveModel(HivePreTrainedModel):
                 )
             # Handed to this layer's attention function (see shared_softmax_hive), which joins them to the layer's keys.
             key_states, value_states = (None, None) if probe else context.key_values[index]
-            image = HiveImageKeyValues(index, key_states, value_states, context.image_mask, context.consumed)
+            if key_states is not None:  # the block may run in float32 beside a float16 or quantized LLM
+                key_states, value_states = key_states.to(hidden_states.dtype), value_states.to(hidden_states.dtype)
+            block = self.cross_attention_layers[index]  # in queries_and_keys mode, its norms reach the layer's own q and k
+            image = HiveImageKeyValues(index, key_states, value_states, context.image_mask, context.consumed, block)
             return args, {**kwargs, "hive_image_key_values": image}
         if probe:
             return None
         block = self.cross_attention_layers[index]
         key_states, value_states = context.key_values[index]
         output_attentions = context.cross_attentions is not None
+        # The block keeps its own dtype (float32 beside a float16 or quantized LLM, see `_keep_in_fp32_modules`): it
+        # runs in it, and hands the layer back hidden states in the layer's dtype.
         new_hidden_states, attn_weights = block(
-            hidden_states, key_states, value_states, context.image_mask, output_attentions=output_attentions
+            hidden_states.to(block.input_layernorm.weight.dtype), key_states, value_states, context.image_mask, output_attentions=output_attentions
         )
+        new_hidden_states = new_hidden_states.to(hidden_states.dtype)
         if output_attentions:
             context.cross_attentions[index] = attn_weights
         if args:
@@ -739,7 +802,7 @@ class HiveModel(HivePreTrainedModel):
         `kwargs` go to the encoder (e.g. `interpolate_pos_encoding`)."""
         if output_attentions is not None:  # None would switch attentions off even where the encoder's config asks for them
             kwargs["output_attentions"] = output_attentions
-        if "noise" in forward_parameters(type(self.vision_model)) and kwargs.get("noise") is None:
+        if self.encoder_takes_noise and kwargs.get("noise") is None:
             # An MAE-style encoder orders (and drops) its patches by sorting random noise: ascending noise keeps every
             # patch in place, so one image always gives one answer (its mask ratio is 0 inside HIVE, see HiveConfig).
             patch_size = self.config.vision_config.patch_size
@@ -757,7 +820,8 @@ class HiveModel(HivePreTrainedModel):
 
     def project_levels(self, vision_hidden_states: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
         """Each level through its projector into the LLM width; in `all_levels` mode tagged by its level embedding."""
-        dtype = self.multi_modal_projectors[0].linear_1.weight.dtype
+        # Read from the LayerNorm, which no quantizer replaces (a quantized Linear's weight holds integers).
+        dtype = self.multi_modal_projectors[0].layer_norm.weight.dtype
         levels = [projector(states.to(dtype)) for projector, states in zip(self.multi_modal_projectors, vision_hidden_states)]
         if self.level_embeddings is not None:
             levels = [states + self.level_embeddings[i] for i, states in enumerate(levels)]
@@ -771,7 +835,7 @@ class HiveModel(HivePreTrainedModel):
         rotary = getattr(self.language_model, "rotary_emb", None)  # shared_softmax: the image keys' 2-D positions
         positions = {}  # (level sizes, layer type) -> rotary, computed once per image batch
         key_values = []
-        for block, (vision_layer, text_layer) in zip(self.cross_attention_layers, self.config.cross_attention_layers):
+        for index, (block, (vision_layer, _)) in enumerate(zip(self.cross_attention_layers, self.config.cross_attention_layers)):
             image_states = all_levels if all_levels is not None else image_levels[level_index[vision_layer]]
             if self.config.cross_attention_mode != "shared_softmax" or rotary is None:
                 key_values.append(block(image_states))
@@ -780,7 +844,7 @@ class HiveModel(HivePreTrainedModel):
                 self.check_cross_attention_is_reached()
             halves_layout, neighbours = self.rotary_style
             sizes = tuple(level.shape[1] for level in image_levels) if all_levels is not None else (image_states.shape[1],)
-            key = (sizes, rotary_layer_type(self.language_model, text_layer))
+            key = (sizes, self.rotary_layer_types[index])
             if key not in positions:
                 positions[key] = (*image_rotary_embeddings(rotary, list(sizes), image_states, key[1], halves_layout), neighbours)
             key_values.append(block(image_states, positions[key]))
@@ -821,40 +885,6 @@ class HiveModel(HivePreTrainedModel):
             hidden_states=encoder_outputs.hidden_states,
             attentions=getattr(encoder_outputs, "attentions", None),  # convolutional encoders have none
         )
-
-    def _check_pixel_values(self, pixel_values, batch_size):
-        if not isinstance(pixel_values, torch.Tensor):
-            raise TypeError(f"pixel_values must be a torch.Tensor of shape (B, C, H, W), got {type(pixel_values).__name__}.")
-        if not torch.is_floating_point(pixel_values):
-            raise TypeError(
-                f"pixel_values must be floating point, normalised as the processor does, got dtype {pixel_values.dtype}. "
-                "Run images through the processor (HiveProcessor) to get pixel_values."
-            )
-        channels = getattr(self.config.vision_config, "num_channels", 3)
-        if pixel_values.ndim != 4 or pixel_values.shape[1] != channels:
-            raise ValueError(
-                f"pixel_values must have shape (batch, {channels}, height, width), got {tuple(pixel_values.shape)}. "
-                "Run images through the processor (HiveProcessor) to get pixel_values."
-            )
-        if pixel_values.shape[0] != batch_size:
-            raise ValueError(
-                f"pixel_values has {pixel_values.shape[0]} images but the text batch has {batch_size} samples; pass one "
-                "image per sample (a zero image with image_mask False for samples without one)."
-            )
-        if not torch.isfinite(pixel_values).all():
-            raise ValueError("pixel_values contains NaN or inf; check the image preprocessing.")
-
-    def _check_image_mask(self, image_mask, batch_size, device):
-        """The (B,) image mask, or None when every sample has an image (the blocks then skip the masking)."""
-        if image_mask is None:
-            return None
-        image_mask = torch.as_tensor(image_mask, device=device)
-        if image_mask.shape != (batch_size,):
-            raise ValueError(f"image_mask must have shape ({batch_size},), one flag per sample; got {tuple(image_mask.shape)}.")
-        if image_mask.dtype != torch.bool and not ((image_mask == 0) | (image_mask == 1)).all():
-            raise ValueError(f"image_mask must hold True/False (or 1/0) per sample, got {image_mask.tolist()}.")
-        image_mask = image_mask.bool()
-        return None if bool(image_mask.all()) else image_mask  # one check per prefill, none per decode step
 
     @can_return_tuple
     @deprecate_past_key_values
@@ -897,36 +927,11 @@ class HiveModel(HivePreTrainedModel):
             ```
         """
         cache = resolve_cache(cache, past_key_values)
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
-        if input_ids is not None:
-            if input_ids.ndim != 2:
-                raise ValueError(f"input_ids must have shape (batch, sequence_length), got {tuple(input_ids.shape)}.")
-            if torch.is_floating_point(input_ids) or input_ids.dtype == torch.bool:
-                raise TypeError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}.")
-            if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
-                raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}); pass at least one token per sample.")
-            vocab_size = self.language_model.get_input_embeddings().num_embeddings
-            if cache is None or input_ids.shape[1] > 1:  # skip the sync on single-token decode steps
-                if int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab_size:
-                    raise ValueError(
-                        f"input_ids holds ids outside the vocabulary [0, {vocab_size}): min {int(input_ids.min())}, "
-                        f"max {int(input_ids.max())}. Use the model's own tokenizer, or resize_token_embeddings after adding tokens."
-                    )
-        batch_size = (input_ids if input_ids is not None else inputs_embeds).shape[0]
-        device = (input_ids if input_ids is not None else inputs_embeds).device
+        vocab_size = self.language_model.get_input_embeddings().num_embeddings
+        image_mask = check_hive_inputs(
+            self.config, vocab_size, input_ids, inputs_embeds, attention_mask, pixel_values, image_mask, cache is not None
+        )
         seq_len = (input_ids if input_ids is not None else inputs_embeds).shape[1]
-        text_width = self.config.text_config.hidden_size
-        if inputs_embeds is not None and (inputs_embeds.ndim != 3 or inputs_embeds.shape[-1] != text_width):
-            raise ValueError(f"inputs_embeds must have shape (batch, sequence_length, {text_width}), got {tuple(inputs_embeds.shape)}.")
-        if isinstance(attention_mask, torch.Tensor) and attention_mask.ndim == 2:
-            if attention_mask.shape[0] != batch_size:
-                raise ValueError(f"attention_mask has batch size {attention_mask.shape[0]} but input has {batch_size}.")
-            if attention_mask.shape[1] < seq_len or (cache is None and attention_mask.shape[1] != seq_len):
-                raise ValueError(
-                    f"attention_mask covers {attention_mask.shape[1]} positions but the input has {seq_len} tokens; pass "
-                    "the mask the tokenizer returned with these input_ids."
-                )
 
         if position_ids is None and isinstance(attention_mask, torch.Tensor) and attention_mask.ndim == 2:
             # Positions count real tokens only, so left-padded samples match their unpadded selves.
@@ -935,13 +940,6 @@ class HiveModel(HivePreTrainedModel):
         vision_hidden_states = image_outputs = key_values = None
         num_text_layers = self.config.text_config.num_hidden_layers
         if pixel_values is not None:
-            self._check_pixel_values(pixel_values, batch_size)
-            if self.config.cross_attention_mode == "shared_softmax" and pixel_values.shape[-2] != pixel_values.shape[-1]:
-                raise ValueError(
-                    f"shared_softmax gives image keys the rows and columns of a square patch grid, and these images are "
-                    f"{pixel_values.shape[-2]}x{pixel_values.shape[-1]}; resize them to a square (the processor does)."
-                )
-            image_mask = self._check_image_mask(image_mask, batch_size, device)
             encoder_outputs, vision_hidden_states = self.encode_image(
                 pixel_values, kwargs.get("output_attentions"), kwargs.get("output_hidden_states")
             )
@@ -984,14 +982,7 @@ class HiveModel(HivePreTrainedModel):
         cache = getattr(outputs, CACHE_NAME, None)  # an LLM that keeps its state inside (RecurrentGemma) returns none
         if pixel_values is not None and cache is not None:
             # The LLM's own layers exist now; the image keys/values go after them, one layer per block.
-            while len(cache.layers) > num_text_layers and isinstance(cache.layers[-1], HiveCrossAttentionCacheLayer):
-                cache.layers.pop()
-            if len(cache.layers) != num_text_layers:
-                raise ValueError(f"The cache has {len(cache.layers)} layers; expected the LLM's {num_text_layers}.")
-            for key_states, value_states in key_values:
-                layer = HiveCrossAttentionCacheLayer()
-                layer.write(key_states, value_states, image_mask)
-                cache.layers.append(layer)
+            cache_image_key_values(cache, num_text_layers, key_values, image_mask)
 
         cross_attentions = None
         if output_cross_attentions and context is not None:
@@ -1044,12 +1035,15 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         head_plan = (getattr(causal_lm_class, "_tp_plan", None) or {}).get("lm_head")
         if head_plan is not None and any(key.startswith("model.language_model.") for key in self._tp_plan):
             self._tp_plan["lm_head"] = head_plan
-        self.check_logits_are_the_llms()
+        if config.logits_by_causal_lm is None:
+            self.check_logits_are_the_llms()
 
     def check_backbones(self) -> None:
-        """As `HivePreTrainedModel.check_backbones`, and `check_logits_are_the_llms`."""
+        """As `HivePreTrainedModel.check_backbones`, and `check_logits_are_the_llms` for a folder saved before its
+        result was recorded in the config."""
         super().check_backbones()
-        self.check_logits_are_the_llms()
+        if self.config.logits_by_causal_lm is None:
+            self.check_logits_are_the_llms()
 
     def causal_lm_shell(self) -> tuple[nn.Module, str]:
         """The LLM's own causal-LM class, built once on the meta device and never registered as a submodule, with the
@@ -1073,11 +1067,18 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         For most LLMs that is the output layer (`lm_head`, or `head`) applied to the hidden states. An LLM whose
         causal-LM forward does more after its head (Gemma2's final soft-capping, Cohere's and Granite's scaling) gets
         that forward itself, run by its own code around a stand-in base model that returns `hidden_states`: no
-        per-family rule is written here. Which of the two holds is measured once (`check_logits_are_the_llms`)."""
+        per-family rule is written here. Which of the two holds is measured once when the model is built
+        (`check_logits_are_the_llms`) and recorded in `config.logits_by_causal_lm`."""
         head = head or self.lm_head
-        if self.__dict__.get("_logits_by_causal_lm") is None:  # built on the meta device: measured at the first forward
+        if self.config.logits_by_causal_lm is None:  # an old folder whose weights were on the meta device when loaded
             self.check_logits_are_the_llms()
-        if self.__dict__["_logits_by_causal_lm"]:
+        if self.config.logits_by_causal_lm is None:
+            raise ValueError(
+                "HIVE does not know how this LLM computes its logits: the folder's config has no `logits_by_causal_lm` "
+                "(saved before HIVE recorded it) and the weights are not loaded, so it cannot be measured. Load the "
+                "folder once without device_map offloading or quantization and save it again."
+            )
+        if self.config.logits_by_causal_lm:
             return self._run_causal_lm(HiveComputedBaseModel(hidden_states), head, logits_to_keep=logits_to_keep)
         slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         return head(hidden_states[:, slice_indices, :])
@@ -1096,13 +1097,16 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         refuses an LLM whose logits HIVE cannot reproduce. One forward of two tokens through the LLM's own causal-LM
         class (built on the meta device around HIVE's LLM and head), with the head scaled to logits near 100, where
         soft-capping shows. Equal to the head alone: `llm_logits` applies the head. Equal to that forward run on the
-        last hidden state: `llm_logits` runs it. Neither: refused. Skipped while the weights are on the meta device
-        (then measured at the first forward)."""
+        last hidden state: `llm_logits` runs it. Neither: refused. The result goes into `config.logits_by_causal_lm`.
+        Skipped while the weights are on the meta device and not dispatched (offloaded weights are measured through
+        their accelerate hooks)."""
         embeddings = self.get_input_embeddings()
-        if embeddings.weight.is_meta:
+        hook = getattr(embeddings, "_hf_hook", None)  # accelerate's, on weights offloaded to the CPU or disk
+        if embeddings.weight.is_meta and hook is None:
             return
         family = self.config.text_config.model_type
-        input_ids = torch.tensor([[1, 2]], device=embeddings.weight.device) % self.config.text_config.vocab_size
+        device = getattr(hook, "execution_device", None) or embeddings.weight.device
+        input_ids = torch.tensor([[1, 2]], device=device) % self.config.text_config.vocab_size
         with eval_mode(self), torch.no_grad():
             try:
                 hidden_states = self.model(input_ids=input_ids, use_cache=False).last_hidden_state
@@ -1128,7 +1132,7 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
                 "forward computes them from more than its base model's last hidden state (at logits near 100, HIVE's "
                 f"differ by {difference:.3g}), and HIVE would silently drop that part."
             ) from error
-        self.__dict__["_logits_by_causal_lm"] = by_causal_lm
+        self.config.logits_by_causal_lm = by_causal_lm
 
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()
@@ -1245,8 +1249,7 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         shift_labels = kwargs.pop("shift_labels", None)
         for name, targets in (("labels", labels), ("shift_labels", shift_labels)):
-            if targets is not None and input_ids is not None and targets.shape != input_ids.shape:
-                raise ValueError(f"{name} must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(targets.shape)}.")
+            check_labels(name, targets, input_ids)
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
@@ -1268,15 +1271,7 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         if labels is not None or shift_labels is not None:
             if shift_labels is None:  # position t predicts token t + 1; the last position has no target
                 shift_labels = F.pad(labels[:, 1:], (0, 1), value=-100)
-            if torch.is_floating_point(shift_labels) or shift_labels.dtype == torch.bool:
-                raise TypeError(f"labels must hold integer token ids (-100 where no loss is taken), got dtype {shift_labels.dtype}.")
-            vocab_size = logits.shape[-1]
-            invalid = (shift_labels != -100) & ((shift_labels < 0) | (shift_labels >= vocab_size))
-            if invalid.any():
-                raise ValueError(
-                    f"labels holds ids outside the vocabulary [0, {vocab_size}) that are not -100, e.g. "
-                    f"{shift_labels[invalid][:5].tolist()}; labels are token ids, -100 where no loss is taken."
-                )
+            check_label_values(shift_labels, logits.shape[-1])
             loss = causal_lm_loss(logits, shift_labels[:, slice_indices], num_items_in_batch)
         return HiveCausalLMOutputWithPast(
             loss=loss,

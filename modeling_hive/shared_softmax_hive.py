@@ -55,9 +55,12 @@ def image_key_mask(attention_mask, query: torch.Tensor, key: torch.Tensor, num_i
     """The LLM's mask over its own keys `(B, 1, T, S)` (None: causal), extended by `num_image_tokens` columns that
     every text query of a sample with an image may attend to. Boolean (True: attend) or additive, as given."""
     batch_size, query_length, key_length = query.shape[0], query.shape[2], key.shape[2]
-    if attention_mask is None:  # sdpa's causal shortcut: query t is the (S - T + t)-th key
+    if attention_mask is None:
+        # The mask transformers' sdpa integration stands for with None (`sdpa_attention_forward`): one query sees every
+        # key; several are causal with torch's upper-left alignment (query t sees keys 0..t), which transformers relies
+        # on for a static cache's prefill, whose keys beyond the prompt are empty slots.
         positions = torch.arange(key_length, device=query.device)
-        text = positions[None, :] <= positions[key_length - query_length :, None]  # (T, S)
+        text = positions[None, :] <= positions[:query_length, None] if query_length > 1 else positions[None, :] >= 0  # (T, S)
         attention_mask = text[None, None].expand(batch_size, 1, query_length, key_length)
     attention_mask = attention_mask[..., :key_length]
     attention_mask = attention_mask.expand(batch_size, *attention_mask.shape[1:])

@@ -52,6 +52,7 @@ LOADABLE = {
     "shared_softmax_hive.py",
     "tokenizer.json",
     "tokenizer_config.json",
+    "validation_hive.py",
 }
 
 

@@ -83,6 +83,8 @@ def test_one_softmax_over_the_text_keys_and_the_image_keys(past, boolean_mask, n
     mask = None
     if boolean_mask:
         mask = causal[None, None].expand(batch, 1, queries, past + queries)
+    else:  # None stands for sdpa's own is_causal: torch's upper-left alignment (a static cache's prefill, empty slots after)
+        causal = torch.arange(past + queries)[None, :] <= torch.arange(queries)[:, None]
     image = HiveImageKeyValues(0, image_keys, image_values, image_mask, set(), block)
     output, _ = hive_sdpa_attention_forward(Attention(), query, key, value, mask, scaling=dim**-0.5, hive_image_key_values=image)
 
