@@ -12,9 +12,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import torch._dynamo
 import yaml
 from PIL import Image
 from safetensors.torch import load_file
+from torch._dynamo.utils import counters
 from transformers import AutoModel, SwinModel, ViTImageProcessorPil, ViTModel
 
 from hive_vlm.data.collators import HiveCaptionCollator, HiveChatCollator, HiveMaskedImageCollator
@@ -562,3 +564,32 @@ def test_stage0_grows_the_embeddings_for_a_pad_token_the_processor_added(tmp_pat
     run.run(stages=[0])
     pretrained = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "stage0" / "model")
     assert pretrained.get_input_embeddings().num_embeddings == len(run.processor().tokenizer) == len(tokenizer) + 1
+
+
+@pytest.mark.parametrize("stage,mode", [("2", "gated"), ("2", "shared_softmax"), ("3", "gated")])
+def test_stages_2_and_3_train_compiled_in_one_graph_with_the_eager_losses(tmp_path, stage, mode):
+    # TrainingArguments(torch_compile=True) compiles the model; aot_eager is dynamo and AOTAutograd (forward and
+    # backward graphs) as inductor receives them, without inductor's C++ build.
+    processor = processor_for()
+    losses, weights = {}, {}
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        counters.clear()
+        model = hive_model(processor, gate_init=0.5, cross_attention_mode=mode)
+        compile_args = {"torch_compile": True, "torch_compile_backend": "aot_eager"} if compiled else {}
+        if stage == "2":
+            args = args_for(HiveAlignmentConfig, tmp_path / str(compiled), train_sampling_strategy="sequential", **compile_args)
+            trainer = HiveAlignmentTrainer(model, args, data_collator=HiveCaptionCollator(processor), train_dataset=caption_rows())
+        else:
+            args = args_for(HiveFinetuneConfig, tmp_path / str(compiled), train_sampling_strategy="sequential", lora_r=4, **compile_args)
+            trainer = HiveFinetuneTrainer(model, args, data_collator=HiveChatCollator(processor), train_dataset=chat_rows())
+        trainer.train()
+        losses[compiled] = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+        weights[compiled] = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+        if compiled:
+            assert type(trainer.model_wrapped).__name__ == "OptimizedModule"  # it did run compiled
+            assert sum(counters["graph_break"].values()) == 0 and counters["stats"]["unique_graphs"] == 1
+    assert len(losses[True]) == 4
+    torch.testing.assert_close(losses[True], losses[False], rtol=1e-5, atol=1e-5)
+    for name, weight in weights[False].items():
+        torch.testing.assert_close(weights[True][name], weight, rtol=1e-4, atol=1e-5, msg=name)
