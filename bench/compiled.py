@@ -21,12 +21,27 @@ def compile_config(device: torch.device, backend: str = "inductor") -> CompileCo
     """What `generate` compiles a decode step with: its default `CompileConfig` (mode "reduce-overhead", CUDA graphs)
     on CUDA; on the CPU the same settings without CUDA graphs (mode "default").
 
-    One change: `dynamic=False` (generate's default is None). Every model's forward runs through one shared code
-    object (transformers' output wrapper), so with None the second model compiled sees "a changed shape" and gets a
-    dynamic-shape graph while the first keeps a static one. With False each model and cache shape gets its own static
-    graph, in any order, as a user's first `generate` does.
+    One change: `dynamic=False` (generate's default is None). With None, a second cache shape of the same model makes
+    its graph dynamic; with False each cache shape gets its own static graph, as a user's first `generate` does.
     """
     return CompileConfig(mode="reduce-overhead" if device.type == "cuda" else "default", backend=backend, dynamic=False)
+
+
+def compiled_call(model, name: str, config: CompileConfig):
+    """`model.__call__` compiled with `config`, as `model.get_compiled_call(config)` (what `generate` uses) compiles it,
+    but entered through a function of its own per model.
+
+    torch's compiler keeps its compiled graphs, and checks their guards on every call, per code object. Every
+    transformers model's `forward` is entered through one shared output wrapper, so in one process the models' graphs
+    would pile up on one code object: each step would check other models' guards first, and one model's shapes would
+    make another's graphs dynamic. A user's process holds one model; a code object per model measures that.
+    """
+
+    def step(*args, **kwargs):
+        return model(*args, **kwargs)
+
+    step.__code__ = step.__code__.replace(co_name=f"decode_step_{name}")  # a new code object: its own compiled graphs
+    return torch.compile(step, **config.to_dict())
 
 
 def static_cache_from(cache, model, batch_size: int, max_cache_len: int) -> StaticCache:
@@ -61,23 +76,23 @@ def dynamo_counts() -> dict:
     }
 
 
-def measure_static_decode(models: dict, prefills: dict, steps: int, repeats: int, device, batch_sizes: dict, config: CompileConfig | None) -> dict:
+def measure_static_decode(models: dict, prefills: dict, steps: int, repeats: int, device, batch_sizes: dict, calls: dict | None = None) -> dict:
     """Seconds per decode step of each model from a static cache, all in the same interleaved rounds.
 
     Args:
         models: name -> model. prefills: name -> `(cache, first token, ...)` from `prefill_for_decode`.
         batch_sizes: name -> the batch that model decodes (the same for all at a fixed batch; each its own largest).
-        config: the `CompileConfig` of `model.get_compiled_call` (what `generate` calls), or None for eager steps.
+        calls: name -> what runs a step: the model's `compiled_call`; None runs the models eagerly.
 
     Returns `{"times": name -> per-step seconds, "compile_s": name -> seconds of the first (compiling) run,
     "dynamo": name -> what torch's compiler counted during it}`; the first run is not among the times.
     """
-    calls, caches, tokens, compile_s, dynamo = {}, {}, {}, {}, {}
+    calls = calls or models
+    caches, tokens, compile_s, dynamo = {}, {}, {}, {}
     for name, model in models.items():
         cache, token = prefills[name][:2]
         caches[name] = static_cache_from(cache, model, batch_sizes[name], cache.get_seq_length() + steps)
         tokens[name] = token.repeat_interleave(batch_sizes[name], 0)
-        calls[name] = model if config is None else model.get_compiled_call(config)
         counters.clear()
         compile_s[name] = decode_run(calls[name], caches[name], tokens[name], steps, device) * steps
         dynamo[name] = dynamo_counts()
