@@ -10,6 +10,7 @@ from pathlib import Path
 import PIL.Image
 
 from hive_vlm.files import write_atomically, write_json_atomic
+from modeling_hive.processing_hive import vqa_prompt
 
 from .benchmark import HiveBenchmark
 
@@ -43,16 +44,8 @@ def generate_answers(model, processor, images, prompts, max_new_tokens: int = 16
 
     if len(images) != len(prompts):
         raise ValueError(f"Got {len(images)} images for {len(prompts)} prompts; pass one image per prompt.")
-    texts, text_kwargs = list(prompts), {}
-    if getattr(processor, "chat_template", None) is not None:
-        texts = [
-            processor.apply_chat_template(
-                [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}],
-                add_generation_prompt=True,
-            )
-            for prompt in prompts
-        ]
-        text_kwargs["add_special_tokens"] = False  # the template writes the special tokens itself
+    rendered = [vqa_prompt(processor, prompt) for prompt in prompts]
+    texts, text_kwargs = [text for text, _ in rendered], rendered[0][1] if rendered else {}
     inputs = processor(
         images=list(images), text=texts, return_tensors="pt", padding=True, padding_side="left", **text_kwargs
     )

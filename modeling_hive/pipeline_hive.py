@@ -2,7 +2,7 @@
 
 from transformers import GenerationConfig, Pipeline
 
-from .processing_hive import load_rgb_image
+from .processing_hive import load_rgb_image, vqa_prompt
 
 
 # Written into `config.json` as `custom_pipelines`: `pipeline("visual-question-answering", model=<folder>,
@@ -151,14 +151,8 @@ class HiveVisualQuestionAnsweringPipeline(Pipeline):
 
     def preprocess(self, inputs):
         image = load_rgb_image(inputs["image"], where="image")
-        if getattr(self.processor, "chat_template", None) is None:
-            model_inputs = self.processor(images=image, text=inputs["question"], return_tensors="pt")
-        else:
-            content = [{"type": "image", "image": image}, {"type": "text", "text": inputs["question"]}]
-            messages = [{"role": "user", "content": content}]
-            model_inputs = self.processor.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
-            )
+        text, text_kwargs = vqa_prompt(self.processor, inputs["question"])
+        model_inputs = self.processor(images=image, text=text, return_tensors="pt", **text_kwargs)
         return dict(model_inputs.to(dtype=self.dtype))
 
     def _forward(self, model_inputs, generate_kwargs=None):

@@ -219,6 +219,25 @@ def _is_container(value) -> bool:
     return isinstance(value, (list, tuple))
 
 
+def vqa_prompt(processor, question: str) -> tuple[str, dict]:
+    """The one way HIVE is asked a question about an image: the text to give the processor with the image, and the
+    keyword arguments for it. With a chat template, the question is a user turn holding the image, rendered with a
+    generation prompt, and the template's special tokens are not added again; without one, the bare question. Used by
+    the visual-question-answering pipeline, `hive eval` and the studies, for HIVE and for any processor with a
+    chat template.
+
+    Example:
+        ```python
+        >>> text, kwargs = vqa_prompt(processor, "What color is the square?")
+        >>> inputs = processor(images=image, text=text, return_tensors="pt", **kwargs)
+        ```
+    """
+    if getattr(processor, "chat_template", None) is None:
+        return question, {}
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    return processor.apply_chat_template(messages, add_generation_prompt=True), {"add_special_tokens": False}
+
+
 class HiveProcessor(ProcessorMixin):
     r"""
     Processor for HIVE: wraps the vision encoder's image processor, the LLM's tokenizer and a chat template.
@@ -471,4 +490,4 @@ class HiveProcessor(ProcessorMixin):
         return files
 
 
-__all__ = ["HiveProcessor", "HIVE_CHAT_TEMPLATE", "load_rgb_image"]
+__all__ = ["HiveProcessor", "HIVE_CHAT_TEMPLATE", "load_rgb_image", "vqa_prompt"]

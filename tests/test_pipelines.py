@@ -14,7 +14,8 @@ from hive_vlm.tiny import tiny_hive_config
 from hive_vlm.data.tokenizer import build_tokenizer
 from modeling_hive import HiveForConditionalGeneration
 from modeling_hive.pipeline_hive import HiveVisualQuestionAnsweringPipeline
-from modeling_hive.processing_hive import HiveProcessor
+from hive_vlm.eval.runner import generate_answers
+from modeling_hive.processing_hive import HiveProcessor, load_rgb_image
 
 
 CORPUS = [
@@ -89,6 +90,13 @@ def test_vqa_answer_is_the_models_generation_with_the_image(vqa, model, processo
     assert result == [{"answer": processor.decode(answer_ids, skip_special_tokens=True).strip()}]
     torch.testing.assert_close(generate_calls[0]["pixel_values"], inputs["pixel_values"])
     assert generate_calls[0]["input_ids"].tolist() == inputs["input_ids"].tolist()
+
+
+def test_hive_eval_asks_the_pipelines_question(vqa, model, processor, image_paths):
+    # One prompt builder (`vqa_prompt`) for the pipeline, `hive eval` and the studies: the same answers, batched or not.
+    images = [load_rgb_image(path) for path in image_paths[:2]]
+    answers = generate_answers(model, processor, images, QUESTIONS[:2], max_new_tokens=16)
+    assert answers == [vqa(image=path, question=question)[0]["answer"] for path, question in zip(image_paths[:2], QUESTIONS[:2])]
 
 
 def test_vqa_input_forms_agree(vqa, image_paths):

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from modeling_hive.processing_hive import vqa_prompt
 
 
 
@@ -91,11 +92,11 @@ def peak_rss_mb(method: str) -> float:
 
 
 def predict_answers(fusion, processor, images, prompts, max_new_tokens: int = 16) -> list[str]:
-    """Greedy answers, prompted exactly as `hive_vlm.eval.runner.generate_answers` prompts HIVE (chat template, left
-    padding); inline fusions get their image tokens after the first token, as in training."""
-    texts = [processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}],
-                                           add_generation_prompt=True) for prompt in prompts]  # fmt: skip
-    inputs = processor(images=list(images), text=texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+    """Greedy answers, prompted as `hive_vlm.eval.runner.generate_answers` prompts HIVE (`vqa_prompt`, left padding);
+    inline fusions get their image tokens after the first token, as in training."""
+    rendered = [vqa_prompt(processor, prompt) for prompt in prompts]
+    texts, text_kwargs = [text for text, _ in rendered], rendered[0][1] if rendered else {}
+    inputs = processor(images=list(images), text=texts, return_tensors="pt", padding=True, padding_side="left", **text_kwargs)
     inputs = fusion.model_inputs(dict(inputs))
     fusion.model.eval()
     with torch.inference_mode():
