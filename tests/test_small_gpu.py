@@ -428,7 +428,7 @@ def test_hive_train_stage3_with_quantization_trains_qlora_and_merges_into_the_un
     pytest.importorskip("bitsandbytes", reason="the `quantization` extra: pip install 'hive-vlm[quantization]'")
     run = tmp_path / "run"
     common = ["--recipe", str(REPO / "recipes" / "tiny-shapes.yaml"), "--output-dir", str(run), "data.shapes.num_train=32",
-              "stage2.max_steps=2", "stage2.save_steps=10", "stage3.max_steps=3", "stage3.save_steps=10"]  # fmt: skip
+              "stage2.max_steps=2", "stage2.save_steps=10", "stage3.max_steps=3", "stage3.save_steps=2"]  # fmt: skip
     assert main(["train", "--stage", "2", *common]) == 0
     quantization = "stage3.quantization={load_in_4bit: true, bnb_4bit_quant_type: nf4, bnb_4bit_compute_dtype: float32}"
     assert main(["train", "--stage", "3", *common, quantization]) == 0
@@ -447,3 +447,14 @@ def test_hive_train_stage3_with_quantization_trains_qlora_and_merges_into_the_un
     assert not torch.equal(base[block], stage2[block]) and torch.equal(merged[block], base[block])  # HIVE trained in 4-bit
     adapter = load_file(run / "stage3" / "adapter" / "adapter_model.safetensors")
     assert adapter and all(".language_model." in name and ".lora_" in name for name in adapter)
+
+    # A checkpoint holds what trains (LoRA, encoder, projectors, blocks), not the frozen 4-bit weights, which Trainer
+    # could not load back into quantized layers: a killed QLoRA stage resumes.
+    checkpoint = load_file(run / "stage3" / "checkpoint-2" / "model.safetensors")
+    assert any(".lora_A." in name for name in checkpoint) and block in checkpoint
+    assert not any(".base_layer." in name for name in checkpoint)
+    for name in ("model", "base", "adapter", "checkpoint-3"):
+        shutil.rmtree(run / "stage3" / name)
+    assert main(["train", "--stage", "3", "--resume", *common, quantization]) == 0
+    resumed = load_file(run / "stage3" / "model" / "model.safetensors")
+    assert not torch.equal(resumed[block], stage2[block]) and not torch.equal(resumed[query], stage2[query])

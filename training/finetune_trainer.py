@@ -14,6 +14,9 @@ from safetensors.torch import save_file
 from .hive_trainer import HiveTrainer
 
 
+QUANTIZED_WEIGHTS = ("Params4bit", "Int8Params")  # bitsandbytes' weight classes (an optional dependency, not imported)
+
+
 def lora_config(args) -> LoraConfig:
     return LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, target_modules=args.lora_target_modules)
 
@@ -40,12 +43,38 @@ class HiveFinetuneTrainer(HiveTrainer):
             outside = [name for name, _ in model.named_modules() if name.endswith("lora_A") and ".language_model." not in f".{name}"]
             if outside:
                 raise ValueError(f"lora_target_modules must match LLM modules only; it also caught {outside[:3]}.")
-            if getattr(model, "is_quantized", False):
-                # transformers' own mark of adapters attached in place: with it, Trainer accepts a quantized LLM (QLoRA).
-                model._hf_peft_config_loaded = True
         elif getattr(model, "is_quantized", False):
             raise ValueError("a quantized HIVE model trains its LLM through LoRA only (QLoRA): set lora_r > 0.")
-        super().__init__(model, args, **kwargs)
+        # transformers' own mark of adapters attached in place: with it, Trainer accepts a quantized LLM (QLoRA). Only for
+        # that check: left set, it would make save_pretrained write the adapter alone, and checkpoints lose HIVE's weights.
+        quantized = getattr(model, "is_quantized", False)
+        model._hf_peft_config_loaded = quantized
+        try:
+            super().__init__(model, args, **kwargs)
+        finally:
+            model._hf_peft_config_loaded = False
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        """As `Trainer.save_model`. With a quantized LLM (QLoRA) the checkpoint leaves out the quantized weights: they
+        never train, `Trainer` cannot load them back into quantized layers on resume, and a resumed run quantizes them
+        again from stage 2 (bitsandbytes' quantization is deterministic: the same weights)."""
+        quantized = tuple(  # the layers that own a quantized weight (not peft's LoRA wrappers, which only point to it)
+            f"{name}."
+            for name, module in self.model.named_modules()
+            if type(dict(module.named_parameters(recurse=False)).get("weight")).__name__ in QUANTIZED_WEIGHTS
+        )
+        if not quantized:
+            return super().save_model(output_dir, _internal_call)
+
+        def drop_quantized(module, state_dict, prefix, local_metadata):
+            for key in [key for key in state_dict if key.startswith(quantized)]:
+                del state_dict[key]
+
+        handle = self.model.register_state_dict_post_hook(drop_quantized)
+        try:
+            return super().save_model(output_dir, _internal_call)
+        finally:
+            handle.remove()
 
     def trainable_components(self, args):
         # llm=None keeps the LoRA weights trainable and the rest of the LLM frozen (LoraModel froze it).
@@ -76,8 +105,6 @@ class HiveFinetuneTrainer(HiveTrainer):
         if self.lora_model is None:
             return self.model
         base = self.lora_model.unload()
-        if getattr(base, "is_quantized", False):
-            base._hf_peft_config_loaded = False
         self.lora_model = None
         self.model = base
         return base
