@@ -168,6 +168,18 @@ class HiveConfig(PreTrainedConfig):
             raise ValueError(f"{pretrained_model_name_or_path}: the HIVE config has no {' or '.join(missing)}.")
         return config_dict, kwargs
 
+    def __getattr__(self, name):
+        """Called only for a missing attribute. `image_token_id` gets its reason: trainers that keep a VLM from sampling
+        its image token (TRL's GRPOTrainer and RLOOTrainer) read it, and HIVE has none."""
+        if name == "image_token_id":
+            raise AttributeError(
+                "HiveConfig has no image_token_id: HIVE puts no image token in the text (the image reaches the LLM "
+                "through cross-attention), so there is no image token to keep from being sampled. Load the model and set "
+                "model.config.image_token_id to a token it must never generate (e.g. the pad token, when it is not the "
+                "end-of-sequence token)."
+            )
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     @property
     def vision_layers(self) -> list[int]:
         """The selected vision layers (the hierarchy's levels), sorted and without repeats."""

@@ -362,8 +362,8 @@ def test_trl_sft_and_dpo_train_a_hive_folder(hive_folder):
 
 def test_trl_grpo_trains_with_a_reward_after_naming_a_token_to_suppress(hive_folder):
     """TRL's GRPOTrainer keeps a VLM from sampling its image token and reads it from `config.image_token_id`. HIVE has
-    none (images enter through cross-attention), so from a folder path the trainer stops at once, naming the missing
-    attribute; a model whose config names a token it must never generate (here the pad token) trains."""
+    none (images enter through cross-attention), so from a folder path the trainer stops at once with HiveConfig's
+    reason and fix; a model whose config names a token it must never generate (here the pad token) trains."""
     pytest.importorskip("trl", reason="the `trl` extra: pip install 'hive-vlm[trl]'")
     result = run(
         hive_folder,
@@ -394,7 +394,7 @@ def test_trl_grpo_trains_with_a_reward_after_naming_a_token_to_suppress(hive_fol
                           "completion_length": logs[0]["completions/mean_length"]}))
         """,
     )
-    assert result["error"] is not None and "image_token_id" in result["error"], result
+    assert result["error"] is not None and "HIVE puts no image token in the text" in result["error"], result
     assert result["steps"] == 2 and result["completion_length"] > 0, result
     assert result["changed"] > 0, result
 
