@@ -7,6 +7,7 @@
 # JSON and the log in OUT. Without a GPU it runs on the CPU (float32, compiled without CUDA graphs) at the size given.
 #
 #   bash scripts/device_check_speed.sh [SIZE] [OUT]     # SIZE: base (default, GPU only), small or toy
+#   SWEEP=0 bash scripts/device_check_speed.sh          # without the batch sweep (fewer compiles, if time is short)
 #
 # Needs torch, transformers >= 5.23 and this project (installed, or installed here without dependencies). The lent GPU
 # machines have no package index and an older transformers: carry the wheels docs/performance.md lists in .whl/, and
@@ -32,8 +33,9 @@ fi
 "$PYTHON" -c "import torch, transformers; print(f'torch {torch.__version__}, transformers {transformers.__version__}, ' + (torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'))"
 mkdir -p "$OUT"
 JSON="$OUT/hive-bench-$SIZE.json"
+SWEEP_FLAG=$([ "${SWEEP:-1}" = 0 ] || echo --sweep)
 started=$SECONDS
-"$PYTHON" -m hive_vlm.cli bench --size "$SIZE" --device "$DEVICE" --dtype "$DTYPE" --repeats "$REPEATS" --compile --sweep --out "$JSON" \
+"$PYTHON" -m hive_vlm.cli bench --size "$SIZE" --device "$DEVICE" --dtype "$DTYPE" --repeats "$REPEATS" --compile $SWEEP_FLAG --out "$JSON" \
   > "$OUT/hive-bench-$SIZE.log" 2>&1 || { tail -n 40 "$OUT/hive-bench-$SIZE.log"; echo "hive bench: FAILED (see $OUT/hive-bench-$SIZE.log)"; exit 1; }
 "$PYTHON" - "$JSON" <<'PY'
 import json, sys
@@ -55,14 +57,15 @@ for mode, counts in roofline["decode_fraction_of_bandwidth"].items():
         print(f"{mode} decode {key}, batch 1, fraction of the bandwidth limit: " + ", ".join(f"{name} {value:.4f}" for name, value in sides.items()))
 print(f"eager prefill (HIVE), fraction of the matmul peak: {roofline['prefill_fraction_of_matmul_peak']:.4f}")
 print(f"eager stage-2 step (HIVE, batch {result['sizes']['train_batch_size']}), fraction of the matmul peak: {roofline['train_step_fraction_of_matmul_peak']:.4f}")
-sweep = result["sweep"]
+sweep = result.get("sweep", {"decode": {}})
 for key, row in sweep["decode"].items():
     batches = ", ".join(f"{name} {batch}" for name, batch in row["batch_sizes"].items())
     print(f"sweep decode batch {key} ({batches}): HIVE/LLaVA tokens/s {row['hive_llava_ratio']:.3f}; fraction of the bandwidth limit "
           + ", ".join(f"{name} {value:.4f}" for name, value in row["fraction_of_bandwidth"].items()))
-train = sweep["train"]
-print(f"sweep stage-2 at the largest batch ({', '.join(f'{n} {b}' for n, b in train['batch_sizes'].items())}): HIVE/LLaVA samples/s "
-      f"{train['hive_llava_ratio']:.3f}; HIVE fraction of the matmul peak {train['hive_fraction_of_matmul_peak']:.4f}")
+if "train" in sweep:
+    train = sweep["train"]
+    print(f"sweep stage-2 at the largest batch ({', '.join(f'{n} {b}' for n, b in train['batch_sizes'].items())}): HIVE/LLaVA samples/s "
+          f"{train['hive_llava_ratio']:.3f}; HIVE fraction of the matmul peak {train['hive_fraction_of_matmul_peak']:.4f}")
 compile_s = sum(seconds for measure in compiled["compile_s"].values() for seconds in measure.values())
 breaks = {name: counts["graph_breaks"] for name, counts in compiled["dynamo"]["576"].items()}
 print(f"compile (first runs, not timed): {compile_s:.0f} s at batch 1; graph breaks in a decode step: {breaks}; bench {result['settings']['elapsed_s']:.0f} s")
