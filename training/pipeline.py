@@ -218,7 +218,7 @@ class HiveRecipeRun:
         quantization_config = args.quantization_config()
         model = HiveForConditionalGeneration.from_pretrained(stage2, dtype=self.dtype, quantization_config=quantization_config)
         if quantization_config is not None:  # QLoRA: peft's preparation of a quantized model (its norms in float32)
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.gradient_checkpointing)
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.activation_checkpointing)
         collator = HiveChatCollator(processor, max_length=args.max_length or self.recipe.data.max_length, report=self.report)
         trainer = HiveFinetuneTrainer(model, args, data_collator=collator, train_dataset=self.dataset(3), processing_class=processor)
         self._train(trainer, folder)
