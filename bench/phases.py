@@ -124,14 +124,13 @@ def prefill_for_decode(model, batch: BenchBatch, images: int, is_llava: bool):
 
 
 def measure_decode(hive, llava, batch: BenchBatch, images: int, steps: int, repeats: int, device, batch_size: int = 1, recompute: bool = False,
-                   shared=None, probe_tasks: dict | None = None) -> dict:  # fmt: skip
+                   shared=None) -> dict:  # fmt: skip
     """(b), and (e) when `recompute`: seconds per decode step after a prefill holding `images` images' worth of tokens.
 
     Returns per-step times of both models at batch 1 (`hive`, `llava`) and, when `batch_size` > 1, with the same
     prefilled caches repeated `batch_size` times (`hive_batched`, `llava_batched`). `recompute` adds HIVE at batch 1
     with its cross-attention keys/values recomputed before every step from kept vision features (`hive_recompute`,
     against `hive_cached` timed in the same rounds) and from the pixels, encoder included (`hive_recompute_encoder`).
-    `probe_tasks` (e.g. the copy probe) run in the batch-1 rounds, under their own names.
     """
     models, caches, tokens = {**hive_sides(hive, shared), "llava": llava}, {}, {}
     for name, model in models.items():
@@ -140,8 +139,7 @@ def measure_decode(hive, llava, batch: BenchBatch, images: int, steps: int, repe
             hive_features = features
     hive_cache, hive_token = caches["hive"], tokens["hive"]
 
-    tasks = {name: (lambda name=name: decode_run(models[name], caches[name], tokens[name], steps, device)) for name in models}
-    times = interleaved({**tasks, **(probe_tasks or {})}, repeats)
+    times = interleaved({name: (lambda name=name: decode_run(models[name], caches[name], tokens[name], steps, device)) for name in models}, repeats)
     if recompute:
         cross_layers = hive_cache.layers[hive.config.text_config.num_hidden_layers :]
 
