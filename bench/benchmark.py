@@ -179,7 +179,7 @@ def run_benchmark(size: str | HiveBenchSize = "small", device: str | None = None
         log("prefill measured")
         decode_short = measure_decode(hive, llava, batch, 1, size.decode_tokens, repeats, device, size.decode_batch_size, recompute=True,
                                       shared=shared)  # fmt: skip
-        # The copy probe gets rounds of its own: a 256 MiB copy just before a model's decode run would evict its
+        # The copy probe gets rounds of its own: a copy that large just before a model's decode run would evict its
         # weights from the CPU's caches, against whichever model follows it.
         copy_times = interleaved(copy_probe_tasks(device, copy_nbytes), repeats)["copy"]
         log("decode at one image measured")
@@ -261,6 +261,7 @@ def run_benchmark(size: str | HiveBenchSize = "small", device: str | None = None
     kv_bytes = prefill["kv_cache_bytes"]
     roofline = roofline_result(size, models, prefills, weight_bytes, copy_bytes_per_second(copy_times, copy_nbytes), copy_nbytes,
                                medians, compiled)  # fmt: skip
+    roofline["copy_timings_s"] = copy_times
     roofline["prefill_fraction_of_matmul_peak"] = prefill_flops_per_second / peak["prefill"]
     roofline["train_step_fraction_of_matmul_peak"] = train_flops_per_second / peak["train_step"]
 
