@@ -196,6 +196,11 @@ class HiveConfig(PreTrainedConfig):
             raise ValueError(f"cross_attention_mode must be one of {CROSS_ATTENTION_MODES}, got {self.cross_attention_mode!r}.")
         if self.shared_softmax_norm not in SHARED_SOFTMAX_NORMS:
             raise ValueError(f"shared_softmax_norm must be one of {SHARED_SOFTMAX_NORMS}, got {self.shared_softmax_norm!r}.")
+        if self.shared_softmax_norm != SHARED_SOFTMAX_NORMS[0] and self.cross_attention_mode != "shared_softmax":
+            raise ValueError(
+                f"shared_softmax_norm={self.shared_softmax_norm!r} applies to cross_attention_mode='shared_softmax' only; "
+                f"the gated blocks have their own cross_attention_qk_norm. Drop it, or set cross_attention_mode='shared_softmax'."
+            )
         if self.cross_attention_mode == "shared_softmax" and not getattr(self.text_config, "num_attention_heads", None):
             raise ValueError(
                 f"cross_attention_mode='shared_softmax' joins the image to the LLM's own self-attention, and the "

@@ -51,7 +51,7 @@ from .shared_softmax_hive import (
     rotary_layer_type,
     shared_softmax_refusal,
 )
-from .validation_hive import check_hive_inputs, check_label_values, check_labels
+from .validation_hive import check_hive_inputs, check_input_values, check_label_values, check_labels
 
 
 logger = logging.get_logger(__name__)
@@ -129,9 +129,9 @@ class HiveCrossAttentionCacheLayer(DynamicLayer):
     """A cache layer holding one block's image keys/values (and the image mask), written once at prefill.
 
     It sits after the LLM's own layers in the same `Cache`, so beam search reordering and batch expansion apply to it.
-    Its tensors are fixed buffers, as a `StaticLayer`'s: a later prefill of the same shapes (a static cache that
-    `generate` reuses, another image of the same size) and beam reordering write into them in place, so a compiled
-    decode step keeps reading the same addresses (CUDA graphs replay on them) and nothing is recompiled.
+    Its tensors are fixed buffers, as a `StaticLayer`'s: beam reordering, and a later prefill of the same shapes into
+    the same cache (a user's static cache passed to several calls), write into them in place, so a compiled decode step
+    keeps reading the same addresses (CUDA graphs replay on them).
     """
 
     is_compileable = True  # static caches skip the decode mask unless every layer says so
@@ -177,7 +177,7 @@ class HiveCrossAttentionCacheLayer(DynamicLayer):
         return -1
 
     def reset(self) -> None:
-        """Empties the layer and keeps its buffers for the next prefill (`generate` resets a static cache it reuses)."""
+        """Empties the layer and keeps its buffers for the next prefill into the same cache."""
         self.is_initialized = False
 
     def crop(self, tokens_to_remove: int) -> None:
@@ -702,7 +702,10 @@ class HiveModel(HivePreTrainedModel):
         context = HiveVisionContext(key_values=[], image_mask=None, reached={})
         reason = None
         try:
-            with torch.no_grad():
+            # With gradients (a graph of two tokens, dropped at once): bitsandbytes' CPU backend turns a 4-bit layer into
+            # an inference-only layout at its first eval forward without them, after which a layer with a bias (Qwen2's
+            # q/k/v) can no longer train (QLoRA).
+            with torch.enable_grad():
                 self.language_model(
                     input_ids=torch.ones(1, 2, dtype=torch.long, device=embeddings.weight.device), hive_vision_context=context, use_cache=False
                 )
@@ -1295,6 +1298,9 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
             >>> # (before transformers 5.25 the returned cache is `first.past_key_values`)
             ```
         """
+        # The value checks, once, before generate may run its prefill compiled (chunked prefill), where they are skipped.
+        input_ids = args[0] if args and isinstance(args[0], torch.Tensor) else kwargs.get("input_ids")
+        check_input_values(self.get_input_embeddings().num_embeddings, input_ids, kwargs.get("pixel_values"), kwargs.get("image_mask"))
         # Before 5.25 generate knows only `past_key_values`; from 5.25 on it takes `cache` and renames the old name itself.
         if CACHE_NAME == "past_key_values" and "cache" in kwargs:
             kwargs["past_key_values"] = resolve_cache(kwargs.pop("cache"), kwargs.pop("past_key_values", None))

@@ -4,7 +4,9 @@ Two kinds of check. Shape and dtype checks read only a tensor's metadata: they r
 `torch.compile` they cost nothing (they become the graph's guards). Value checks (token ids inside the vocabulary,
 finite pixels, a 0/1 image mask, label ids) read the tensors' contents, so they wait for the device: they run in eager
 forwards only. Inside a compiled graph (`torch.compiler.is_compiling()`) they are skipped, never a graph break or a
-host-device synchronisation per step; `generate` runs its prefill eagerly, so each input is still checked once there.
+host-device synchronisation per step. `HiveForConditionalGeneration.generate` runs them once on its inputs before it
+starts (`check_input_values`), so each input is checked even where generate compiles its prefill (chunked prefill); a
+forward compiled by hand runs without them.
 """
 
 import torch
@@ -30,12 +32,7 @@ def check_hive_inputs(config, vocab_size, input_ids, inputs_embeds, attention_ma
             raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}); pass at least one token per sample.")
         # Skipped on single-token decode steps too: the ids are the model's own.
         if value_checks_enabled() and (not has_cache or input_ids.shape[1] > 1):
-            low, high = int(input_ids.min()), int(input_ids.max())
-            if low < 0 or high >= vocab_size:
-                raise ValueError(
-                    f"input_ids holds ids outside the vocabulary [0, {vocab_size}): min {low}, max {high}. Use the "
-                    "model's own tokenizer, or resize_token_embeddings after adding tokens."
-                )
+            check_input_values(vocab_size, input_ids=input_ids)
     text_width = config.text_config.hidden_size
     if inputs_embeds is not None and (inputs_embeds.ndim != 3 or inputs_embeds.shape[-1] != text_width):
         raise ValueError(f"inputs_embeds must have shape (batch, sequence_length, {text_width}), got {tuple(inputs_embeds.shape)}.")
@@ -53,6 +50,23 @@ def check_hive_inputs(config, vocab_size, input_ids, inputs_embeds, attention_ma
         return image_mask
     check_pixel_values(config, pixel_values, batch_size)
     return check_image_mask(image_mask, batch_size, text.device)
+
+
+def check_input_values(vocab_size: int, input_ids=None, pixel_values=None, image_mask=None) -> None:
+    """The value checks alone, on whichever of these inputs are given (eager: `generate` runs them before it starts)."""
+    if isinstance(input_ids, torch.Tensor) and input_ids.numel() and not torch.is_floating_point(input_ids):
+        low, high = int(input_ids.min()), int(input_ids.max())
+        if low < 0 or high >= vocab_size:
+            raise ValueError(
+                f"input_ids holds ids outside the vocabulary [0, {vocab_size}): min {low}, max {high}. Use the "
+                "model's own tokenizer, or resize_token_embeddings after adding tokens."
+            )
+    if isinstance(pixel_values, torch.Tensor) and torch.is_floating_point(pixel_values) and not torch.isfinite(pixel_values).all():
+        raise ValueError("pixel_values contains NaN or inf; check the image preprocessing.")
+    if image_mask is not None:
+        image_mask = torch.as_tensor(image_mask)
+        if image_mask.dtype != torch.bool and not ((image_mask == 0) | (image_mask == 1)).all():
+            raise ValueError(f"image_mask must hold True/False (or 1/0) per sample, got {image_mask.tolist()}.")
 
 
 def check_pixel_values(config, pixel_values, batch_size: int) -> None:
@@ -79,8 +93,8 @@ def check_pixel_values(config, pixel_values, batch_size: int) -> None:
             f"shared_softmax gives image keys the rows and columns of a square patch grid, and these images are "
             f"{pixel_values.shape[-2]}x{pixel_values.shape[-1]}; resize them to a square (the processor does)."
         )
-    if value_checks_enabled() and not torch.isfinite(pixel_values).all():
-        raise ValueError("pixel_values contains NaN or inf; check the image preprocessing.")
+    if value_checks_enabled():
+        check_input_values(0, pixel_values=pixel_values)
 
 
 def check_image_mask(image_mask, batch_size: int, device):
@@ -93,8 +107,7 @@ def check_image_mask(image_mask, batch_size: int, device):
         raise ValueError(f"image_mask must have shape ({batch_size},), one flag per sample; got {tuple(image_mask.shape)}.")
     if not value_checks_enabled():
         return image_mask.bool()
-    if image_mask.dtype != torch.bool and not ((image_mask == 0) | (image_mask == 1)).all():
-        raise ValueError(f"image_mask must hold True/False (or 1/0) per sample, got {image_mask.tolist()}.")
+    check_input_values(0, image_mask=image_mask)
     image_mask = image_mask.bool()
     return None if bool(image_mask.all()) else image_mask
 

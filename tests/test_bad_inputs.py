@@ -236,6 +236,7 @@ CASES = {
         r"cross_attention_layers must hold at least one",
     ),
     "config-hierarchy-mode": (config(hierarchy_mode="flat"), ValueError, r"hierarchy_mode must be one of"),
+    "config-shared-softmax-norm-in-gated-mode": (config(shared_softmax_norm="queries_and_keys"), ValueError, r"applies to cross_attention_mode='shared_softmax' only"),
     "config-heads-do-not-divide-width": (
         config(cross_attention_num_heads=3),
         ValueError,

@@ -210,3 +210,20 @@ def test_a_prefill_into_a_static_cache_equals_one_into_a_dynamic_cache(mode):
             for cache in (StaticCache(config=model.config.text_config, max_cache_len=16), DynamicCache(config=model.config.text_config))
         ]
     torch.testing.assert_close(logits[0], logits[1])
+
+
+@pytest.mark.parametrize("mode", ["gated", "shared_softmax"])
+def test_generate_checks_values_before_a_compiled_prefill(mode):
+    # A prompt within one prefill chunk runs its prefill through generate's compiled call: the value checks of the
+    # forward are skipped there, so generate runs them first (NaN pixels would otherwise decode as pad tokens).
+    model = build(mode=mode)
+    bad = images(1)
+    bad[0, 0, 0, 0] = float("nan")
+    kwargs = dict(input_ids=prompt(), max_new_tokens=3, cache_implementation="static", prefill_chunk_size=16,
+                  compile_config=compile_config(), **GREEDY)  # fmt: skip
+    with pytest.raises(ValueError, match="NaN"):
+        model.generate(**kwargs, pixel_values=bad)
+    with pytest.raises(ValueError, match="True/False"):
+        model.generate(**kwargs, pixel_values=images(1), image_mask=torch.tensor([2, 0]))
+    compiled = model.generate(**kwargs, pixel_values=images(1))
+    assert torch.equal(compiled, model.generate(**{**kwargs, "prefill_chunk_size": None}, pixel_values=images(1), disable_compile=True))
