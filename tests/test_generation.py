@@ -14,10 +14,9 @@ from transformers import DynamicCache
 
 from modeling_hive.compatibility_hive import CACHE_NAME
 from modeling_hive.modeling_hive import HiveCrossAttentionCacheLayer
-from test_modeling import build, inputs
+from tiny_hive import PAIRS, build, inputs
 
 
-PAIRS = [("vit", "llama"), ("siglip", "qwen2"), ("clip", "gpt2")]
 GREEDY = dict(do_sample=False, pad_token_id=0)
 
 

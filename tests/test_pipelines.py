@@ -8,14 +8,11 @@ import pytest
 import torch
 from isolated import run_isolated
 from PIL import Image
-from transformers import ViTImageProcessorPil, pipeline
+from transformers import pipeline
 
-from hive_vlm.tiny import tiny_hive_config
-from hive_vlm.data.tokenizer import build_tokenizer
-from modeling_hive import HiveForConditionalGeneration
 from modeling_hive.pipeline_hive import HiveVisualQuestionAnsweringPipeline
 from hive_vlm.eval.runner import generate_answers
-from modeling_hive.processing_hive import HiveProcessor, load_rgb_image
+from modeling_hive.processing_hive import load_rgb_image
 
 
 CORPUS = [
@@ -28,14 +25,8 @@ QUESTIONS = ["what colour is the circle ?", "how many shapes are there in this p
 
 
 @pytest.fixture(scope="module")
-def processor():
-    return HiveProcessor(ViTImageProcessorPil(size={"height": 32, "width": 32}), build_tokenizer(CORPUS))
-
-
-@pytest.fixture(scope="module")
-def model(processor):
-    torch.manual_seed(0)
-    return HiveForConditionalGeneration(tiny_hive_config("vit", "llama", tokenizer=processor.tokenizer, gate_init=0.5)).eval()
+def corpus():
+    return CORPUS
 
 
 @pytest.fixture(scope="module")
@@ -187,11 +178,8 @@ def test_image_text_to_text_chat_without_image_is_an_error(model, processor):
 
 
 @pytest.fixture(scope="module")
-def hub_folder(model, processor, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("hub")
-    model.save_pretrained(folder, max_shard_size="200KB")
-    processor.save_pretrained(folder)
-    return folder
+def save_options():
+    return {"max_shard_size": "200KB"}  # several shards, as a user downloads a large model
 
 
 def referenced_code_files(folder) -> set[str]:
@@ -205,20 +193,20 @@ def referenced_code_files(folder) -> set[str]:
     return {reference.split(".")[0] + ".py" for reference in references}
 
 
-def test_hub_folder_layout(hub_folder):
-    config = json.loads((hub_folder / "config.json").read_text())
+def test_hub_folder_layout(saved_folder):
+    config = json.loads((saved_folder / "config.json").read_text())
     assert config["auto_map"]["AutoModelForImageTextToText"] == "modeling_hive.HiveForConditionalGeneration"
     assert config["auto_map"]["AutoConfig"] == "configuration_hive.HiveConfig"
     assert config["custom_pipelines"]["visual-question-answering"]["impl"] == (
         "pipeline_hive.HiveVisualQuestionAnsweringPipeline"
     )
     assert config["custom_pipelines"]["visual-question-answering"]["pt"] == ["AutoModelForImageTextToText"]
-    processor_config = json.loads((hub_folder / "processor_config.json").read_text())
+    processor_config = json.loads((saved_folder / "processor_config.json").read_text())
     assert processor_config["auto_map"]["AutoProcessor"] == "processing_hive.HiveProcessor"
 
-    index = json.loads((hub_folder / "model.safetensors.index.json").read_text())
+    index = json.loads((saved_folder / "model.safetensors.index.json").read_text())
     shards = set(index["weight_map"].values())
-    assert len(shards) >= 2 and all((hub_folder / shard).is_file() for shard in shards)
+    assert len(shards) >= 2 and all((saved_folder / shard).is_file() for shard in shards)
     for name in (
         "generation_config.json",
         "processor_config.json",
@@ -227,16 +215,16 @@ def test_hub_folder_layout(hub_folder):
         "chat_template.jinja",
         "README.md",
     ):
-        assert (hub_folder / name).is_file(), name
-    assert "library_name: transformers" in (hub_folder / "README.md").read_text()
+        assert (saved_folder / name).is_file(), name
+    assert "library_name: transformers" in (saved_folder / "README.md").read_text()
 
-    code_files = referenced_code_files(hub_folder)
+    code_files = referenced_code_files(saved_folder)
     assert {"configuration_hive.py", "modeling_hive.py", "processing_hive.py", "pipeline_hive.py"} <= code_files
     for code_file in sorted(code_files):
-        source = (hub_folder / code_file).read_text()
+        source = (saved_folder / code_file).read_text()
         assert "hive_vlm" not in source, f"{code_file} imports the training package"
         for module in re.findall(r"^\s*from\s+\.(\w+)\s+import", source, flags=re.MULTILINE):
-            assert (hub_folder / f"{module}.py").is_file(), f"{code_file} imports .{module}, missing from the folder"
+            assert (saved_folder / f"{module}.py").is_file(), f"{code_file} imports .{module}, missing from the folder"
 
 
 FRESH_PROCESS_CODE = """
@@ -284,7 +272,7 @@ print(json.dumps({
 """
 
 
-def test_fresh_offline_process_reproduces_in_memory_answers(hub_folder, model, processor, vqa, image_paths, tmp_path):
+def test_fresh_offline_process_reproduces_in_memory_answers(saved_folder, model, processor, vqa, image_paths, tmp_path):
     pad = processor.tokenizer.pad_token_id
     inputs = processor(images=image_paths[0], text="a red circle", return_tensors="pt")
     direct = model.generate(**inputs, max_new_tokens=4, pad_token_id=pad)[0].tolist()
@@ -296,7 +284,7 @@ def test_fresh_offline_process_reproduces_in_memory_answers(hub_folder, model, p
     chat_ids = model.generate(**chat_inputs, max_new_tokens=4, pad_token_id=pad)[0].tolist()
     vqa_batch = vqa([{"image": image, "question": question} for image in image_paths for question in QUESTIONS])
 
-    values = f"folder, images, questions = {str(hub_folder)!r}, {image_paths!r}, {QUESTIONS!r}\n"
+    values = f"folder, images, questions = {str(saved_folder)!r}, {image_paths!r}, {QUESTIONS!r}\n"
     result = run_isolated(values + FRESH_PROCESS_CODE, str(tmp_path))
 
     assert result["project_importable"] is False
