@@ -14,50 +14,12 @@ import json
 from functools import partial
 from pathlib import Path
 
+from .classification import linear_probe
+from .registry import NAMES, benchmark_adapter, benchmarks
+from .runner import evaluate_benchmark, generate_answers, load_model, model_identity
+
 
 DEFAULT_OUT_DIR = Path("eval_results")
-
-
-def _benchmarks() -> dict:
-    from .classification import HiveZeroShotClassificationBenchmark
-    from .gqa import HiveGQABenchmark
-    from .hive_shapes import HiveShapesBenchmark
-    from .llava_qa import HiveLlavaQABenchmark
-    from .mme import HiveMMEBenchmark
-    from .okvqa import HiveOKVQABenchmark
-    from .scienceqa import HiveScienceQABenchmark
-
-    adapters = [
-        HiveMMEBenchmark(),
-        HiveGQABenchmark(),
-        HiveOKVQABenchmark(),
-        HiveScienceQABenchmark(),
-        HiveShapesBenchmark(),
-        HiveLlavaQABenchmark(),
-        HiveZeroShotClassificationBenchmark(),
-        HiveZeroShotClassificationBenchmark(with_labels=True),
-    ]
-    return {adapter.name: adapter for adapter in adapters}
-
-
-def benchmark_adapter(name: str, image_root: str | None = None):
-    """The adapter `hive eval --benchmark name` scores with, by name (`hive ablate` scores a recipe's evaluations
-    through it); `image_root` is where a LLaVA-format file's relative image paths point."""
-    adapters = _benchmarks()
-    if name not in adapters:
-        raise ValueError(f"unknown benchmark {name!r}; choose from {', '.join(sorted(adapters))}.")
-    if image_root is None:
-        return adapters[name]
-    try:
-        return type(adapters[name])(image_root=image_root)
-    except TypeError:
-        raise ValueError(f"benchmark {name!r} reads its images from its own files; image_root does not apply.") from None
-
-
-NAMES = (
-    "mme", "gqa", "okvqa", "scienceqa", "hive-shapes", "llava-qa", "classification", "classification-with-labels",
-    "linear-probe",
-)  # fmt: skip
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -124,15 +86,11 @@ def run(args) -> int:
     if args.image_root is not None and "llava-qa" not in names:
         raise ValueError("--image-root applies to llava-qa only, which this run does not score.")
 
-    from .runner import evaluate_benchmark, generate_answers, load_model, model_identity
-
-    adapters = _benchmarks()
+    adapters = benchmarks()
     identity = model_identity(args.model)
     model = processor = None
     for name in names:
         if name == "linear-probe":
-            from .classification import linear_probe
-
             results = linear_probe(
                 args.model, data[name], outputs[name], train_split=args.probe_train_split,
                 test_split=splits.get(name, splits.get(None, "test")), pooling=args.probe_pooling, epochs=args.probe_epochs,

@@ -250,7 +250,7 @@ def test_malformed_files_raise_clear_errors(tmp_path):
 # ------------------------------------------------------------------------------------------------- hive eval
 def test_the_hive_eval_registry_maps_llava_qa_to_the_adapter(tmp_path):
     assert "llava-qa" in eval_cli.NAMES
-    assert isinstance(eval_cli._benchmarks()["llava-qa"], HiveLlavaQABenchmark)
+    assert isinstance(eval_cli.benchmarks()["llava-qa"], HiveLlavaQABenchmark)
     adapter = eval_cli.benchmark_adapter("llava-qa", image_root=tmp_path)
     assert isinstance(adapter, HiveLlavaQABenchmark) and adapter.image_root == str(tmp_path)
 

@@ -160,7 +160,7 @@ def train_stage(fusion, dataset, collator, stage: dict, seed: int, on_step=None)
 def evaluate_fusion(fusion, processor, entries: list[dict], out: Path, eval_settings: dict, limit: int | None) -> dict:
     """Scores `fusion` on each evaluation of `entries` (`hive_vlm.ablation.shared.evaluations`) through its adapter
     and official scorer; results are written to `out/<label>.json` and returned as label -> scores."""
-    from hive_vlm.eval.cli import benchmark_adapter
+    from hive_vlm.eval.registry import benchmark_adapter
     from hive_vlm.eval.runner import evaluate_benchmark
 
     scores = {}

@@ -165,7 +165,7 @@ def evaluation_entries(recipe: HiveRecipe, benchmarks: list | None, where: str =
 
 def check_evaluations(recipe: HiveRecipe, where: str) -> None:
     """Each `eval` entry names a `hive eval` adapter and one of its protocols: checked before anything trains."""
-    from hive_vlm.eval.cli import benchmark_adapter
+    from hive_vlm.eval.registry import benchmark_adapter
 
     for index, entry in enumerate(recipe.eval or []):
         try:
