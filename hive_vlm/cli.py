@@ -1,6 +1,8 @@
 """The `hive` command. Each subcommand lives in its own module, imported only when that subcommand runs.
 
-A subcommand module defines `add_arguments(parser)` and `run(args) -> int | None`.
+`hive <command>` is the `cli.py` of its own package, `hive_vlm.<command>` (`-` read as `_`; `hive ablate`'s is
+`hive_vlm.ablation`, the study it runs). That module defines `add_arguments(parser)` and `run(args) -> int | None`;
+the code it runs lives in the layers (`hive_vlm.training`, `hive_vlm.eval`, ...) and the command's own package.
 
 Example:
     $ hive data shapes --out shapes/ --seed 0
@@ -11,18 +13,18 @@ import argparse
 import importlib
 import sys
 
-# name -> (module, one-line help). Modules are imported lazily so `hive --help` stays fast.
+# name -> (its cli module, one-line help). Modules are imported lazily so `hive --help` stays fast.
 COMMANDS = {
     "data": ("hive_vlm.data.cli", "Generate hive-shapes or inspect training data."),
     "train": ("hive_vlm.train.cli", "Run a recipe's stages (the three HIVE stages, after stage 0 when it has one), or one of them."),
-    "export-vision": ("hive_vlm.training.export_vision", "Write the trained encoder as a plain transformers model."),
+    "export-vision": ("hive_vlm.export_vision.cli", "Write the trained encoder as a plain transformers model."),
     "eval": ("hive_vlm.eval.cli", "Score a model on MME, GQA, OK-VQA, ScienceQA-IMG, hive-shapes, a LLaVA-format test file or a probe."),
-    "card": ("hive_vlm.hub.card", "Write the model card of a saved HIVE folder."),
-    "push": ("hive_vlm.hub.push", "Upload a saved HIVE folder to the Hub through an allow-list."),
+    "card": ("hive_vlm.card.cli", "Write the model card of a saved HIVE folder."),
+    "push": ("hive_vlm.push.cli", "Upload a saved HIVE folder to the Hub through an allow-list."),
     "demo": ("hive_vlm.demo.cli", "The whole method end to end on one machine, offline."),
-    "visualize": ("hive_vlm.visualize.maps", "Draw the per-level cross-attention maps and gates."),
-    "ablate": ("hive_vlm.ablation.study", "Compare fusion strategies on equal terms."),
-    "transfer": ("hive_vlm.transfer.study", "Compare pre-trained encoders after transfer into LLaVA (the paper's protocol)."),
+    "visualize": ("hive_vlm.visualize.cli", "Draw the per-level cross-attention maps and gates."),
+    "ablate": ("hive_vlm.ablation.cli", "Compare fusion strategies on equal terms."),
+    "transfer": ("hive_vlm.transfer.cli", "Compare pre-trained encoders after transfer into LLaVA (the paper's protocol)."),
     "bench": ("hive_vlm.bench.cli", "Measure HIVE against LLaVA-style fusion."),
 }
 

@@ -21,7 +21,7 @@ from PIL import Image
 from transformers import ViTImageProcessorPil, pipeline
 
 from hive_vlm.cli import main
-from hive_vlm.hub import push as push_command
+from hive_vlm.push import cli as push_command
 from hive_vlm.hub.card import build_model_card, template_path, write_model_card
 from hive_vlm.hub.push import dry_run, hub_settings, push_folder, push_training_run, upload_files
 from hive_vlm.tiny import tiny_hive_config

@@ -1,7 +1,6 @@
-"""`hive export-vision`: the trained encoder of a HIVE folder as a standard transformers vision model.
+"""The trained encoder of a HIVE folder as a standard transformers vision model (`hive export-vision`'s library).
 
 Example:
-    $ hive export-vision --model outputs/tiny/final --out outputs/tiny/encoder
     >>> from transformers import AutoModel
     >>> encoder = AutoModel.from_pretrained("outputs/tiny/encoder")  # no trust_remote_code needed  # doctest: +SKIP
 """
@@ -26,13 +25,3 @@ def export_vision(model_dir: str, out_dir: str) -> str:
         except (OSError, ValueError):
             pass  # a folder without an image processor exports the weights alone
     return str(out_dir)
-
-
-def add_arguments(parser):
-    parser.add_argument("--model", required=True, help="A saved HIVE folder.")
-    parser.add_argument("--out", required=True, help="Folder for the exported encoder.")
-
-
-def run(args) -> int:
-    print(f"encoder written to {export_vision(args.model, args.out)}")
-    return 0

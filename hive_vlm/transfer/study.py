@@ -1,21 +1,6 @@
-"""`hive transfer`: the paper's own protocol. Encoders pre-trained in different ways (HIVE's hierarchical fusion and
-its alternatives, through a proxy LLM) are each carried into an ordinary LLaVA pipeline, and the pipelines are
-compared: does hierarchical pre-training give an encoder that transfers better?
+"""The transfer study: every pre-training variant's encoder carried into transformers' LLaVA, trained and compared
+(`hive transfer`'s library; the command and its phases are in `cli`)."""
 
-Phases:
-    pretraining/   `hive ablate` on the recipe for the fusion variants (every run keeps its encoder), with the
-                   shared backbones, data and evaluations
-    transfer-llm/  the transfer LLM, when it differs from the proxy LLM and is built from a config (stage 0)
-    transfer/      one folder per variant and seed: LLaVA around that encoder, trained and evaluated
-    report         transfer.md, transfer.json and plots/: every variant's scores per level, its encoder's linear
-                   probe, the seed-noise verdicts against hive-paired, pre-training seconds per step and transfer cost
-
-Example:
-    $ hive transfer --recipe recipes/ablation-shapes-learning.yaml --out transfer-study
-    $ hive transfer --recipe recipes/tiny-shapes.yaml --quick --out /tmp/transfer-quick
-"""
-
-import argparse
 import dataclasses
 import json
 import logging
@@ -26,12 +11,10 @@ from pathlib import Path
 from hive_vlm.ablation.fusions import FUSIONS, HiveFusionSettings
 from hive_vlm.ablation.settings import HiveStudySettings
 from hive_vlm.ablation.shared import HiveStudyRun, prepare_shared, shared_path
-from hive_vlm.ablation.study import study_arguments, study_overrides
-
 from hive_vlm.files import atomic_folder, write_atomically, write_json_atomic
 from modeling_hive import HiveProcessor
 
-from .settings import VARIANTS, HiveTransferSettings, load_transfer
+from .settings import HiveTransferSettings
 
 
 logger = logging.getLogger(__name__)
@@ -204,16 +187,3 @@ def pretraining_cost(pretrained: dict, variants) -> dict:
     table = pretrained.get("aggregate", {})
     return {variant: {stage: round(table[variant][f"seconds_per_step/{stage}"]["mean"], 4) if variant in table else "–"
                       for stage in ("stage2", "stage3")} for variant in variants}  # fmt: skip
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    study_arguments(parser, __doc__, "transfer-study")
-    parser.add_argument("--variants", nargs="+", choices=VARIANTS, help="Pre-training variants to compare (default: all eight).")
-
-
-def run(args) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    overrides = study_overrides(args, "transfer", "variants", args.variants)
-    recipe, study, transfer = load_transfer(args.recipe, quick=args.quick, overrides=overrides)
-    run_transfer(recipe, study, transfer, args.out, isolate=not args.no_isolate, threads=args.threads)
-    return 0
