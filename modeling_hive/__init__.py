@@ -1,4 +1,4 @@
-"""HIVE as a transformers model: config, model, processor and the visual-question-answering pipeline.
+"""`modeling_hive`: HIVE as a transformers model: config, model, processor and the visual-question-answering pipeline.
 
 This folder is what a Hub checkpoint ships for `trust_remote_code=True`; importing it also registers HIVE with
 the Auto classes of the running process.

@@ -1,4 +1,4 @@
-"""`hive demo`: the whole HIVE method end to end on one machine, offline (see `hive_vlm.demo.cli` for the phases).
+"""`hive_vlm.demo`: `hive demo`, the whole HIVE method end to end on one machine, offline (see `cli` for the phases).
 
     settings    HiveDemoSettings (FULL, FAST) and the hive train recipe they make
     run         the run: stages 0-3 through the recipe, evaluation, Hub folder, pipeline, figure

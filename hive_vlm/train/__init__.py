@@ -1,1 +1,1 @@
-"""`hive train`: the command that runs a recipe (the stages themselves live in `hive_vlm.training`)."""
+"""`hive_vlm.train`: `hive train`, the command that runs a recipe (the stages themselves are `hive_vlm.training`'s)."""
