@@ -85,7 +85,7 @@ def load_vision_encoder(model_dir):
     The vision encoder and its image processor, from an exported encoder folder or a HIVE checkpoint.
 
     The folder is loaded with `AutoModel` (`trust_remote_code=True`). When the model holds a sub-module named
-    `vision_model` (HIVE's `HiveModel.vision_model`, or the tower of a CLIP/SigLIP model), the shallowest one is
+    `vision_model` (HIVE's `model.vision_model`, or the tower of a CLIP/SigLIP model), the shallowest one is
     the encoder; otherwise the model itself is. The image processor is the folder's own, or that of its processor.
 
     Returns:

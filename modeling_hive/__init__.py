@@ -13,7 +13,7 @@ from .processing_hive import HIVE_CHAT_TEMPLATE, HiveProcessor
 
 
 AutoConfig.register("hive", HiveConfig, exist_ok=True)
-AutoModel.register(HiveConfig, HiveModel, exist_ok=True)
+AutoModel.register(HiveConfig, HiveForConditionalGeneration, exist_ok=True)  # as a saved folder's auto_map: the class that generates
 AutoModelForImageTextToText.register(HiveConfig, HiveForConditionalGeneration, exist_ok=True)
 AutoModelForCausalLM.register(HiveConfig, HiveForConditionalGeneration, exist_ok=True)
 AutoProcessor.register(HiveConfig, HiveProcessor, exist_ok=True)

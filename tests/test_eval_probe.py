@@ -57,7 +57,7 @@ def test_linear_probe_takes_the_vision_model_of_a_hive_checkpoint(tmp_path, data
     hive.save_pretrained(tmp_path / "hive")
     processor.save_pretrained(tmp_path / "hive")
     results = linear_probe(tmp_path / "hive", data, epochs=30, batch_size=6, progress=False)
-    assert results["encoder"] == "HiveModel.vision_model"
+    assert results["encoder"] == "HiveForConditionalGeneration.model.vision_model"  # AutoModel gives the generating class
     assert results["scores"]["top1"] == 100.0
 
 
