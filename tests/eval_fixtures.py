@@ -265,24 +265,3 @@ ZERO_SHOT_ANSWERS = {
     ("blue", "What type of object is in this photo?"): "a retriever",  # wrong: "golden retriever" is absent
 }
 
-
-def save_tiny_hive(folder, corpus):
-    """A tiny HIVE model (ViT + Llama, gates at 0.5) with a word tokenizer built from `corpus`, saved to `folder`;
-    returns `(model in eval mode, processor)`."""
-    import torch
-    from transformers import ViTImageProcessorPil
-
-    from hive_vlm.data.tokenizer import build_tokenizer
-    from hive_vlm.tiny import tiny_hive_config
-    from modeling_hive import HiveForConditionalGeneration
-    from modeling_hive.processing_hive import HiveProcessor
-
-    processor = HiveProcessor(ViTImageProcessorPil(size={"height": 32, "width": 32}), build_tokenizer(corpus))
-    tokenizer = processor.tokenizer
-    text_kwargs = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)  # fmt: skip
-    torch.manual_seed(0)
-    model = HiveForConditionalGeneration(tiny_hive_config("vit", "llama", text_kwargs=text_kwargs, gate_init=0.5))
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return model.eval(), processor

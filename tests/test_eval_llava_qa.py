@@ -5,7 +5,7 @@ import json
 import PIL.Image
 import pytest
 
-from eval_fixtures import COLORS, FakePredictor, color_of, save_tiny_hive
+from eval_fixtures import COLORS, FakePredictor, color_of
 from hive_vlm.cli import main as hive
 from hive_vlm.eval import cli as eval_cli
 from hive_vlm.eval.benchmark import to_rgb
@@ -256,14 +256,12 @@ def test_the_hive_eval_registry_maps_llava_qa_to_the_adapter(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def hive_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("hive")
-    model, processor = save_tiny_hive(folder, [prompt + " " + answer for prompt, answer in zip(PROMPTS, PREDICTIONS)])
-    return folder, model, processor
+def corpus():
+    return [prompt + " " + answer for prompt, answer in zip(PROMPTS, PREDICTIONS)]
 
 
-def test_hive_eval_llava_qa_with_image_root_and_a_tiny_hive_model(hive_folder, tmp_path, capsys):
-    folder, model, processor = hive_folder
+def test_hive_eval_llava_qa_with_image_root_and_a_tiny_hive_model(saved_folder, model, processor, tmp_path, capsys):
+    folder = saved_folder
     write_images(tmp_path / "data")
     path = write_records(tmp_path / "splits" / "test.jsonl", RECORDS, jsonl=True)
     out = tmp_path / "llava-qa.json"

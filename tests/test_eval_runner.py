@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from eval_fixtures import SHAPES_ANSWERS, SHAPES_SCENES, FakePredictor, png, save_tiny_hive, write_mme, write_shapes
+from eval_fixtures import SHAPES_ANSWERS, SHAPES_SCENES, FakePredictor, png, write_mme, write_shapes
 from hive_vlm.cli import main as hive
 from hive_vlm.eval.benchmark import to_rgb
 from hive_vlm.eval.hive_shapes import HiveShapesBenchmark
@@ -71,14 +71,11 @@ CORPUS = [question + " " + answer for _, _, qas in SHAPES_SCENES for question, a
 
 
 @pytest.fixture(scope="module")
-def hive_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("hive")
-    model, processor = save_tiny_hive(folder, CORPUS)
-    return folder, model, processor
+def corpus():
+    return CORPUS
 
 
-def test_generate_answers_in_a_left_padded_batch_equal_the_pipeline_one_by_one(hive_folder):
-    _, model, processor = hive_folder
+def test_generate_answers_in_a_left_padded_batch_equal_the_pipeline_one_by_one(model, processor):
     images = [to_rgb(png("red")), to_rgb(png("blue")), to_rgb(png("red"))]
     prompts = ["What colour is the circle?", "How many objects are there in this picture of shapes?", "Is it red?"]
     batched = generate_answers(model, processor, images, prompts, max_new_tokens=6)
@@ -88,8 +85,8 @@ def test_generate_answers_in_a_left_padded_batch_equal_the_pipeline_one_by_one(h
     assert all(isinstance(answer, str) and answer == answer.strip() for answer in batched)
 
 
-def test_hive_eval_on_hive_shapes_with_a_tiny_hive_model(hive_folder, tmp_path, capsys):
-    folder, model, processor = hive_folder
+def test_hive_eval_on_hive_shapes_with_a_tiny_hive_model(saved_folder, model, processor, tmp_path, capsys):
+    folder = saved_folder
     data, out = write_shapes(tmp_path), tmp_path / "shapes.json"
     code = hive(["eval", "--model", str(folder), "--benchmark", "hive-shapes", "--data", str(data),
                  "--batch-size", "4", "--out", str(out), "--no-progress"])  # fmt: skip
@@ -109,8 +106,8 @@ def test_hive_eval_on_hive_shapes_with_a_tiny_hive_model(hive_folder, tmp_path, 
     assert [sample["prediction"] for sample in samples] == expected
 
 
-def test_hive_eval_all_runs_every_benchmark_given_data(hive_folder, tmp_path):
-    folder, _, _ = hive_folder
+def test_hive_eval_all_runs_every_benchmark_given_data(saved_folder, tmp_path):
+    folder = saved_folder
     code = hive(["eval", "--model", str(folder), "--benchmark", "all", "--data", f"mme={write_mme(tmp_path)}",
                  "--data", f"hive-shapes={write_shapes(tmp_path)}", "--protocol", "mme=lmms-eval",
                  "--limit", "2", "--out", str(tmp_path / "all"), "--no-progress"])  # fmt: skip
