@@ -424,6 +424,15 @@ def test_a_bad_stage3_quantization_is_refused_at_load_naming_it(quantization, me
         recipe.stage_arguments(3, "out")
 
 
+def test_stage3_quantization_without_bitsandbytes_names_the_extra(monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "bitsandbytes" else find_spec(name, *args))
+    with pytest.raises(ValueError, match=r"stage3: quantization needs bitsandbytes: pip install 'hive-vlm\[quantization\]'"):
+        load_recipe(REPO / "recipes" / "tiny-shapes.yaml", ["stage3.quantization={load_in_4bit: true}"])
+
+
 def test_hive_train_stage3_with_quantization_trains_qlora_and_merges_into_the_unquantized_llm(tmp_path):
     pytest.importorskip("bitsandbytes", reason="the `quantization` extra: pip install 'hive-vlm[quantization]'")
     run = tmp_path / "run"
