@@ -190,7 +190,9 @@ def run_benchmark(size: str | HiveBenchSize = "small", device: str | None = None
             hive(input_ids=batch.input_ids, pixel_values=batch.pixel_values, use_cache=True, logits_to_keep=1)
         prefills = {images: {name: prefill_for_decode(model, batch, images, is_llava=name == "llava") for name, model in models.items()}
                     for images in (1, long_batch_images)}  # fmt: skip
-        weight_bytes = {name: decode_weight_bytes(model, lambda m=model, p=prefills[1][name]: decode_one_step(m, p)) for name, model in models.items()}
+        weight_bytes = {
+            name: decode_weight_bytes(model, lambda m=model, p=prefills[1][name]: decode_one_step(m, p)) for name, model in models.items()
+        }
         compiled = sweep_decode = None
         config = compile_config(device, compile_backend) if compile else None
         calls = {name: compiled_call(model, name, config) for name, model in models.items()} if compile else None
@@ -391,7 +393,8 @@ def compiled_result(compiled: dict, config, medians: dict, roofline: dict) -> di
     tokens = {key: {name: 1 / seconds for name, seconds in sides.items()} for key, sides in compiled_medians.items()}
     return {
         "settings": {"mode": config.mode, "backend": config.backend, "fullgraph": config.fullgraph, "dynamic": config.dynamic,
-                     "cache": "StaticCache", "what": "decode steps (generate runs the prefill eagerly), each model entered through its own function"},  # fmt: skip
+                     "cache": "StaticCache",
+                     "what": "decode steps (generate runs the prefill eagerly), each model entered through its own function"},  # fmt: skip
         "ratios": {
             **{f"decode_ratio_{key}": tokens[key]["hive"] / tokens[key]["llava"] for key in compiled},
             **{f"shared_softmax_decode_ratio_{key}": tokens[key]["shared_softmax"] / tokens[key]["hive"] for key in compiled},
@@ -543,7 +546,8 @@ def roofline_line(result: dict) -> str:
         f"decode at batch 1 against the bandwidth limit (copy {roofline['copy_bytes_per_s'] / 1e9:,.1f} GB/s, read + written): "
         f"{_mib(roofline['decode_step_bytes']['576']['hive'])}/step HIVE, {_mib(roofline['decode_step_bytes']['576']['llava'])} LLaVA; "
         f"reached {_percent(fractions['576']['hive'])} HIVE, {_percent(fractions['576']['llava'])} LLaVA "
-        f"({_percent(fractions['2880']['hive'])}, {_percent(fractions['2880']['llava'])} at {result['sizes']['long_context_image_tokens']:,} image tokens)"
+        f"({_percent(fractions['2880']['hive'])}, {_percent(fractions['2880']['llava'])} "
+        f"at {result['sizes']['long_context_image_tokens']:,} image tokens)"
     )
 
 

@@ -212,11 +212,13 @@ def test_bytes_per_decode_step_equal_a_hand_count_on_toy(one_thread):
 
     # The caches: per position, 4 layers x (K and V) x 16 floats; HIVE's 4 blocks x (K and V) x 16 image tokens x 16.
     caches = {name: cache_bytes(prefill[0]) for name, prefill in prefills.items()}
-    assert cache_bytes_per_position(caches["llava"], TOY.text_tokens + TOY.image_tokens) == cache_bytes_per_position(caches["hive"], TOY.text_tokens) == 4 * 2 * 16 * 4
+    per_position = 4 * 2 * 16 * 4
+    assert cache_bytes_per_position(caches["llava"], TOY.text_tokens + TOY.image_tokens) == per_position
+    assert cache_bytes_per_position(caches["hive"], TOY.text_tokens) == per_position
     assert caches["hive"]["cross_attention"] == 4 * 2 * 16 * 16 * 4
     # 4 steps after 8 positions attend to 10.5 positions on average; the weights are read once for the batch.
-    assert decode_step_bytes(weights["hive"], 512, caches["hive"]["cross_attention"], TOY.text_tokens, steps=4, batch_size=2) == (
-        4 * (llm + 4 * block) + 2 * (512 * 10.5 + 4 * 2 * 16 * 16 * 4)
+    assert decode_step_bytes(weights["hive"], per_position, caches["hive"]["cross_attention"], TOY.text_tokens, steps=4, batch_size=2) == (
+        4 * (llm + 4 * block) + 2 * (per_position * 10.5 + 4 * 2 * 16 * 16 * 4)
     )
 
 
