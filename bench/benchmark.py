@@ -5,9 +5,9 @@ All three models share the encoder, LLM and LM head weights (random) and the pro
 Every timed measure alternates the models' repetitions and reports medians.
 
 Example:
-    >>> from hive_vlm.bench.benchmark import run_benchmark, format_table
+    >>> from hive_vlm.bench.benchmark import run_benchmark
     >>> result = run_benchmark("toy", device="cpu", dtype="float32", repeats=2)
-    >>> print(format_table(result))
+    >>> result["kv_cache_ratio"]
 """
 
 import os
@@ -23,11 +23,14 @@ from torch.utils.flop_counter import FlopCounterMode
 from .compiled import (
     compile_config,
     compiled_call,
+    compiled_result,
     largest_decode_batches,
     measure_static_decode,
     measure_train_sweep,
+    subset,
     sweep_batch_limit,
     sweep_budget,
+    sweep_result,
 )
 from .flops import hive_prefill_flops, hive_stage2_step_flops
 from .measures import copy_bytes_per_second, copy_probe_tasks, interleaved, matmul_flops_per_second, matmul_probe_tasks, median
@@ -41,8 +44,8 @@ from .phases import (
     prefill_for_decode,
     stage2_step_maker,
 )
-from .models import bench_batch, build_models, build_shared_softmax, cache_bytes
-from .roofline import bandwidth_fraction, cache_bytes_per_position, decode_step_bytes, decode_weight_bytes, probe_bytes
+from .models import bench_batch, build_models, build_shared_softmax
+from .roofline import decode_weight_bytes, probe_bytes, roofline_result
 from .sizes import BENCH_SIZES, HiveBenchSize
 
 
@@ -344,293 +347,3 @@ def run_benchmark(size: str | HiveBenchSize = "small", device: str | None = None
         },
     }
     return result
-
-
-def subset(measure: dict, models: dict) -> dict:
-    """A `measure_static_decode` result restricted to `models`."""
-    return {part: {name: value for name, value in values.items() if name in models} for part, values in measure.items()}
-
-
-IMAGE_COUNTS = ("576", "2880")  # the issue's names for one image's tokens and five images' worth (at every size)
-
-
-def roofline_result(size: HiveBenchSize, models: dict, prefills: dict, weight_bytes: dict, bytes_per_second: float, probe_nbytes: int,
-                    medians: dict, compiled: dict | None) -> dict:  # fmt: skip
-    """Bytes per decode step (batch 1) and the fraction of the copy-bandwidth limit each model's eager (and compiled)
-    step reaches, at both image counts."""
-    steps_bytes, per_position, image_bytes = {}, {}, {}
-    for images, key in zip(prefills, IMAGE_COUNTS):
-        per_position[key], image_bytes[key], steps_bytes[key] = {}, {}, {}
-        for name in models:
-            cache = prefills[images][name][0]
-            held = cache_bytes(cache)
-            per_position[key][name] = cache_bytes_per_position(held, cache.get_seq_length())
-            image_bytes[key][name] = held["cross_attention"]
-            steps_bytes[key][name] = decode_step_bytes(weight_bytes[name], per_position[key][name], image_bytes[key][name], cache.get_seq_length(),
-                                                       size.decode_tokens)  # fmt: skip
-    fractions = {"eager": {key: {name: bandwidth_fraction(steps_bytes[key][name], bytes_per_second, medians[f"decode_step_{key}"][name])
-                                 for name in models} for key in IMAGE_COUNTS}}  # fmt: skip
-    if compiled:
-        fractions["compiled"] = {
-            key: {name: bandwidth_fraction(steps_bytes[key][name], bytes_per_second, median(compiled[key]["times"][name])) for name in models}
-            for key in IMAGE_COUNTS
-        }
-    return {
-        "copy_bytes_per_s": bytes_per_second,  # bytes read plus written
-        "copy_probe_bytes": probe_nbytes,
-        "decode_weight_bytes": weight_bytes,
-        "decode_cache_bytes_per_position": per_position,
-        "decode_image_bytes": image_bytes,
-        "decode_step_bytes": steps_bytes,
-        "decode_fraction_of_bandwidth": fractions,
-    }
-
-
-def compiled_result(compiled: dict, config, medians: dict, roofline: dict) -> dict:
-    """The compiled decode measures: raw and median step times, tokens/s, ratios, speed-up over the eager steps,
-    compile times and what torch's compiler counted."""
-    compiled_medians = {key: {name: median(values) for name, values in measure["times"].items()} for key, measure in compiled.items()}
-    tokens = {key: {name: 1 / seconds for name, seconds in sides.items()} for key, sides in compiled_medians.items()}
-    return {
-        "settings": {"mode": config.mode, "backend": config.backend, "fullgraph": config.fullgraph, "dynamic": config.dynamic,
-                     "cache": "StaticCache",
-                     "what": "decode steps (generate runs the prefill eagerly), each model entered through its own function"},  # fmt: skip
-        "ratios": {
-            **{f"decode_ratio_{key}": tokens[key]["hive"] / tokens[key]["llava"] for key in compiled},
-            **{f"shared_softmax_decode_ratio_{key}": tokens[key]["shared_softmax"] / tokens[key]["hive"] for key in compiled},
-        },
-        "speedup_over_eager": {key: {name: medians[f"decode_step_{key}"][name] / seconds for name, seconds in sides.items()}
-                               for key, sides in compiled_medians.items()},  # fmt: skip
-        "decode_fraction_of_bandwidth": roofline["decode_fraction_of_bandwidth"]["compiled"],
-        "decode_tokens_per_s": tokens,
-        "timings_s": {f"decode_step_{key}": measure["times"] for key, measure in compiled.items()},
-        "medians_s": {f"decode_step_{key}": sides for key, sides in compiled_medians.items()},
-        "compile_s": {key: measure["compile_s"] for key, measure in compiled.items()},
-        "dynamo": {key: measure["dynamo"] for key, measure in compiled.items()},
-    }
-
-
-def sweep_result(decode: dict, train: dict, largest_decode: dict, budget: int, limit: int, roofline: dict, config, size: HiveBenchSize,
-                 peak: dict) -> dict:  # fmt: skip
-    """The batch sweep: decode tokens/s and the fraction of the bandwidth limit at each batch (576 image tokens), and
-    stage-2 samples/s at each model's largest fitting batch."""
-    key = IMAGE_COUNTS[0]
-    decode_rows = {}
-    for batches, measure in decode.items():
-        sizes = measure["batch_sizes"]
-        medians = {name: median(values) for name, values in measure["times"].items()}
-        step_bytes = {
-            name: roofline["decode_weight_bytes"][name]
-            + sizes[name] * (roofline["decode_step_bytes"][key][name] - roofline["decode_weight_bytes"][name])
-            for name in medians
-        }
-        tokens = {name: sizes[name] / seconds for name, seconds in medians.items()}
-        decode_rows[batches] = {
-            "batch_sizes": sizes,
-            "tokens_per_s": tokens,
-            "hive_llava_ratio": tokens["hive"] / tokens["llava"],
-            "step_bytes": step_bytes,
-            "fraction_of_bandwidth": {name: bandwidth_fraction(step_bytes[name], roofline["copy_bytes_per_s"], medians[name]) for name in medians},
-            "timings_s": measure["times"],
-            "compile_s": measure["compile_s"],
-        }
-    train_medians = {name: median(values) for name, values in train["times"].items()}
-    train_batches = {name: found["batch"] for name, found in train["largest"].items()}
-    samples = {name: train_batches[name] / seconds for name, seconds in train_medians.items()}
-    hive_flops = sum(hive_stage2_step_flops(config, size.text_tokens, train_batches["hive"]).values())
-    return {
-        "memory_budget_bytes": budget,
-        "batch_limit": limit,
-        "decode": decode_rows,
-        "decode_largest_search": largest_decode,
-        "train": {
-            "batch_sizes": train_batches,
-            "samples_per_s": samples,
-            "hive_llava_ratio": samples["hive"] / samples["llava"],
-            "hive_fraction_of_matmul_peak": hive_flops / train_medians["hive"] / peak["train_step"],
-            "timings_s": train["times"],
-            "largest_search": train["largest"],
-        },
-    }
-
-
-def fixed_width(lines: list[tuple[str, ...]]) -> list[str]:
-    """Rows of cells as left-aligned columns, the first row a header underlined with dashes."""
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    rendered = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines]
-    rendered.insert(1, "  ".join("-" * width for width in widths))
-    return rendered
-
-
-def _milliseconds(seconds: float) -> str:
-    return f"{seconds * 1e3:,.1f} ms"
-
-
-def _mib(nbytes: float) -> str:
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if nbytes >= scale:
-            return f"{nbytes / scale:,.1f} {unit}"
-    return f"{nbytes:,.0f} B"
-
-
-def format_table(result: dict) -> str:
-    """The nine measures as a fixed-width table: HIVE, LLaVA (or the reference), ratio, target, verdict."""
-    medians, kv, memory, flops = result["medians_s"], result["kv_cache_bytes"], result["train_memory_bytes"], result["flops"]
-    tokens = result["decode_tokens_per_s"]
-    long_tokens = result["sizes"]["long_context_image_tokens"]
-    rows = {
-        "ttft_ratio": (_milliseconds(medians["ttft"]["hive"]), _milliseconds(medians["ttft"]["llava"])),
-        "llm_prefill_ratio": (_milliseconds(medians["llm_prefill"]["hive"]), _milliseconds(medians["llm_prefill"]["llava"])),
-        "decode_ratio_576": (f"{tokens['576']['hive']:,.1f} tok/s", f"{tokens['576']['llava']:,.1f} tok/s"),
-        "decode_ratio_2880": (f"{tokens['2880']['hive']:,.1f} tok/s", f"{tokens['2880']['llava']:,.1f} tok/s"),
-        "train_step_ratio": (_milliseconds(medians["train_step"]["hive"]), _milliseconds(medians["train_step"]["llava"])),
-        "train_memory_ratio": (_mib(memory["peak_bytes"]["hive"]), _mib(memory["peak_bytes"]["llava"])),
-        "kv_cache_ratio": (_mib(kv["hive"]["total"]), _mib(kv["llava"]["total"])),
-        "cross_kv_cache_speedup": (
-            f"cached {_milliseconds(medians['decode_step_cross_kv']['cached'])}/step",
-            f"recompute {_milliseconds(medians['decode_step_cross_kv']['recompute'])}/step",
-        ),
-        "prefill_flops_fraction_of_peak": (
-            f"{flops['hive_prefill_flops_per_s'] / 1e9:,.1f} GFLOP/s",
-            f"peak {flops['matmul_peak_flops_per_s']['prefill'] / 1e9:,.1f} GFLOP/s",
-        ),
-    }
-    labels = {key: text for key, (_, _, text) in TARGETS.items()}
-    labels["decode_ratio_2880"] = labels["decode_ratio_2880"].replace("2,880", f"{long_tokens:,}")
-    labels["decode_ratio_576"] = labels["decode_ratio_576"].replace("576", f"{result['sizes']['image_tokens']:,}")
-    header = ("measure", "HIVE", "LLaVA / reference", "value", "target", "")
-    lines = [header]
-    for key in RESULT_KEYS:
-        comparison, bound, _ = TARGETS[key]
-        value = result[key]
-        lines.append((labels[key], *rows[key], f"{value:.3f}", f"{comparison} {bound:g}", "met" if target_met(key, value) else "MISSED"))
-    rendered = fixed_width(lines)
-    settings, sizes, machine = result["settings"], result["sizes"], result["machine"]
-    rendered.append("")
-    rendered.append(
-        f"size {sizes['size']} | {settings['device']} {settings['dtype']} | {machine['device_name']} | "
-        f"{machine['torch_threads']} threads | repeats {settings['repeats']} | {settings['elapsed_s']:.0f} s"
-    )
-    rendered.append(
-        f"shared encoder {_milliseconds(medians['encoder']['hive'])} (HIVE) / {_milliseconds(medians['encoder']['llava'])} (LLaVA); "
-        f"fusion {_milliseconds(medians['fusion']['hive'])} (HIVE projectors + K/V) / {_milliseconds(medians['fusion']['llava'])} (LLaVA projector)"
-    )
-    if "576_batched" in tokens:
-        rendered.append(
-            f"decode at batch {sizes['decode_batch_size']}: HIVE/LLaVA tokens/s {tokens['576_batched']['hive'] / tokens['576_batched']['llava']:.3f} "
-            f"({sizes['image_tokens']:,} image tokens), {tokens['2880_batched']['hive'] / tokens['2880_batched']['llava']:.3f} ({long_tokens:,})"
-        )
-    rendered.append(
-        f"decode step with the encoder rerun too: {_milliseconds(medians['decode_step_cross_kv']['recompute_with_encoder'])} "
-        f"({medians['decode_step_cross_kv']['recompute_with_encoder'] / medians['decode_step_cross_kv']['cached']:.1f}x the cached step); "
-        f"HIVE stage-2 step at {flops['hive_train_step_fraction_of_peak']:.1%} of the matmul peak"
-    )
-    rendered.append(roofline_line(result))
-    rendered += ["", shared_softmax_table(result)]
-    if "compiled" in result:
-        rendered += ["", compiled_table(result)]
-    if "sweep" in result:
-        rendered += ["", sweep_table(result)]
-    return "\n".join(rendered)
-
-
-def _percent(fraction: float) -> str:
-    return f"{fraction:.1%}" if fraction >= 0.001 else f"{fraction:.2e}"
-
-
-def roofline_line(result: dict) -> str:
-    """Bytes per decode step and the fraction of the copy-bandwidth limit the eager batch-1 steps reach."""
-    roofline = result["roofline"]
-    fractions = roofline["decode_fraction_of_bandwidth"]["eager"]
-    return (
-        f"decode at batch 1 against the bandwidth limit (copy {roofline['copy_bytes_per_s'] / 1e9:,.1f} GB/s, read + written): "
-        f"{_mib(roofline['decode_step_bytes']['576']['hive'])}/step HIVE, {_mib(roofline['decode_step_bytes']['576']['llava'])} LLaVA; "
-        f"reached {_percent(fractions['576']['hive'])} HIVE, {_percent(fractions['576']['llava'])} LLaVA "
-        f"({_percent(fractions['2880']['hive'])}, {_percent(fractions['2880']['llava'])} "
-        f"at {result['sizes']['long_context_image_tokens']:,} image tokens)"
-    )
-
-
-def compiled_table(result: dict) -> str:
-    """The compiled decode steps: tokens/s of each model, HIVE/LLaVA, each model's speed-up over its eager step, the
-    fraction of the bandwidth limit reached."""
-    compiled, sizes = result["compiled"], result["sizes"]
-    tokens, speedup, fractions = compiled["decode_tokens_per_s"], compiled["speedup_over_eager"], compiled["decode_fraction_of_bandwidth"]
-    settings = compiled["settings"]
-    header = ("compiled decode, static cache, batch 1", "HIVE", "LLaVA", "HIVE/LLaVA", "vs eager (HIVE, LLaVA)", "of bandwidth limit")
-    lines = [header]
-    for key, image_tokens in (("576", sizes["image_tokens"]), ("2880", sizes["long_context_image_tokens"])):
-        lines.append((
-            f"decode tokens/s, {image_tokens:,} image tokens",
-            f"{tokens[key]['hive']:,.1f} tok/s",
-            f"{tokens[key]['llava']:,.1f} tok/s",
-            f"{compiled['ratios'][f'decode_ratio_{key}']:.3f}",
-            f"{speedup[key]['hive']:.2f}x, {speedup[key]['llava']:.2f}x",
-            f"{_percent(fractions[key]['hive'])}, {_percent(fractions[key]['llava'])}",
-        ))  # fmt: skip
-    rendered = fixed_width(lines)
-    compile_s = compiled["compile_s"]["576"]
-    rendered.append(
-        f"torch.compile mode {settings['mode']!r}, backend {settings['backend']!r}, dynamic {settings['dynamic']}; first run (compile) "
-        f"{compile_s['hive']:.1f} s HIVE, {compile_s['llava']:.1f} s LLaVA, not timed; shared-softmax/gated tokens/s "
-        f"{compiled['ratios']['shared_softmax_decode_ratio_576']:.3f}, {compiled['ratios']['shared_softmax_decode_ratio_2880']:.3f}; "
-        f"graph breaks in a decode step: HIVE {compiled['dynamo']['576']['hive']['graph_breaks']}, "
-        f"shared-softmax {compiled['dynamo']['576']['shared_softmax']['graph_breaks']}, LLaVA {compiled['dynamo']['576']['llava']['graph_breaks']}"
-    )
-    return "\n".join(rendered)
-
-
-def sweep_table(result: dict) -> str:
-    """Decode tokens/s over the batch sweep (one image), and stage-2 samples/s at each model's largest fitting batch."""
-    sweep = result["sweep"]
-    mode = "compiled" if "compiled" in result else "eager"
-    header = (f"decode batch sweep ({mode}, static cache)", "HIVE", "LLaVA", "HIVE/LLaVA", "of bandwidth limit (HIVE, LLaVA)")
-    lines = [header]
-    for key, row in sweep["decode"].items():
-        batches = row["batch_sizes"]
-        label = f"batch {key}" if key != "largest" else f"largest fitting batch (HIVE {batches['hive']}, LLaVA {batches['llava']})"
-        lines.append((
-            label,
-            f"{row['tokens_per_s']['hive']:,.1f} tok/s",
-            f"{row['tokens_per_s']['llava']:,.1f} tok/s",
-            f"{row['hive_llava_ratio']:.3f}",
-            f"{_percent(row['fraction_of_bandwidth']['hive'])}, {_percent(row['fraction_of_bandwidth']['llava'])}",
-        ))  # fmt: skip
-    rendered = fixed_width(lines)
-    train = sweep["train"]
-    rendered.append(
-        f"stage-2 at the largest batch in {_mib(sweep['memory_budget_bytes'])} (at most {sweep['batch_limit']}): "
-        f"HIVE batch {train['batch_sizes']['hive']}, {train['samples_per_s']['hive']:,.1f} samples/s; "
-        f"LLaVA batch {train['batch_sizes']['llava']}, {train['samples_per_s']['llava']:,.1f} samples/s; "
-        f"HIVE/LLaVA {train['hive_llava_ratio']:.3f}; HIVE at {_percent(train['hive_fraction_of_matmul_peak'])} of the matmul peak"
-    )
-    return "\n".join(rendered)
-
-
-def shared_softmax_table(result: dict) -> str:
-    """HIVE's shared-softmax mode against its gated blocks at the same connections: gated, shared-softmax, ratio,
-    target (no more than the gated blocks), verdict."""
-    medians, kv, memory, tokens = result["medians_s"], result["kv_cache_bytes"], result["train_memory_bytes"]["peak_bytes"], result["decode_tokens_per_s"]
-    trainable = result["parameters"]["trainable_stage2"]
-    sizes = result["sizes"]
-    cells = {
-        "ttft_ratio": {name: _milliseconds(medians["ttft"][name]) for name in ("hive", "shared_softmax")},
-        "llm_prefill_ratio": {name: _milliseconds(medians["llm_prefill"][name]) for name in ("hive", "shared_softmax")},
-        "fusion_ratio": {name: _milliseconds(medians["fusion"][name]) for name in ("hive", "shared_softmax")},
-        "decode_ratio_576": {name: f"{tokens['576'][name]:,.1f} tok/s" for name in ("hive", "shared_softmax")},
-        "decode_ratio_2880": {name: f"{tokens['2880'][name]:,.1f} tok/s" for name in ("hive", "shared_softmax")},
-        "train_step_ratio": {name: _milliseconds(medians["train_step"][name]) for name in ("hive", "shared_softmax")},
-        "train_memory_ratio": {name: _mib(memory[name]) for name in ("hive", "shared_softmax")},
-        "kv_cache_ratio": {name: _mib(kv[name]["total"]) for name in ("hive", "shared_softmax")},
-        "trainable_ratio": {name: f"{trainable[name]:,}" for name in ("hive", "shared_softmax")},
-    }
-    header = ("shared-softmax vs gated blocks", "gated", "shared-softmax", "ratio", "target", "")
-    lines = [header]
-    for key, (comparison, bound, text) in SHARED_SOFTMAX_TARGETS.items():
-        text = text.replace("2,880", f"{sizes['long_context_image_tokens']:,}").replace("576", f"{sizes['image_tokens']:,}")
-        value = result["shared_softmax"][key]
-        verdict = "met" if target_met(key, value, SHARED_SOFTMAX_TARGETS) else "MISSED"
-        lines.append((text, cells[key]["hive"], cells[key]["shared_softmax"], f"{value:.3f}", f"{comparison} {bound:g}", verdict))
-    rendered = fixed_width(lines)
-    rendered.append(f"same connections {sizes['cross_attention_layers']}, same encoder, LLM, head and projectors")
-    return "\n".join(rendered)

@@ -11,8 +11,9 @@ import os
 import sys
 import tempfile
 
-from .benchmark import DTYPES, format_table, run_benchmark
+from .benchmark import DTYPES, run_benchmark
 from .sizes import BENCH_SIZES
+from .tables import format_table
 
 
 def add_arguments(parser) -> None:

@@ -12,8 +12,10 @@ from transformers import CompileConfig, StaticCache
 
 from modeling_hive.modeling_hive import HiveCrossAttentionCacheLayer
 
-from .measures import interleaved, largest_batch, peak_allocated_during, resident_training_bytes, tensor_bytes, timed
+from .flops import hive_stage2_step_flops
+from .measures import interleaved, largest_batch, median, peak_allocated_during, resident_training_bytes, tensor_bytes, timed
 from .phases import decode_run
+from .roofline import IMAGE_COUNTS, bandwidth_fraction
 from .sizes import HiveBenchSize
 
 
@@ -166,3 +168,76 @@ def measure_train_sweep(models: dict, make_step, repeats: int, device, budget: i
         for parameter in model.parameters():
             parameter.grad = None
     return {"largest": largest, "times": times}
+
+
+def subset(measure: dict, models: dict) -> dict:
+    """A `measure_static_decode` result restricted to `models`."""
+    return {part: {name: value for name, value in values.items() if name in models} for part, values in measure.items()}
+
+
+def compiled_result(compiled: dict, config, medians: dict, roofline: dict) -> dict:
+    """The compiled decode measures: raw and median step times, tokens/s, ratios, speed-up over the eager steps,
+    compile times and what torch's compiler counted."""
+    compiled_medians = {key: {name: median(values) for name, values in measure["times"].items()} for key, measure in compiled.items()}
+    tokens = {key: {name: 1 / seconds for name, seconds in sides.items()} for key, sides in compiled_medians.items()}
+    return {
+        "settings": {"mode": config.mode, "backend": config.backend, "fullgraph": config.fullgraph, "dynamic": config.dynamic,
+                     "cache": "StaticCache",
+                     "what": "decode steps (generate runs the prefill eagerly), each model entered through its own function"},  # fmt: skip
+        "ratios": {
+            **{f"decode_ratio_{key}": tokens[key]["hive"] / tokens[key]["llava"] for key in compiled},
+            **{f"shared_softmax_decode_ratio_{key}": tokens[key]["shared_softmax"] / tokens[key]["hive"] for key in compiled},
+        },
+        "speedup_over_eager": {key: {name: medians[f"decode_step_{key}"][name] / seconds for name, seconds in sides.items()}
+                               for key, sides in compiled_medians.items()},  # fmt: skip
+        "decode_fraction_of_bandwidth": roofline["decode_fraction_of_bandwidth"]["compiled"],
+        "decode_tokens_per_s": tokens,
+        "timings_s": {f"decode_step_{key}": measure["times"] for key, measure in compiled.items()},
+        "medians_s": {f"decode_step_{key}": sides for key, sides in compiled_medians.items()},
+        "compile_s": {key: measure["compile_s"] for key, measure in compiled.items()},
+        "dynamo": {key: measure["dynamo"] for key, measure in compiled.items()},
+    }
+
+
+def sweep_result(decode: dict, train: dict, largest_decode: dict, budget: int, limit: int, roofline: dict, config, size: HiveBenchSize,
+                 peak: dict) -> dict:  # fmt: skip
+    """The batch sweep: decode tokens/s and the fraction of the bandwidth limit at each batch (576 image tokens), and
+    stage-2 samples/s at each model's largest fitting batch."""
+    key = IMAGE_COUNTS[0]
+    decode_rows = {}
+    for batches, measure in decode.items():
+        sizes = measure["batch_sizes"]
+        medians = {name: median(values) for name, values in measure["times"].items()}
+        step_bytes = {
+            name: roofline["decode_weight_bytes"][name]
+            + sizes[name] * (roofline["decode_step_bytes"][key][name] - roofline["decode_weight_bytes"][name])
+            for name in medians
+        }
+        tokens = {name: sizes[name] / seconds for name, seconds in medians.items()}
+        decode_rows[batches] = {
+            "batch_sizes": sizes,
+            "tokens_per_s": tokens,
+            "hive_llava_ratio": tokens["hive"] / tokens["llava"],
+            "step_bytes": step_bytes,
+            "fraction_of_bandwidth": {name: bandwidth_fraction(step_bytes[name], roofline["copy_bytes_per_s"], medians[name]) for name in medians},
+            "timings_s": measure["times"],
+            "compile_s": measure["compile_s"],
+        }
+    train_medians = {name: median(values) for name, values in train["times"].items()}
+    train_batches = {name: found["batch"] for name, found in train["largest"].items()}
+    samples = {name: train_batches[name] / seconds for name, seconds in train_medians.items()}
+    hive_flops = sum(hive_stage2_step_flops(config, size.text_tokens, train_batches["hive"]).values())
+    return {
+        "memory_budget_bytes": budget,
+        "batch_limit": limit,
+        "decode": decode_rows,
+        "decode_largest_search": largest_decode,
+        "train": {
+            "batch_sizes": train_batches,
+            "samples_per_s": samples,
+            "hive_llava_ratio": samples["hive"] / samples["llava"],
+            "hive_fraction_of_matmul_peak": hive_flops / train_medians["hive"] / peak["train_step"],
+            "timings_s": train["times"],
+            "largest_search": train["largest"],
+        },
+    }

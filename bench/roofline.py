@@ -18,6 +18,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .measures import median
+from .models import cache_bytes
+from .sizes import HiveBenchSize
+
 
 def decode_weight_bytes(model: nn.Module, step: Callable[[], object]) -> int:
     """Bytes of the distinct weights `step()` (one decode step of `model`) reads: every parameter of a module it calls."""
@@ -63,3 +67,38 @@ def bandwidth_fraction(step_bytes: float, bytes_per_second: float, step_seconds:
 def probe_bytes(device: torch.device) -> int:
     """The copy probe's size: 1 GiB on a GPU (well above any L2), 256 MiB on a CPU (well above its last-level cache)."""
     return 2**30 if device.type == "cuda" else 2**28
+
+
+IMAGE_COUNTS = ("576", "2880")  # the issue's names for one image's tokens and five images' worth (at every size)
+
+
+def roofline_result(size: HiveBenchSize, models: dict, prefills: dict, weight_bytes: dict, bytes_per_second: float, probe_nbytes: int,
+                    medians: dict, compiled: dict | None) -> dict:  # fmt: skip
+    """Bytes per decode step (batch 1) and the fraction of the copy-bandwidth limit each model's eager (and compiled)
+    step reaches, at both image counts."""
+    steps_bytes, per_position, image_bytes = {}, {}, {}
+    for images, key in zip(prefills, IMAGE_COUNTS):
+        per_position[key], image_bytes[key], steps_bytes[key] = {}, {}, {}
+        for name in models:
+            cache = prefills[images][name][0]
+            held = cache_bytes(cache)
+            per_position[key][name] = cache_bytes_per_position(held, cache.get_seq_length())
+            image_bytes[key][name] = held["cross_attention"]
+            steps_bytes[key][name] = decode_step_bytes(weight_bytes[name], per_position[key][name], image_bytes[key][name], cache.get_seq_length(),
+                                                       size.decode_tokens)  # fmt: skip
+    fractions = {"eager": {key: {name: bandwidth_fraction(steps_bytes[key][name], bytes_per_second, medians[f"decode_step_{key}"][name])
+                                 for name in models} for key in IMAGE_COUNTS}}  # fmt: skip
+    if compiled:
+        fractions["compiled"] = {
+            key: {name: bandwidth_fraction(steps_bytes[key][name], bytes_per_second, median(compiled[key]["times"][name])) for name in models}
+            for key in IMAGE_COUNTS
+        }
+    return {
+        "copy_bytes_per_s": bytes_per_second,  # bytes read plus written
+        "copy_probe_bytes": probe_nbytes,
+        "decode_weight_bytes": weight_bytes,
+        "decode_cache_bytes_per_position": per_position,
+        "decode_image_bytes": image_bytes,
+        "decode_step_bytes": steps_bytes,
+        "decode_fraction_of_bandwidth": fractions,
+    }
