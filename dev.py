@@ -27,6 +27,7 @@ OLDEST_TESTS = [
     "tests/test_modeling.py",
     "tests/test_generation.py",
     "tests/test_compile.py",
+    "tests/test_inspection.py",
     "tests/test_shared_softmax.py",
     "tests/test_compatibility.py",
     "tests/test_processor.py",

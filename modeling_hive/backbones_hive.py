@@ -22,7 +22,7 @@ logger = logging.get_logger(__name__)
 def decoder_layers(language_model: nn.Module, num_layers: int) -> nn.ModuleList:
     """The LLM's list of decoder layers, found by structure: the one child ModuleList with one entry per layer of its
     decoder (`get_decoder()`: the base model itself for Llama or GPT-2, `decoder` for OPT).
-    `HiveModel.check_cross_attention_is_reached` then proves that the layers are called with the vision context."""
+    `inspection_hive.check_cross_attention_is_reached` then proves that the layers are called with the vision context."""
     decoder = language_model.get_decoder()
     candidates = [module for module in decoder.children() if isinstance(module, nn.ModuleList) and len(module) == num_layers]
     if len(candidates) != 1:
@@ -52,7 +52,7 @@ class HiveComputedBaseModel(nn.Module):
 
 
 class HiveScaledHead(nn.Module):
-    """An output layer times a constant: large logits, for `HiveForConditionalGeneration.check_logits_are_the_llms`."""
+    """An output layer times a constant: large logits, for `inspection_hive.logits_by_causal_lm`."""
 
     def __init__(self, head: nn.Module, scale: float):
         super().__init__()

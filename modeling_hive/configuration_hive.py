@@ -100,9 +100,15 @@ class HiveConfig(PreTrainedConfig):
         logits_by_causal_lm (`bool`, *optional*):
             How the LLM's causal-LM class makes its logits: `False` when they are its head applied to the last hidden
             state, `True` when its forward does more after the head (Gemma2's soft-capping, Cohere's scaling) and HIVE
-            runs that forward. Measured once when the model is built (`check_logits_are_the_llms`) and saved with it,
-            so that loading with offloaded or quantized weights never has to measure it; `None` (a folder saved
+            runs that forward. Measured once when the model is built (`inspection_hive.logits_by_causal_lm`) and saved
+            with it, so that loading with offloaded or quantized weights never has to measure it; `None` (a folder saved
             before it was recorded) measures it when the model is loaded.
+        backbone_inspection (`dict`, *optional*):
+            What HIVE measured of its backbones when the model was built (`inspection_hive.inspect_backbones`): the
+            encoder weights no connected layer uses and, in shared_softmax mode, how the LLM rotates its keys, with a
+            fingerprint of what they depend on (the backbones' configs, the connections, the fusion, the running
+            transformers). Loading a folder whose fingerprint still fits skips the measurements; `None`, or another
+            fingerprint, measures again.
 
     Example:
         ```python
@@ -137,6 +143,7 @@ class HiveConfig(PreTrainedConfig):
     projector_hidden_act: str = "gelu"
     rms_norm_eps: float = 1e-6
     logits_by_causal_lm: bool | None = None
+    backbone_inspection: dict | None = None
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):

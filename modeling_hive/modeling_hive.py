@@ -6,8 +6,8 @@ reads the image keys/values from a `HiveVisionContext` that travels to every dec
 therefore exactly those of their own checkpoints, under `model.vision_model.` and `model.language_model.`.
 """
 
-import math
-from dataclasses import dataclass, field, make_dataclass
+import os
+import shutil
 from functools import partial
 
 import torch
@@ -15,349 +15,45 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
-from transformers.activations import ACT2FN
-from transformers.cache_utils import Cache, DynamicLayer
-from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.cache_utils import Cache
+from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.masking_utils import create_masks_for_generate
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 from transformers.processing_utils import Unpack
-from transformers.utils import ModelOutput, TransformersKwargs, logging
+from transformers.utils import TransformersKwargs, logging
 from transformers.utils.generic import can_return_tuple
 
 from .backbones_hive import (
     HiveComputedBaseModel,
-    HiveScaledHead,
     as_tokens,
     base_model_name,
     decoder_layers,
-    encoder_outputs_on_meta,
-    eval_mode,
     forward_parameters,
     load_vision_backbone,
-    probe_image_shape,
     vision_level_widths,
 )
+from .cache_hive import HiveCrossAttentionCacheLayer, HiveVisionContext, cache_image_key_values
 from .compatibility_hive import CACHE_NAME, deprecate_past_key_values, resolve_cache
 from .configuration_hive import HiveConfig
+from .cross_attention_hive import HiveCrossAttentionLayer
+from .inspection_hive import inspect_backbones, logits_by_causal_lm, run_causal_lm, vision_parameters_in_use
+from .layers_hive import HiveMultiModalProjector
+from .outputs_hive import HiveCausalLMOutputWithPast, HiveModelOutputWithPast
 from .pipeline_hive import HIVE_CUSTOM_PIPELINES
 from .shared_softmax_hive import (
     SHARED_SOFTMAX_ATTENTION,
     HiveImageKeyValues,
     HiveSharedSoftmaxLayer,
     image_rotary_embeddings,
-    probe_rotary,
     rotary_layer_type,
     shared_softmax_refusal,
 )
+from .trainable_hive import component_parameters, freeze_unused_vision_parameters, set_trainable
 from .validation_hive import check_hive_inputs, check_input_values, check_label_values, check_labels
 
 
 logger = logging.get_logger(__name__)
-
-
-def hive_output_class(name: str, doc: str, first_fields: list[str]) -> type:
-    """A `ModelOutput` dataclass whose cache field has the running transformers' name (`cache` from 5.25 on).
-
-    Built rather than declared because the field's name depends on the installed version: transformers 5.25 reads
-    `outputs.cache` (and warns on `past_key_values`), 5.23-5.24 read `outputs.past_key_values`.
-    """
-    names = [*first_fields, CACHE_NAME, "hidden_states", "attentions", "image_outputs", "vision_hidden_states", "cross_attentions"]
-    # __module__ in the namespace: ModelOutput registers the class with torch's pytree under it at creation.
-    fields = [(n, object, field(default=None)) for n in names]
-    return make_dataclass(name, fields, bases=(ModelOutput,), namespace={"__module__": __name__, "__doc__": doc})
-
-
-_OUTPUT_FIELDS_DOC = f"""
-        {CACHE_NAME} (`Cache`, *optional*):
-            The LLM's self-attention cache, followed by one `HiveCrossAttentionCacheLayer` per cross-attention block
-            holding the image keys/values computed at prefill. Named `cache` under transformers 5.25 and later,
-            `past_key_values` before, as the running transformers expects.
-        hidden_states (`tuple(torch.FloatTensor)`, *optional*):
-            The LLM's per-layer hidden states, when `output_hidden_states=True`.
-        attentions (`tuple(torch.FloatTensor)`, *optional*):
-            The LLM's self-attention weights, when `output_attentions=True`.
-        image_outputs (`BaseModelOutputWithPooling`, *optional*):
-            What `get_image_features` returns for `pixel_values` (None on text-only and decode steps).
-        vision_hidden_states (`tuple(torch.FloatTensor)`, *optional*):
-            One `(batch_size, num_patches, vision_hidden_size)` tensor per selected vision layer (ascending layer
-            order, see `config.vision_layers`), when `output_vision_features=True`.
-        cross_attentions (`tuple(torch.FloatTensor)`, *optional*):
-            One `(batch_size, num_heads, sequence_length, num_image_tokens)` tensor per cross-attention block (in
-            `config.cross_attention_layers` order), when `output_cross_attentions=True`. In `all_levels` mode the
-            image tokens are the levels' tokens concatenated in `config.vision_layers` order.
-"""
-
-HiveModelOutputWithPast = hive_output_class(
-    "HiveModelOutputWithPast",
-    """Output of `HiveModel`.
-
-    Args:
-        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`):
-            Hidden states of the LLM's last layer."""
-    + _OUTPUT_FIELDS_DOC,
-    ["last_hidden_state"],
-)
-
-HiveCausalLMOutputWithPast = hive_output_class(
-    "HiveCausalLMOutputWithPast",
-    """Output of `HiveForConditionalGeneration`.
-
-    Args:
-        loss (`torch.FloatTensor` of shape `(1,)`, *optional*):
-            Next-token cross-entropy over the positions whose label is not -100 (0.0 when there are none).
-        logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`):
-            Next-token scores."""
-    + _OUTPUT_FIELDS_DOC,
-    ["loss", "logits"],
-)
-
-
-@dataclass
-class HiveVisionContext:
-    """What the cross-attention hooks read during one LLM forward: per-block image keys/values and the image mask."""
-
-    key_values: list[tuple[torch.Tensor, torch.Tensor]]  # per block: (B, kv_heads, num_image_tokens, head_dim) x2
-    image_mask: torch.Tensor | None  # (B,) bool: which samples have an image; None when all of them do
-    cross_attentions: dict | None = None  # filled with block index -> weights when requested
-    reached: dict | None = None  # the build-time probe: block index -> shape of the hidden states its layer received
-    consumed: set = field(default_factory=set)  # shared_softmax: blocks whose image keys reached an attention function
-
-
-class HiveCrossAttentionCacheLayer(DynamicLayer):
-    """A cache layer holding one block's image keys/values (and the image mask), written once at prefill.
-
-    It sits after the LLM's own layers in the same `Cache`, so beam search reordering and batch expansion apply to it.
-    Its tensors are fixed buffers, as a `StaticLayer`'s: beam reordering, and a later prefill of the same shapes into
-    the same cache (a user's static cache passed to several calls), write into them in place, so a compiled decode step
-    keeps reading the same addresses (CUDA graphs replay on them).
-    """
-
-    is_compileable = True  # static caches skip the decode mask unless every layer says so
-    is_croppable = True
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.image_mask = None
-
-    def write(self, key_states: torch.Tensor, value_states: torch.Tensor, image_mask: torch.Tensor | None) -> None:
-        """Stores one block's image keys/values `(B, kv_heads, N, head_dim)` and the `(B,)` image mask (None: every
-        sample has an image): in place into the buffers held, when shapes and dtypes match and no gradient flows,
-        else as new buffers."""
-        if self.keys is not None and not key_states.requires_grad and not self.keys.requires_grad and all(
-            mine.shape == theirs.shape and mine.dtype == theirs.dtype and mine.device == theirs.device
-            for mine, theirs in ((self.keys, key_states), (self.values, value_states))
-        ):
-            self.keys.copy_(key_states)
-            self.values.copy_(value_states)
-        else:
-            self.keys, self.values = key_states, value_states
-            if not key_states.requires_grad and not torch.compiler.is_compiling():
-                torch._dynamo.mark_static_address(self.keys)  # as transformers' StaticLayer marks its buffers
-                torch._dynamo.mark_static_address(self.values)
-        if image_mask is not None and self.image_mask is not None and image_mask.shape == self.image_mask.shape:
-            self.image_mask.copy_(image_mask)
-        else:
-            self.image_mask = None if image_mask is None else image_mask.clone()
-        self.dtype, self.device = key_states.dtype, key_states.device
-        self.is_initialized = True
-
-    def update(self, key_states, value_states, *args, **kwargs):
-        raise RuntimeError("Image keys/values are written once at prefill with `write`, never appended.")
-
-    def get_seq_length(self) -> int:
-        # Non-zero once written: `Cache.reorder_cache` and `batch_repeat_interleave` skip empty layers.
-        return self.keys.shape[-2] if self.is_initialized else 0
-
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.get_seq_length(), 0
-
-    def get_max_length(self) -> int:
-        return -1
-
-    def reset(self) -> None:
-        """Empties the layer and keeps its buffers for the next prefill into the same cache."""
-        self.is_initialized = False
-
-    def crop(self, tokens_to_remove: int) -> None:
-        """Image keys/values do not grow with the text: assisted decoding's crops leave them alone."""
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        """Beam search: in place, so the buffers keep their addresses."""
-        if self.is_initialized:
-            beam_idx = beam_idx.to(self.keys.device)
-            self.keys.copy_(self.keys.index_select(0, beam_idx))
-            self.values.copy_(self.values.index_select(0, beam_idx))
-            if self.image_mask is not None:
-                self.image_mask.copy_(self.image_mask.index_select(0, beam_idx))
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        if self.is_initialized:
-            self.keys = self.keys.repeat_interleave(repeats, dim=0)
-            self.values = self.values.repeat_interleave(repeats, dim=0)
-            if self.image_mask is not None:
-                self.image_mask = self.image_mask.repeat_interleave(repeats, dim=0)
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        if self.is_initialized:
-            self.keys, self.values = self.keys[indices], self.values[indices]
-            if self.image_mask is not None:
-                self.image_mask = self.image_mask[indices]
-
-
-def cache_image_key_values(cache: Cache, num_text_layers: int, key_values: list, image_mask: torch.Tensor | None) -> None:
-    """Writes every block's image keys/values into `cache`, one `HiveCrossAttentionCacheLayer` per block after the
-    LLM's own layers; layers already there are written in place (see `HiveCrossAttentionCacheLayer.write`)."""
-    hive_layers = cache.layers[num_text_layers:]
-    if len(hive_layers) != len(key_values) or not all(isinstance(layer, HiveCrossAttentionCacheLayer) for layer in hive_layers):
-        while len(cache.layers) > num_text_layers and isinstance(cache.layers[-1], HiveCrossAttentionCacheLayer):
-            cache.layers.pop()
-        if len(cache.layers) != num_text_layers:
-            raise ValueError(f"The cache has {len(cache.layers)} layers; expected the LLM's {num_text_layers}.")
-        cache.layers.extend(HiveCrossAttentionCacheLayer() for _ in key_values)
-    for layer, (key_states, value_states) in zip(cache.layers[num_text_layers:], key_values):
-        layer.write(key_states, value_states, image_mask)
-
-
-class HiveRMSNorm(nn.Module):
-    def __init__(self, hidden_size: int, eps: float = 1e-6):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(hidden_size))
-        self.variance_epsilon = eps
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        input_dtype = hidden_states.dtype
-        normed = F.rms_norm(hidden_states.float(), (hidden_states.shape[-1],), eps=self.variance_epsilon)
-        return self.weight * normed.to(input_dtype)
-
-
-class HiveMultiModalProjector(nn.Module):
-    """Maps one vision level (of width `vision_width`) into the LLM width: LayerNorm, Linear, act, Linear."""
-
-    def __init__(self, config: HiveConfig, vision_width: int):
-        super().__init__()
-        text_width = config.text_config.hidden_size
-        self.layer_norm = nn.LayerNorm(vision_width)
-        self.linear_1 = nn.Linear(vision_width, text_width)
-        self.act = ACT2FN[config.projector_hidden_act]
-        self.linear_2 = nn.Linear(text_width, text_width)
-
-    def forward(self, vision_hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.linear_2(self.act(self.linear_1(self.layer_norm(vision_hidden_states))))
-
-
-def eager_cross_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
-    """Plain softmax attention; also used whenever the attention weights are asked for."""
-    key = key.repeat_interleave(module.num_key_value_groups, dim=1)
-    value = value.repeat_interleave(module.num_key_value_groups, dim=1)
-    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, nh, T, N)
-    if attention_mask is not None:
-        attn_weights = attn_weights + attention_mask
-    attn_weights = F.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
-    attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
-    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()  # (B, T, nh, hs)
-    return attn_output, attn_weights
-
-
-class HiveCrossAttention(nn.Module):
-    """Text queries attending to image keys/values, with optional per-head RMSNorm on q and k."""
-
-    is_causal = False
-
-    def __init__(self, config: HiveConfig):
-        super().__init__()
-        self.config = config
-        width = config.text_config.hidden_size
-        self.num_heads = config.cross_attention_num_heads
-        self.num_key_value_heads = config.cross_attention_num_key_value_heads
-        self.num_key_value_groups = self.num_heads // self.num_key_value_heads
-        self.head_dim = width // self.num_heads
-        self.scaling = self.head_dim**-0.5
-        self.dropout = config.cross_attention_dropout
-        self.q_proj = nn.Linear(width, self.num_heads * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(width, self.num_key_value_heads * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(width, self.num_key_value_heads * self.head_dim, bias=False)
-        self.o_proj = nn.Linear(self.num_heads * self.head_dim, width, bias=False)
-        if config.cross_attention_qk_norm:
-            self.q_norm = HiveRMSNorm(self.head_dim, eps=config.rms_norm_eps)
-            self.k_norm = HiveRMSNorm(self.head_dim, eps=config.rms_norm_eps)
-        else:
-            self.q_norm = self.k_norm = nn.Identity()
-
-    def project_key_value(self, image_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, N, width) projected image features -> keys and values, each (B, kv_heads, N, head_dim)."""
-        batch_size, num_tokens, _ = image_states.shape
-        shape = (batch_size, num_tokens, self.num_key_value_heads, self.head_dim)
-        key_states = self.k_norm(self.k_proj(image_states).view(shape)).transpose(1, 2)
-        value_states = self.v_proj(image_states).view(shape).transpose(1, 2)
-        return key_states, value_states
-
-    def forward(self, hidden_states, key_states, value_states, output_attentions: bool = False):
-        batch_size, seq_len, _ = hidden_states.shape
-        query_states = self.q_norm(self.q_proj(hidden_states).view(batch_size, seq_len, self.num_heads, self.head_dim))
-        query_states = query_states.transpose(1, 2)  # (B, nh, T, hs)
-        implementation = "eager" if output_attentions else self.config._attn_implementation
-        attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_cross_attention_forward)
-        if implementation == "eager":
-            attention_interface = eager_cross_attention_forward
-        attn_output, attn_weights = attention_interface(
-            self,
-            query_states,
-            key_states,
-            value_states,
-            attention_mask=None,
-            scaling=self.scaling,
-            dropout=self.dropout if self.training else 0.0,
-        )
-        attn_output = attn_output.reshape(batch_size, seq_len, -1).contiguous()
-        return self.o_proj(attn_output), attn_weights
-
-
-class HiveCrossAttentionMLP(nn.Module):
-    def __init__(self, config: HiveConfig):
-        super().__init__()
-        width = config.text_config.hidden_size
-        self.up_proj = nn.Linear(width, config.cross_attention_intermediate_size)
-        self.act_fn = ACT2FN["gelu"]
-        self.down_proj = nn.Linear(config.cross_attention_intermediate_size, width)
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_fn(self.up_proj(hidden_states)))
-
-
-class HiveCrossAttentionLayer(GradientCheckpointingLayer):
-    """Pre-norm gated cross-attention block: both the attention and the MLP branch are scaled by tanh(gate)."""
-
-    def __init__(self, config: HiveConfig):
-        super().__init__()
-        width = config.text_config.hidden_size
-        self.input_layernorm = HiveRMSNorm(width, eps=config.rms_norm_eps)
-        self.cross_attn = HiveCrossAttention(config)
-        self.cross_attn_attn_gate = nn.Parameter(torch.full((1,), float(config.gate_init)))
-        self.post_attention_layernorm = HiveRMSNorm(width, eps=config.rms_norm_eps)
-        self.mlp = HiveCrossAttentionMLP(config)
-        self.cross_attn_mlp_gate = nn.Parameter(torch.full((1,), float(config.gate_init)))
-
-    def forward(self, hidden_states, key_states=None, value_states=None, image_mask=None, output_attentions: bool = False):
-        """Text `hidden_states` attending to this block's image keys/values. Without `key_states`, `hidden_states` are
-        the block's projected image tokens `(B, N, width)` instead, and it returns their keys/values (done once per
-        image). Both go through `forward`, positionally: a wrapper that gathers the block's weights around `forward`
-        (FSDP) sees both, and a reentrant activation checkpoint keeps the gradient of both."""
-        if key_states is None:
-            return self.cross_attn.project_key_value(hidden_states)
-        attn_output, attn_weights = self.cross_attn(
-            self.input_layernorm(hidden_states), key_states, value_states, output_attentions=output_attentions
-        )
-        attn_output = self.cross_attn_attn_gate.tanh() * attn_output
-        if image_mask is not None:  # None: every sample has an image
-            row_mask = image_mask.to(hidden_states.dtype)[:, None, None]  # (B, 1, 1): samples without one skip the block
-            attn_output = attn_output * row_mask
-        hidden_states = hidden_states + attn_output
-        mlp_output = self.cross_attn_mlp_gate.tanh() * self.mlp(self.post_attention_layernorm(hidden_states))
-        if image_mask is not None:
-            mlp_output = mlp_output * row_mask
-        return hidden_states + mlp_output, attn_weights
 
 
 # Every Auto class a saved HIVE folder answers to with `trust_remote_code=True`. `AutoModel` gives the generating class,
@@ -405,9 +101,8 @@ class HivePreTrainedModel(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
         """As `PreTrainedModel.from_pretrained`, but weights are only ever read from safetensors (no pickle path); the
-        encoder weights no connected layer uses are frozen, and the LLM is checked to pass the vision context to its
-        decoder layers (see `freeze_unused_vision_parameters`, `HiveModel.check_encoder_output` and
-        `HiveModel.check_cross_attention_is_reached`)."""
+        backbones are inspected as when the model was built, unless the config's record fits them (`inspection_hive`),
+        and the encoder weights no connected layer uses are frozen."""
         if kwargs.get("use_safetensors") is False:
             raise ValueError("HIVE loads weights from safetensors only; drop use_safetensors=False.")
         kwargs["use_safetensors"] = True
@@ -422,9 +117,15 @@ class HivePreTrainedModel(PreTrainedModel):
                 f"{source}: a safetensors weights file is corrupt or truncated ({error}); save or download the checkpoint again."
             ) from error
         loaded = model[0] if isinstance(model, tuple) else model
-        loaded.freeze_unused_vision_parameters()  # loading materialises fresh parameters, losing __init__'s flags
         loaded.check_backbones()  # __init__ ran on the meta device, where the checks cannot run
+        loaded.freeze_unused_vision_parameters()  # loading materialises fresh parameters, losing __init__'s flags
         return model
+
+    @classmethod
+    def is_remote_code(cls) -> bool:
+        """As transformers', for HIVE's own classes: a subclass derived at run time outside this file (FSDP2's wrapper
+        class) would otherwise ship its own module's code as the folder's (see `save_pretrained`)."""
+        return super().is_remote_code() and cls.__module__ == __name__
 
     def set_attn_implementation(self, attn_implementation, *args, **kwargs):
         """As `PreTrainedModel.set_attn_implementation`; in shared_softmax mode the LLM then runs under `hive_sdpa`
@@ -444,10 +145,9 @@ class HivePreTrainedModel(PreTrainedModel):
         return result
 
     def check_backbones(self) -> None:
-        """The build-time checks that refuse a backbone HIVE cannot use exactly (see `HiveModel.check_encoder_output`
-        and `HiveModel.check_cross_attention_is_reached`)."""
-        self.base_model.check_encoder_output()
-        self.base_model.check_cross_attention_is_reached()
+        """The build-time checks that refuse a backbone HIVE cannot use exactly, and the measurements HIVE keeps in its
+        config (see `inspection_hive`)."""
+        inspect_backbones(self.base_model)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """As `PreTrainedModel.save_pretrained` (safetensors), with a config whose `auto_map` covers every Auto class."""
@@ -455,100 +155,25 @@ class HivePreTrainedModel(PreTrainedModel):
             raise ValueError("HIVE writes weights as safetensors only; drop safe_serialization=False.")
         self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **HIVE_AUTO_MAP}
         self.config.custom_pipelines = {**(getattr(self.config, "custom_pipelines", None) or {}), **HIVE_CUSTOM_PIPELINES}
-        # The folder ships the code of this file's class. FSDP2 swaps a sharded model's class for a subclass it defines
-        # (`FSDPHiveForConditionalGeneration`, in torch's own module): saved as that, the folder would hold torch's FSDP
-        # files instead of HIVE's, and an auto_map entry pointing at them. Saved as the HIVE class, it is a normal folder.
-        wrapper = type(self)
-        self.__class__ = next(cls for cls in wrapper.__mro__ if cls.__module__ == __name__)
-        try:
-            return super().save_pretrained(save_directory, *args, **kwargs)
-        finally:
-            self.__class__ = wrapper
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        if type(self).__module__ != __name__ and kwargs.get("is_main_process", True):
+            # A class another library derived at run time (FSDP2's `FSDPHiveForConditionalGeneration`, in torch's
+            # module) has no code to ship (`is_remote_code`): the folder gets HIVE's, as from the class itself.
+            for code_file in [__file__, *get_relative_import_files(__file__)]:
+                shutil.copyfile(code_file, os.path.join(save_directory, os.path.basename(code_file)))
+        return result
 
     def component_parameters(self) -> dict[str, list[nn.Parameter]]:
         """HIVE's four components and their parameters: vision, projector, cross_attention, llm (head included)."""
-        hive = self.base_model
-        projector = list(hive.multi_modal_projectors.parameters())
-        if hive.level_embeddings is not None:
-            projector.append(hive.level_embeddings)
-        llm = list(hive.language_model.parameters())
-        head = self.get_output_embeddings() if hasattr(self, "lm_head") else None
-        if head is not None:
-            llm += [p for p in head.parameters() if all(p is not q for q in llm)]  # a tied head adds nothing
-        return {
-            "vision": list(hive.vision_model.parameters()),
-            "projector": projector,
-            "cross_attention": list(hive.cross_attention_layers.parameters()),
-            "llm": llm,
-        }
+        return component_parameters(self)
 
     def vision_parameters_in_use(self) -> list[nn.Parameter]:
-        """The encoder parameters the connected vision layers depend on, found by an autograd probe.
-
-        The probe runs on the meta device (no compute or memory whatever the encoder's size; the encoder may still be
-        on meta), or, for an encoder whose forward needs real values (data-dependent control flow), on a zero image
-        with the encoder's own weights.
-        """
-        vision = self.base_model.vision_model
-        shape = probe_image_shape(self.config.vision_config)
-        names, parameters = zip(*vision.named_parameters())
-        dtype = next((p.dtype for p in parameters if p.is_floating_point()), torch.float32)
-        kwargs = {"output_hidden_states": True, "return_dict": True}
-        # eval: checkpointed layers recompute only in training, and would do so with the real weights. Gradients on,
-        # also when the model is built under no_grad or inference_mode.
-        with eval_mode(vision), torch.inference_mode(False), torch.enable_grad():
-            try:
-                outputs, meta = encoder_outputs_on_meta(vision, self.config.vision_config, requires_grad=True)
-                reached = self._gradient_reach(outputs, [meta[n] for n in names])
-            except Exception:
-                if any(p.is_meta for p in parameters):
-                    raise
-                trainable = [p for p in parameters if p.is_floating_point()]
-                flags = [p.requires_grad for p in trainable]
-                try:
-                    for p in trainable:
-                        p.requires_grad_(True)
-                    outputs = vision(pixel_values=torch.zeros(shape, dtype=dtype, device=trainable[0].device), **kwargs)
-                    reached_trainable = self._gradient_reach(outputs, trainable)
-                finally:
-                    for p, flag in zip(trainable, flags):
-                        p.requires_grad_(flag)
-                in_use = {id(p) for p, r in zip(trainable, reached_trainable) if r}
-                reached = [id(p) in in_use for p in parameters]
-        return [p for p, r in zip(parameters, reached) if r]
-
-    def _gradient_reach(self, vision_outputs, leaves: list[torch.Tensor]) -> list[bool]:
-        """Whether each leaf gets a gradient from the connected layers' hidden states."""
-        total = sum(vision_outputs.hidden_states[layer + 1].float().sum() for layer in self.config.vision_layers)
-        return [g is not None for g in torch.autograd.grad(total, leaves, allow_unused=True)]
-
-    def find_unused_vision_parameters(self) -> list[str] | None:
-        """Names of the encoder weights no connected layer depends on (final norm, pooler, deeper layers); None, with
-        a warning, for an encoder the probe cannot run."""
-        try:
-            in_use = {id(p) for p in self.vision_parameters_in_use()}
-        except Exception as error:
-            logger.warning(
-                f"HIVE could not find which {type(self.base_model.vision_model).__name__} weights its connected layers use "
-                f"({type(error).__name__}: {error}); the encoder's final norm or pooler, if any, stays trainable without "
-                "ever getting a gradient (DDP then needs find_unused_parameters=True)."
-            )
-            return None
-        return [name for name, p in self.base_model.vision_model.named_parameters() if id(p) not in in_use]
+        """The encoder parameters the connected vision layers depend on, found by an autograd probe."""
+        return vision_parameters_in_use(self)
 
     def freeze_unused_vision_parameters(self) -> None:
-        """Freezes the encoder weights no connected layer depends on: they never get a gradient, and no optimizer, DDP
-        or FSDP wrapper should see them as trainable. Found once when the model is built (before any hook, offload or
-        quantization), applied by name."""
-        hive = self.base_model
-        if hive.unused_vision_parameter_names is None:  # the probe could not run while the encoder was on meta
-            hive.unused_vision_parameter_names = self.find_unused_vision_parameters()
-        if not hive.unused_vision_parameter_names:
-            return
-        parameters = dict(hive.vision_model.named_parameters())
-        for name in hive.unused_vision_parameter_names:
-            parameters[name].requires_grad_(False)
-        logger.info(f"HIVE froze the encoder weights no connected layer uses: {', '.join(hive.unused_vision_parameter_names)}")
+        """Freezes the encoder weights no connected layer depends on (see `trainable_hive`)."""
+        freeze_unused_vision_parameters(self)
 
     def set_trainable(self, vision=None, projector=None, cross_attention=None, llm=None) -> dict[str, dict[str, int]]:
         """Freezes (False) or unfreezes (True) whole components; None leaves one as it is. Logs and returns the counts.
@@ -567,21 +192,7 @@ class HivePreTrainedModel(PreTrainedModel):
             0
             ```
         """
-        wanted = {"vision": vision, "projector": projector, "cross_attention": cross_attention, "llm": llm}
-        components = self.component_parameters()
-        for name, flag in wanted.items():
-            if flag is not None:
-                for parameter in components[name]:
-                    parameter.requires_grad_(bool(flag))
-        if vision:
-            self.freeze_unused_vision_parameters()
-        counts = {
-            name: {"trainable": sum(p.numel() for p in params if p.requires_grad), "total": sum(p.numel() for p in params)}
-            for name, params in components.items()
-        }
-        counts["total"] = {key: sum(row[key] for row in counts.values()) for key in ("trainable", "total")}
-        logger.info("HIVE trainable parameters: " + ", ".join(f"{k} {v['trainable']:,}/{v['total']:,}" for k, v in counts.items()))
-        return counts
+        return set_trainable(self, vision=vision, projector=projector, cross_attention=cross_attention, llm=llm)
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -611,7 +222,7 @@ class HiveModel(HivePreTrainedModel):
             HiveMultiModalProjector(config, width) for width in vision_level_widths(self.vision_model, config)
         )
         layers = decoder_layers(self.language_model, config.text_config.num_hidden_layers)
-        self.rotary_style = None  # shared_softmax: how the LLM rotates its keys, found by check_cross_attention_is_reached
+        self.rotary_style = None  # shared_softmax: how the LLM rotates its keys, found by inspect_backbones
         if config.cross_attention_mode == "shared_softmax":
             self.use_shared_softmax_attention()
             text = config.text_config
@@ -637,10 +248,9 @@ class HiveModel(HivePreTrainedModel):
         self.post_init()
         if config.cross_attention_mode == "shared_softmax" and not self.language_model.get_input_embeddings().weight.is_meta:
             self.copy_llm_key_value_projections()
-        self.check_encoder_output()
-        self.unused_vision_parameter_names = self.find_unused_vision_parameters()
+        self.unused_vision_parameter_names = None  # what inspect_backbones finds (or reads from the config)
+        inspect_backbones(self)
         self.freeze_unused_vision_parameters()
-        self.check_cross_attention_is_reached()
 
     def use_shared_softmax_attention(self) -> None:
         """shared_softmax mode: runs the LLM's attention as `hive_sdpa` (sdpa that appends a layer's image keys/values
@@ -661,93 +271,6 @@ class HiveModel(HivePreTrainedModel):
         layers = decoder_layers(self.language_model, self.config.text_config.num_hidden_layers)
         for block, (_, text_layer) in zip(self.cross_attention_layers, self.config.cross_attention_layers):
             block.copy_from(layers[text_layer])
-
-    def check_encoder_output(self) -> None:
-        """Refuses an encoder HIVE cannot read exactly: one whose selected layers are not `(B, N, hidden_size)` tokens
-        (multi-stage encoders such as Swin change width per stage), or whose forward is random in eval mode (ViT-MAE
-        masks and shuffles patches in every call: the same image would give other answers each time). Two forwards
-        of one image; skipped on the meta device."""
-        vision = self.vision_model
-        weight = next(vision.parameters())
-        if weight.is_meta:
-            return
-        shape = probe_image_shape(self.config.vision_config)
-        # A varied image: on a constant one, patches are interchangeable and a random choice among them goes unseen.
-        probe = torch.linspace(-1, 1, math.prod(shape), dtype=weight.dtype, device=weight.device).reshape(shape)
-        with eval_mode(vision), torch.no_grad():
-            first, second = (self.encode_image(probe)[1] for _ in range(2))
-        widths = [projector.layer_norm.normalized_shape[0] for projector in self.multi_modal_projectors]
-        shapes = {layer: tuple(states.shape) for layer, states in zip(self.config.vision_layers, first)}
-        if [shape[-1] if len(shape) == 3 else None for shape in shapes.values()] != widths:
-            raise ValueError(
-                f"HIVE cannot use {type(vision).__name__} ({self.config.vision_config.model_type}) as its encoder: its "
-                f"selected levels have shapes {shapes} on a real image, but their widths were {widths} when the model "
-                "was built."
-            )
-        if not all(torch.equal(a, b) for a, b in zip(first, second)):
-            raise ValueError(
-                f"HIVE cannot use {type(vision).__name__} ({self.config.vision_config.model_type}) as its encoder: its "
-                "forward is random in eval mode (e.g. random patch masking), so the same image would give different answers. Load the "
-                "checkpoint's weights into a deterministic encoder of the same architecture instead (e.g. ViTModel for "
-                "a ViT-MAE checkpoint)."
-            )
-
-    def check_cross_attention_is_reached(self) -> None:
-        """Refuses an LLM whose decoder layers never receive HIVE's vision context, with which the image would be
-        silently ignored. One forward of two tokens through the LLM; skipped while its weights are on the meta device
-        (`from_pretrained` checks once they are loaded)."""
-        embeddings = self.language_model.get_input_embeddings()
-        if embeddings.weight.is_meta:
-            return
-        context = HiveVisionContext(key_values=[], image_mask=None, reached={})
-        reason = None
-        try:
-            # With gradients (a graph of two tokens, dropped at once): bitsandbytes' CPU backend turns a 4-bit layer into
-            # an inference-only layout at its first eval forward without them, after which a layer with a bias (Qwen2's
-            # q/k/v) can no longer train (QLoRA).
-            with torch.enable_grad():
-                self.language_model(
-                    input_ids=torch.ones(1, 2, dtype=torch.long, device=embeddings.weight.device), hive_vision_context=context, use_cache=False
-                )
-        except TypeError as error:  # a forward without **kwargs
-            reason = f"its forward does not take extra keyword arguments ({error})"
-        missing = [pair[1] for i, pair in enumerate(self.config.cross_attention_layers) if i not in context.reached]
-        if missing and reason is None:
-            reason = (
-                f"its base model calls decoder layer(s) {missing} without the keyword arguments given to its forward, so "
-                "the image would be silently ignored"
-            )
-        width = self.config.text_config.hidden_size
-        shapes = {self.config.cross_attention_layers[i][1]: shape for i, shape in context.reached.items()}
-        if reason is None and any(len(shape) != 3 or shape[-1] != width for shape in shapes.values()):
-            reason = (
-                f"its decoder layers take hidden states of shapes {shapes} (by layer), not (batch, tokens, {width}), "
-                "so a block cannot add to them"
-            )
-        if reason is not None:
-            raise ValueError(
-                f"HIVE cannot insert cross-attention into {type(self.language_model).__name__} "
-                f"({self.config.text_config.model_type}): {reason}. HIVE needs a decoder-only LLM whose base model "
-                "passes its **kwargs to every decoder layer, with hidden states of (batch, tokens, width) (Llama, Qwen2, "
-                "Mistral, Gemma2, GPT-2, ...)."
-            )
-        if self.config.cross_attention_mode == "shared_softmax":
-            text_layers = [pair[1] for pair in self.config.cross_attention_layers]
-            unread = [layer for i, layer in enumerate(text_layers) if i not in context.consumed]
-            if unread:
-                reason = (
-                    f"the attention of decoder layer(s) {unread} does not pass its keyword arguments to transformers' "
-                    "attention function, so the image keys would be silently ignored"
-                )
-            layers = decoder_layers(self.language_model, self.config.text_config.num_hidden_layers)
-            style, rotary_reason = probe_rotary(self.language_model, text_layers, layers)
-            reason = reason or rotary_reason
-            self.rotary_style = style  # found once here, so that no forward waits on the device for it
-            if reason is not None:
-                raise ValueError(
-                    f"HIVE's shared_softmax mode cannot join the image to {type(self.language_model).__name__} "
-                    f"({self.config.text_config.model_type}): {reason}. Use cross_attention_mode='gated' for this LLM."
-                )
 
     def get_input_embeddings(self):
         return self.language_model.get_input_embeddings()
@@ -843,8 +366,8 @@ class HiveModel(HivePreTrainedModel):
             if self.config.cross_attention_mode != "shared_softmax" or rotary is None:
                 key_values.append(block(image_states))
                 continue
-            if self.rotary_style is None:  # built on the meta device and loaded by hand: the build-time check, now
-                self.check_cross_attention_is_reached()
+            if self.rotary_style is None:  # built on the meta device and loaded by hand: the build-time checks, now
+                inspect_backbones(self)
             halves_layout, neighbours = self.rotary_style
             sizes = tuple(level.shape[1] for level in image_levels) if all_levels is not None else (image_states.shape[1],)
             key = (sizes, self.rotary_layer_types[index])
@@ -1039,30 +562,14 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         if head_plan is not None and any(key.startswith("model.language_model.") for key in self._tp_plan):
             self._tp_plan["lm_head"] = head_plan
         if config.logits_by_causal_lm is None:
-            self.check_logits_are_the_llms()
+            config.logits_by_causal_lm = logits_by_causal_lm(self)
 
     def check_backbones(self) -> None:
-        """As `HivePreTrainedModel.check_backbones`, and `check_logits_are_the_llms` for a folder saved before its
-        result was recorded in the config."""
+        """As `HivePreTrainedModel.check_backbones`, and how the LLM makes its logits, for a folder saved before it was
+        recorded in the config."""
         super().check_backbones()
         if self.config.logits_by_causal_lm is None:
-            self.check_logits_are_the_llms()
-
-    def causal_lm_shell(self) -> tuple[nn.Module, str]:
-        """The LLM's own causal-LM class, built once on the meta device and never registered as a submodule, with the
-        name of the attribute that holds its base model. `llm_logits` runs its forward around HIVE's own modules."""
-        if "_causal_lm_shell" not in self.__dict__:
-            text_config = self.config.text_config
-            causal_lm_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(text_config), None)
-            if causal_lm_class is None:
-                raise ValueError(
-                    f"HIVE cannot use a {text_config.model_type} LLM: transformers has no causal-LM class for "
-                    f"{type(text_config).__name__}."
-                )
-            with torch.device("meta"):
-                shell = causal_lm_class(text_config)
-            self.__dict__["_causal_lm_shell"] = (shell, base_model_name(shell, type(self.model.language_model)))
-        return self.__dict__["_causal_lm_shell"]
+            self.config.logits_by_causal_lm = logits_by_causal_lm(self)
 
     def llm_logits(self, hidden_states: torch.Tensor, logits_to_keep: int | torch.Tensor = 0, head: nn.Module | None = None):
         """Next-token logits from the LLM's last hidden states, as the LLM's own causal-LM class computes them.
@@ -1071,10 +578,10 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         causal-LM forward does more after its head (Gemma2's final soft-capping, Cohere's and Granite's scaling) gets
         that forward itself, run by its own code around a stand-in base model that returns `hidden_states`: no
         per-family rule is written here. Which of the two holds is measured once when the model is built
-        (`check_logits_are_the_llms`) and recorded in `config.logits_by_causal_lm`."""
+        (`inspection_hive.logits_by_causal_lm`) and recorded in `config.logits_by_causal_lm`."""
         head = head or self.lm_head
         if self.config.logits_by_causal_lm is None:  # an old folder whose weights were on the meta device when loaded
-            self.check_logits_are_the_llms()
+            self.config.logits_by_causal_lm = logits_by_causal_lm(self)
         if self.config.logits_by_causal_lm is None:
             raise ValueError(
                 "HIVE does not know how this LLM computes its logits: the folder's config has no `logits_by_causal_lm` "
@@ -1082,60 +589,9 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
                 "folder once without device_map offloading or quantization and save it again."
             )
         if self.config.logits_by_causal_lm:
-            return self._run_causal_lm(HiveComputedBaseModel(hidden_states), head, logits_to_keep=logits_to_keep)
+            return run_causal_lm(self, HiveComputedBaseModel(hidden_states), head, logits_to_keep=logits_to_keep)
         slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         return head(hidden_states[:, slice_indices, :])
-
-    def _run_causal_lm(self, base_model: nn.Module, head: nn.Module, **inputs) -> torch.Tensor:
-        shell, base_name = self.causal_lm_shell()
-        setattr(shell, base_name, base_model)
-        shell.set_output_embeddings(head)
-        try:
-            return shell(**inputs, use_cache=False).logits
-        finally:
-            setattr(shell, base_name, None)  # the shell keeps no reference to the hidden states or the LLM
-
-    def check_logits_are_the_llms(self) -> None:
-        """Measures how the LLM's causal-LM forward computes its logits from its base model's last hidden state, and
-        refuses an LLM whose logits HIVE cannot reproduce. One forward of two tokens through the LLM's own causal-LM
-        class (built on the meta device around HIVE's LLM and head), with the head scaled to logits near 100, where
-        soft-capping shows. Equal to the head alone: `llm_logits` applies the head. Equal to that forward run on the
-        last hidden state: `llm_logits` runs it. Neither: refused. The result goes into `config.logits_by_causal_lm`.
-        Skipped while the weights are on the meta device and not dispatched (offloaded weights are measured through
-        their accelerate hooks)."""
-        embeddings = self.get_input_embeddings()
-        hook = getattr(embeddings, "_hf_hook", None)  # accelerate's, on weights offloaded to the CPU or disk
-        if embeddings.weight.is_meta and hook is None:
-            return
-        family = self.config.text_config.model_type
-        device = getattr(hook, "execution_device", None) or embeddings.weight.device
-        input_ids = torch.tensor([[1, 2]], device=device) % self.config.text_config.vocab_size
-        with eval_mode(self), torch.no_grad():
-            try:
-                hidden_states = self.model(input_ids=input_ids, use_cache=False).last_hidden_state
-                head = HiveScaledHead(self.lm_head, 100.0 / self.lm_head(hidden_states).abs().max().clamp(min=1e-6).item())
-                llm_logits = self._run_causal_lm(self.model.language_model, head, input_ids=input_ids).float()
-            except Exception as error:
-                raise ValueError(
-                    f"HIVE cannot check that its logits are those of the {family} causal LM: its forward failed around "
-                    f"HIVE's LLM and head ({type(error).__name__}: {error})."
-                ) from error
-            tolerance = 1e-3 * 100  # at logits near 100
-            difference = (head(hidden_states).float() - llm_logits).abs().max().item()
-            by_causal_lm, error = difference > tolerance, None
-            if by_causal_lm:  # soft-capping or scaling after the head: does its forward on the last hidden state give it?
-                try:
-                    logits = self._run_causal_lm(HiveComputedBaseModel(hidden_states), head).float()
-                    difference = (logits - llm_logits).abs().max().item()
-                except Exception as failure:
-                    error, difference = failure, float("inf")
-        if by_causal_lm and difference > tolerance:
-            raise ValueError(
-                f"HIVE cannot reproduce the logits of {type(self.causal_lm_shell()[0]).__name__} ({family}): its causal-LM "
-                "forward computes them from more than its base model's last hidden state (at logits near 100, HIVE's "
-                f"differ by {difference:.3g}), and HIVE would silently drop that part."
-            ) from error
-        self.config.logits_by_causal_lm = by_causal_lm
 
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()
@@ -1209,7 +665,7 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
             model.model.copy_llm_key_value_projections()
         if torch_dtype is not None:
             model = model.to(torch_dtype)
-        model.check_logits_are_the_llms()
+        model.config.logits_by_causal_lm = logits_by_causal_lm(model)  # measured again, with the loaded weights
         return model
 
     @can_return_tuple

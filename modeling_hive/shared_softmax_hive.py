@@ -23,12 +23,12 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_utils import AttentionInterface
 
 from .configuration_hive import SHARED_SOFTMAX_NORMS
+from .layers_hive import HiveRMSNorm
 
 
 SHARED_SOFTMAX_ATTENTION = "hive_sdpa"
@@ -173,19 +173,6 @@ def apply_rotary(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, nei
     return torch.cat([rotated, passed], dim=-1)
 
 
-class HiveKeyRMSNorm(nn.Module):
-    """Per-head RMSNorm on keys (or queries)."""
-
-    def __init__(self, head_dim: int, eps: float):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(head_dim))
-        self.variance_epsilon = eps
-
-    def forward(self, states: torch.Tensor) -> torch.Tensor:
-        normed = F.rms_norm(states.float(), (states.shape[-1],), eps=self.variance_epsilon)
-        return self.weight * normed.to(states.dtype)
-
-
 class HiveSharedSoftmaxLayer(nn.Module):
     """Turns one level's projected image tokens into keys/values for one LLM layer's own self-attention: the layer's
     input norm and k/v projections (copies, trained with the connector while the LLM may stay frozen), then per-head
@@ -207,8 +194,8 @@ class HiveSharedSoftmaxLayer(nn.Module):
         self.k_proj = copy.deepcopy(attention.k_proj)
         self.v_proj = copy.deepcopy(attention.v_proj)
         self.head_dim = head_dim
-        self.k_norm = HiveKeyRMSNorm(head_dim, eps)
-        self.q_norm = HiveKeyRMSNorm(head_dim, eps) if norm == "queries_and_keys" else None
+        self.k_norm = HiveRMSNorm(head_dim, eps)
+        self.q_norm = HiveRMSNorm(head_dim, eps) if norm == "queries_and_keys" else None
 
     @torch.no_grad()
     def copy_from(self, decoder_layer: nn.Module) -> None:

@@ -52,6 +52,12 @@ LOADABLE = {
     "shared_softmax_hive.py",
     "tokenizer.json",
     "tokenizer_config.json",
+    "cache_hive.py",
+    "cross_attention_hive.py",
+    "inspection_hive.py",
+    "layers_hive.py",
+    "outputs_hive.py",
+    "trainable_hive.py",
     "validation_hive.py",
 }
 

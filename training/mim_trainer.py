@@ -12,10 +12,12 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import Trainer
+from transformers import AutoConfig, Trainer
+from transformers.models.auto.modeling_auto import MODEL_MAPPING
 from transformers.utils import ModelOutput
 
 from modeling_hive.backbones_hive import as_tokens, encoder_outputs_on_meta, eval_mode
+from modeling_hive.inspection_hive import parameters_reached
 
 from .callbacks import HiveCheckpointMarkerCallback, HiveNonFiniteGuardCallback, check_finite_loss
 
@@ -35,9 +37,6 @@ def supports_mask_token(encoder: nn.Module) -> bool:
 
 def load_encoder_for_mim(source: str, dtype=None) -> nn.Module:
     """Loads an encoder with a mask token when its class offers one (ViT's `use_mask_token`)."""
-    from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import MODEL_MAPPING
-
     config = AutoConfig.from_pretrained(source)
     config = getattr(config, "vision_config", None) or config
     encoder_class = MODEL_MAPPING[type(config)]
@@ -69,9 +68,9 @@ class HiveMIMModel(nn.Module):
         probe = torch.zeros(1, self.num_channels, size, size, dtype=parameters[0].dtype)
         mask = (torch.arange(num_patches) % 2 == 0)[None]  # half masked, so the mask token is in the graph too
         extra = {"bool_masked_pos": mask} if self.uses_mask_token else {}
-        gradients = torch.autograd.grad(encoder(pixel_values=probe, **extra).last_hidden_state.sum(), parameters, allow_unused=True)
-        for parameter, gradient in zip(parameters, gradients):
-            parameter.requires_grad_(gradient is not None)
+        reached = parameters_reached(encoder(pixel_values=probe, **extra).last_hidden_state.sum(), parameters)
+        for parameter, is_reached in zip(parameters, reached):
+            parameter.requires_grad_(is_reached)
 
     def patchify(self, pixel_values: torch.Tensor) -> torch.Tensor:
         batch, channels, height, width = pixel_values.shape

@@ -21,6 +21,7 @@ Example:
 from dataclasses import dataclass, field
 
 import torch
+from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -36,6 +37,7 @@ from transformers import (
 from modeling_hive import HiveForConditionalGeneration
 from modeling_hive.backbones_hive import as_tokens, eval_mode, probe_image_shape
 from modeling_hive.configuration_hive import vision_num_levels
+from modeling_hive.inspection_hive import parameters_reached
 
 
 FUSIONS = ("hive-paired", "hive-all-levels", "single-level", "shared-softmax", "flat", "qformer")
@@ -121,8 +123,6 @@ class HiveAblationFusion:
     def add_lora(self, r: int, alpha: float, dropout: float = 0.0) -> None:
         """LoRA adapters (PEFT) on the LLM's attention and MLP projections, as `hive train`'s stage 3 puts them; they
         form the `lora` component, which trains in stage 3. The same modules get them in every fusion."""
-        from peft import LoraConfig, inject_adapter_in_model
-
         names = {name.rsplit(".", 1)[-1] for name, module in self.llm.named_modules() if isinstance(module, nn.Linear)}
         targets = sorted(names & set(LORA_TARGETS))
         if not targets:
@@ -150,12 +150,8 @@ class HiveAblationFusion:
 
     def freeze_unreached(self) -> None:
         trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.model.zero_grad(set_to_none=True)
-        self.loss(probe_batch(self)).backward()
-        for parameter in trainable:
-            if parameter.grad is None:
-                parameter.requires_grad_(False)
-        self.model.zero_grad(set_to_none=True)
+        for parameter, reached in zip(trainable, parameters_reached(self.loss(probe_batch(self)), trainable)):
+            parameter.requires_grad_(reached)
 
     def parameter_counts(self) -> dict:
         """`{component: {"trainable", "total"}}` in elements, plus `"trainable"` and `"total"` over the whole model."""
