@@ -15,7 +15,7 @@ import transformers
 from isolated import run_isolated
 from modeling_hive import compatibility_hive
 from modeling_hive.compatibility_hive import MINIMUM_TRANSFORMERS, NEWEST_TESTED_TRANSFORMERS, check_transformers_version
-from test_modeling import build
+from tiny_hive import build
 
 
 if sys.version_info >= (3, 11):
@@ -74,19 +74,19 @@ def test_the_cache_name_is_the_one_the_running_generate_passes(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def saved_folder(tmp_path_factory):
+def open_gates_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("hive")
     build(("vit", "llama"), seed=1, gate=1.0).save_pretrained(folder)
     return folder
 
 
-def test_loading_the_remote_code_under_an_older_transformers_fails_on_import_with_the_versions(saved_folder, tmp_path):
+def test_loading_the_remote_code_under_an_older_transformers_fails_on_import_with_the_versions(open_gates_folder, tmp_path):
     code = f"""
         import json, transformers
         transformers.__version__ = "5.20.1"  # what a user with an old install has
         from transformers import AutoModelForImageTextToText
         try:
-            AutoModelForImageTextToText.from_pretrained({str(saved_folder)!r}, trust_remote_code=True)
+            AutoModelForImageTextToText.from_pretrained({str(open_gates_folder)!r}, trust_remote_code=True)
             print(json.dumps({{"error": None}}))
         except ImportError as error:
             print(json.dumps({{"error": str(error)}}))
@@ -95,7 +95,7 @@ def test_loading_the_remote_code_under_an_older_transformers_fails_on_import_wit
     assert error is not None and "5.20.1" in error and MINIMUM_TRANSFORMERS in error
 
 
-def test_remote_code_under_a_newer_transformers_warns_once(saved_folder, tmp_path):
+def test_remote_code_under_a_newer_transformers_warns_once(open_gates_folder, tmp_path):
     code = f"""
         import json, warnings
         import transformers
@@ -103,16 +103,16 @@ def test_remote_code_under_a_newer_transformers_warns_once(saved_folder, tmp_pat
         from transformers import AutoModelForImageTextToText, AutoConfig
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            AutoConfig.from_pretrained({str(saved_folder)!r}, trust_remote_code=True)
-            AutoModelForImageTextToText.from_pretrained({str(saved_folder)!r}, trust_remote_code=True)
-            AutoModelForImageTextToText.from_pretrained({str(saved_folder)!r}, trust_remote_code=True)
+            AutoConfig.from_pretrained({str(open_gates_folder)!r}, trust_remote_code=True)
+            AutoModelForImageTextToText.from_pretrained({str(open_gates_folder)!r}, trust_remote_code=True)
+            AutoModelForImageTextToText.from_pretrained({str(open_gates_folder)!r}, trust_remote_code=True)
         print(json.dumps([str(w.message) for w in caught if "HIVE was tested" in str(w.message)]))
     """
     warned = run_isolated(code, str(tmp_path))
     assert len(warned) == 1 and "5.99.0" in warned[0] and NEWEST_TESTED_TRANSFORMERS in warned[0]
 
 
-def test_remote_code_loads_and_generates_without_deprecation_warnings(saved_folder, tmp_path):
+def test_remote_code_loads_and_generates_without_deprecation_warnings(open_gates_folder, tmp_path):
     # A fresh process, as a Hub user: warnings from modeling_hive are errors, and no FutureWarning, DeprecationWarning
     # or transformers deprecation log may appear while HIVE loads, runs forward and generates with a cache passed as
     # `cache` (current in every supported version). `past_key_values` is silent before 5.25 and, from 5.25 on, gets
@@ -136,7 +136,7 @@ def test_remote_code_loads_and_generates_without_deprecation_warnings(saved_fold
             warnings.simplefilter("always", FutureWarning)
             warnings.simplefilter("always", DeprecationWarning)
             warnings.filterwarnings("error", module=r".*modeling_hive")
-            model = AutoModelForImageTextToText.from_pretrained({str(saved_folder)!r}, trust_remote_code=True).eval()
+            model = AutoModelForImageTextToText.from_pretrained({str(open_gates_folder)!r}, trust_remote_code=True).eval()
             with torch.no_grad():
                 model(input_ids=ids, pixel_values=pixels, use_cache=True)
                 model(input_ids=ids, cache=DynamicCache(config=model.config.text_config), use_cache=True)

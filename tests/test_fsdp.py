@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from test_training import REPO, SMALL, hive_train
+from training_runs import REPO, SMALL, hive_train
 
 
 pytestmark = pytest.mark.slow

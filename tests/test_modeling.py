@@ -25,25 +25,7 @@ from isolated import run_isolated
 from modeling_hive import HiveConfig, HiveForConditionalGeneration, HiveModel
 from modeling_hive.compatibility_hive import CACHE_NAME
 from modeling_hive.modeling_hive import HiveCrossAttentionCacheLayer
-
-
-PAIRS = [("vit", "llama"), ("siglip", "qwen2"), ("clip", "gpt2")]
-VOCAB = 128
-
-
-def build(pair=("vit", "llama"), seed=0, gate=None, **hive_kwargs):
-    torch.manual_seed(seed)
-    model = HiveForConditionalGeneration(tiny_hive_config(*pair, **hive_kwargs)).eval()
-    if gate is not None:
-        open_gates(model, gate)
-    return model
-
-
-def open_gates(model, value):
-    with torch.no_grad():
-        for block in model.model.cross_attention_layers:
-            block.cross_attn_attn_gate.fill_(value)
-            block.cross_attn_mlp_gate.fill_(value)
+from tiny_hive import PAIRS, VOCAB, build, inputs, open_gates
 
 
 def bare_llm(model):
@@ -52,13 +34,6 @@ def bare_llm(model):
     lm.get_decoder().load_state_dict(model.model.language_model.state_dict())
     lm.get_output_embeddings().load_state_dict(model.lm_head.state_dict())
     return lm
-
-
-def inputs(batch=2, length=7, seed=1):
-    generator = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(3, VOCAB, (batch, length), generator=generator)
-    pixel_values = torch.randn(batch, 3, 32, 32, generator=generator)
-    return input_ids, pixel_values
 
 
 # ----------------------------------------------------------------------------------------------------- config

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -20,7 +19,7 @@ from torch._dynamo.utils import counters
 from transformers import AutoModel, SwinModel, ViTImageProcessorPil, ViTModel
 
 from hive_vlm.data.collators import HiveCaptionCollator, HiveChatCollator, HiveMaskedImageCollator
-from hive_vlm.tiny import tiny_hive_config, tiny_vision_config
+from hive_vlm.tiny import tiny_vision_config
 from hive_vlm.data.tokenizer import build_tokenizer
 from isolated import run_isolated
 from hive_vlm.training.alignment_config import HiveAlignmentConfig
@@ -33,9 +32,10 @@ from hive_vlm.training.mim_config import HiveMIMConfig
 from hive_vlm.training.mim_trainer import HiveMIMModel, HiveMIMTrainer
 from hive_vlm.training.recipe import load_recipe, parse_recipe
 from modeling_hive import HiveForConditionalGeneration
+from tiny_hive import tiny_model
+from training_runs import REPO, SMALL, hive_train
 
 
-REPO = Path(__file__).resolve().parents[1]
 WORDS = "a the red blue green small large circle square triangle striped dotted solid is of left right what color shape".split()
 
 
@@ -64,12 +64,6 @@ def chat_rows(n=8, seed=0):
         ]
         rows.append({"image": image, "messages": messages})
     return rows
-
-
-def hive_model(processor, seed=0, **kwargs):
-    torch.manual_seed(seed)
-    config = tiny_hive_config("vit", "llama", tokenizer=processor.tokenizer, **kwargs)
-    return HiveForConditionalGeneration(config)
 
 
 def snapshot(model):
@@ -207,7 +201,7 @@ def test_mim_loss_counts_masked_patches_only():
 
 def test_stage2_trains_fusion_only_with_the_llm_frozen_and_logs_gates(tmp_path):
     processor = processor_for()
-    model = hive_model(processor)
+    model = tiny_model(processor)
     before = snapshot(model)
     trainer = HiveAlignmentTrainer(model, args_for(HiveAlignmentConfig, tmp_path), data_collator=HiveCaptionCollator(processor), train_dataset=caption_rows())
     trainer.train()
@@ -222,7 +216,7 @@ def test_stage2_trains_fusion_only_with_the_llm_frozen_and_logs_gates(tmp_path):
 
 def test_stage2_can_train_the_encoder_when_the_recipe_says_so(tmp_path):
     processor = processor_for()
-    model = hive_model(processor)
+    model = tiny_model(processor)
     before = snapshot(model)
     args = args_for(HiveAlignmentConfig, tmp_path, train_vision=True, vision_learning_rate=1e-4)
     trainer = HiveAlignmentTrainer(model, args, data_collator=HiveCaptionCollator(processor), train_dataset=caption_rows())
@@ -237,7 +231,7 @@ def test_stage2_can_train_the_encoder_when_the_recipe_says_so(tmp_path):
 
 def test_loss_falls_on_a_batch_the_model_can_memorise(tmp_path):
     processor = processor_for()
-    model = hive_model(processor, gate_init=0.5)
+    model = tiny_model(processor, gate_init=0.5)
     # A random tiny LLM's head (std 0.02 after a final norm) cannot express a confident prediction, whatever feeds it;
     # a pretrained head can. Give it pretrained-like scale, so the frozen-LLM fusion has something to steer.
     torch.nn.init.normal_(model.lm_head.weight, std=1.0)
@@ -251,7 +245,7 @@ def test_loss_falls_on_a_batch_the_model_can_memorise(tmp_path):
 
 def test_stage3_lora_trains_encoder_fusion_and_adapters_with_a_lower_encoder_lr(tmp_path):
     processor = processor_for()
-    model = hive_model(processor, gate_init=0.3)
+    model = tiny_model(processor, gate_init=0.3)
     args = args_for(HiveFinetuneConfig, tmp_path, lora_r=4, lora_alpha=8, vision_learning_rate=1e-3, max_steps=5)
     trainer = HiveFinetuneTrainer(model, args, data_collator=HiveChatCollator(processor), train_dataset=chat_rows())
     before = snapshot(model)  # LoRA is injected by now
@@ -272,7 +266,7 @@ def test_stage3_lora_trains_encoder_fusion_and_adapters_with_a_lower_encoder_lr(
 
 def test_stage3_without_lora_keeps_the_llm_frozen(tmp_path):
     processor = processor_for()
-    model = hive_model(processor, gate_init=0.3)
+    model = tiny_model(processor, gate_init=0.3)
     before = snapshot(model)
     trainer = HiveFinetuneTrainer(model, args_for(HiveFinetuneConfig, tmp_path), data_collator=HiveChatCollator(processor), train_dataset=chat_rows())
     trainer.train()
@@ -284,12 +278,12 @@ def test_lora_outside_the_llm_is_refused(tmp_path):
     processor = processor_for()
     args = args_for(HiveFinetuneConfig, tmp_path, lora_r=4, lora_target_modules=r".*\.(q_proj|v_proj)$")
     with pytest.raises(ValueError, match="LLM modules only"):
-        HiveFinetuneTrainer(hive_model(processor), args, data_collator=HiveChatCollator(processor), train_dataset=chat_rows())
+        HiveFinetuneTrainer(tiny_model(processor), args, data_collator=HiveChatCollator(processor), train_dataset=chat_rows())
 
 
 def test_lora_adapter_round_trip_reproduces_logits(tmp_path):
     processor = processor_for()
-    model = hive_model(processor, gate_init=0.3)
+    model = tiny_model(processor, gate_init=0.3)
     args = args_for(HiveFinetuneConfig, tmp_path / "run", lora_r=4, lora_alpha=8, max_steps=3)
     trainer = HiveFinetuneTrainer(model, args, data_collator=HiveChatCollator(processor), train_dataset=chat_rows())
     trainer.train()
@@ -312,7 +306,7 @@ def test_lora_adapter_round_trip_reproduces_logits(tmp_path):
 
 def test_non_finite_loss_stops_training_naming_the_step(tmp_path):
     processor = processor_for()
-    model = hive_model(processor)
+    model = tiny_model(processor)
     before = snapshot(model)
 
     class Poisoned(HiveCaptionCollator):
@@ -335,19 +329,6 @@ def test_non_finite_loss_stops_training_naming_the_step(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ the whole recipe
-
-
-def hive_train(args, cwd=REPO, env=None, wait=True):
-    command = [sys.executable, "-m", "hive_vlm.cli", "train", *args]
-    if not wait:
-        return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
-
-
-SMALL = ["data.shapes.num_train=64", "stage1.max_steps=3", "stage2.max_steps=3", "stage3.max_steps=3", "stage1.save_steps=2",
-         "stage2.save_steps=2", "stage3.save_steps=2"]
 
 
 def test_stage0_pretraining_lowers_the_loss_on_the_text(tmp_path):
@@ -509,7 +490,7 @@ def test_two_process_ddp_matches_one_process_at_the_same_global_batch(tmp_path):
 
 def test_export_vision_reproduces_the_in_model_encoder(tmp_path):
     processor = processor_for()
-    model = hive_model(processor)
+    model = tiny_model(processor)
     model.save_pretrained(tmp_path / "hive")
     export_vision(str(tmp_path / "hive"), str(tmp_path / "encoder"))
     assert "auto_map" not in json.loads((tmp_path / "encoder" / "config.json").read_text())
@@ -526,7 +507,7 @@ def test_report_to_tensorboard_writes_loss_and_gate_scalars(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     processor = processor_for()
-    model = hive_model(processor)
+    model = tiny_model(processor)
     args = args_for(HiveAlignmentConfig, tmp_path, report_to="tensorboard")
     HiveAlignmentTrainer(model, args, data_collator=HiveCaptionCollator(processor), train_dataset=caption_rows()).train()
     events = sorted(tmp_path.rglob("events.out.tfevents.*"))
@@ -575,7 +556,7 @@ def test_stages_2_and_3_train_compiled_in_one_graph_with_the_eager_losses(tmp_pa
     for compiled in (False, True):
         torch._dynamo.reset()
         counters.clear()
-        model = hive_model(processor, gate_init=0.5, cross_attention_mode=mode)
+        model = tiny_model(processor, gate_init=0.5, cross_attention_mode=mode)
         compile_args = {"torch_compile": True, "torch_compile_backend": "aot_eager"} if compiled else {}
         if stage == "2":
             args = args_for(HiveAlignmentConfig, tmp_path / str(compiled), train_sampling_strategy="sequential", **compile_args)
