@@ -20,6 +20,8 @@ import sys
 import tempfile
 import time
 
+import datasets
+
 from .loaders import HiveDataReport, load_conversations, load_image_text_pairs, load_images
 from .shapes import SPLITS, HiveShapesConfig, generate_shapes
 from .shapes_layouts import to_classification, to_mme, to_okvqa, to_scienceqa, to_vqa
@@ -100,8 +102,6 @@ def _run_shapes(args) -> int:
 
 
 def _save(splits, folder: str, file_format: str) -> None:
-    import datasets
-
     if file_format == "arrow":
         datasets.DatasetDict(splits).save_to_disk(folder)
         return

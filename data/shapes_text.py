@@ -14,6 +14,13 @@ Example:
     (6, 6)
 """
 
+import datasets
+import numpy as np
+
+from hive_vlm.data.prompts import SHORT_ANSWER_PROMPT, mme_prompt, scienceqa_prompt
+from hive_vlm.data.schema import chat_features, text_message
+
+
 CAPTION_PROMPT = "Describe the image."
 
 
@@ -31,12 +38,6 @@ def shapes_conversations(scenes, seed: int = 0, turns_per_chat: int = 3):
     Returns:
         `datasets.Dataset` with `image` and `messages` (`hive_vlm.data.schema.chat_features`).
     """
-    import datasets
-    import numpy as np
-
-    from hive_vlm.data.schema import chat_features, text_message
-    from hive_vlm.data.prompts import SHORT_ANSWER_PROMPT, mme_prompt, scienceqa_prompt
-
     if turns_per_chat < 1:
         raise ValueError(f"turns_per_chat must be at least 1, got {turns_per_chat}.")
 

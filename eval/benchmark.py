@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
+import evaluate
 import PIL.Image
 
 
@@ -102,8 +103,6 @@ class HiveBenchmark:
 
 def load_metric(name: str):
     """The `evaluate` module `eval/metrics/<name>`, loaded offline from its folder."""
-    import evaluate
-
     return evaluate.load(str(METRICS_DIR / name), keep_in_memory=True)
 
 

@@ -1,10 +1,16 @@
 """Image classification: a linear probe on frozen encoder features, and zero-shot classification by the VLM."""
 
 import datasets
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import AutoImageProcessor, AutoModel, AutoProcessor
+
+from hive_vlm.files import write_json_atomic
+from modeling_hive.backbones_hive import as_tokens  # a convolutional encoder's (B, C, H, W) map as (B, H * W, C)
 
 from .benchmark import HiveBenchmark, HiveExamples, first_rows, load_metric, load_published
 from .runner import model_identity
-from hive_vlm.files import write_json_atomic
 
 
 ZERO_SHOT_QUESTION = "What type of object is in this photo?"
@@ -91,8 +97,6 @@ def load_vision_encoder(model_dir):
     Returns:
         `(encoder, image_processor, source)`, `source` naming the module used.
     """
-    from transformers import AutoImageProcessor, AutoModel, AutoProcessor
-
     model = AutoModel.from_pretrained(model_dir, trust_remote_code=True)
     towers = [name for name, _ in model.named_modules() if name.split(".")[-1] == "vision_model"]
     source = min(towers, key=lambda name: name.count(".")) if towers else ""
@@ -106,11 +110,6 @@ def load_vision_encoder(model_dir):
 
 def extract_features(encoder, image_processor, examples: HiveExamples, pooling="mean", batch_size=64, progress=True):
     """Frozen features (N, D): the last hidden state averaged over tokens ("mean") or its first token ("cls")."""
-    import torch
-    from tqdm.auto import tqdm
-
-    from modeling_hive.backbones_hive import as_tokens  # a convolutional encoder's (B, C, H, W) map as (B, H * W, C)
-
     if pooling not in ("mean", "cls"):
         raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}.")
     parameter = next(encoder.parameters())
@@ -130,9 +129,6 @@ def train_linear_probe(features, labels, num_classes, epochs=90, batch_size=256,
     MAE's linear-probe head on frozen features: BatchNorm without affine parameters, then a linear layer, trained
     with cross-entropy (SGD, momentum 0.9, no weight decay, cosine schedule; MAE itself uses LARS at large batch).
     """
-    import torch
-    from torch import nn
-
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     head = nn.Sequential(nn.BatchNorm1d(features.shape[1], affine=False, eps=1e-6), nn.Linear(features.shape[1], num_classes))
@@ -199,8 +195,6 @@ def linear_probe(
         >>> linear_probe("exported-encoder/", "cifar10-folder/", "probe.json")["scores"]  # doctest: +SKIP
         {'top1': 61.2, 'top5': 95.8}
     """
-    import torch
-
     encoder, image_processor, source = load_vision_encoder(model_dir)
     train_rows = _classification_rows(data, train_split, limit)
     test_rows = _classification_rows(data, test_split, limit)

@@ -8,6 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import PIL.Image
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from hive_vlm.files import write_atomically, write_json_atomic
 from modeling_hive.processing_hive import vqa_prompt
@@ -40,8 +43,6 @@ def generate_answers(model, processor, images, prompts, max_new_tokens: int = 16
         >>> predict([image], ["What colour is the circle?"])  # doctest: +SKIP
         ['red']
     """
-    import torch
-
     if len(images) != len(prompts):
         raise ValueError(f"Got {len(images)} images for {len(prompts)} prompts; pass one image per prompt.")
     rendered = [vqa_prompt(processor, prompt) for prompt in prompts]
@@ -78,9 +79,6 @@ def load_model(model_dir, device: str | None = None, dtype: str = "auto"):
     Returns:
         `(model, processor)`, the model in eval mode.
     """
-    import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=True)
     model = AutoModelForImageTextToText.from_pretrained(model_dir, trust_remote_code=True, dtype=dtype)
@@ -134,8 +132,6 @@ def evaluate_benchmark(
         >>> results["scores"]  # doctest: +SKIP
         {'accuracy': 12.5, 'low': 37.5, 'mid': 0.0, 'high': 0.0}
     """
-    from tqdm.auto import tqdm
-
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
     protocol = benchmark.resolve_protocol(protocol)

@@ -12,11 +12,19 @@ Example:
     $ accelerate launch --config_file configs/fsdp.yaml scripts/fsdp_on_cpu.py parameter-bytes   # each rank's share
 """
 
+import json
 import os
 import sys
 
+import torch
+from accelerate import Accelerator
 from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import DistributedType
+from torch.distributed.tensor import DTensor
+
+from hive_vlm.cli import main
+from hive_vlm.tiny import tiny_hive_config
+from modeling_hive import HiveForConditionalGeneration
 
 
 def allow_fsdp_on_cpu() -> None:
@@ -36,13 +44,6 @@ def allow_fsdp_on_cpu() -> None:
 
 def parameter_bytes() -> dict:
     """This process's parameter bytes once accelerate has sharded a tiny-shapes-sized HIVE model, and the whole model's."""
-    import torch
-    from accelerate import Accelerator
-    from torch.distributed.tensor import DTensor
-
-    from hive_vlm.tiny import tiny_hive_config
-    from modeling_hive import HiveForConditionalGeneration
-
     torch.manual_seed(0)
     width = {"hidden_size": 64}  # tiny-shapes' widths
     model = HiveForConditionalGeneration(tiny_hive_config("vit", "llama", vision_kwargs=width, text_kwargs=width))
@@ -58,11 +59,7 @@ def parameter_bytes() -> dict:
 if __name__ == "__main__":
     allow_fsdp_on_cpu()
     if sys.argv[1:] == ["parameter-bytes"]:
-        import json
-
         print(json.dumps(parameter_bytes()), flush=True)
         sys.exit(0)
-    from hive_vlm.cli import main
-
     sys.argv = ["hive", *sys.argv[1:]]
     sys.exit(main())

@@ -4,6 +4,8 @@ express answers through its frozen head before HIVE connects an encoder to it.""
 import datasets
 from transformers import DataCollatorForLanguageModeling, Trainer
 
+from hive_vlm.data.schema import message_text
+
 from .callbacks import HiveCheckpointMarkerCallback
 
 
@@ -20,8 +22,6 @@ def pretraining_sequences(captions, conversations, tokenizer, chat_template: str
         max_length (`int`): the longest sequence in tokens.
         caption_prompt (`str`): the text stage 2 puts before every caption.
     """
-    from hive_vlm.data.schema import message_text
-
     prompt = tokenizer(caption_prompt)["input_ids"]
     sequences = [(prompt + tokenizer(caption, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])[:max_length]
                  for caption in captions]  # fmt: skip

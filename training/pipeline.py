@@ -22,7 +22,7 @@ import datasets
 import torch
 from accelerate import PartialState
 from peft import prepare_model_for_kbit_training
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, ViTImageProcessorPil, set_seed
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForCausalLM, ViTImageProcessorPil, set_seed
 
 from hive_vlm.data import loaders
 from hive_vlm.data.collators import HiveCaptionCollator, HiveChatCollator, HiveMaskedImageCollator
@@ -326,8 +326,6 @@ class HiveRecipeRun:
             processor = HiveProcessor.from_backbones(vision, model.text_model)
         else:
             if model.vision_model:
-                from transformers import AutoImageProcessor
-
                 image_processor = AutoImageProcessor.from_pretrained(model.vision_model, backend="pil")
             else:
                 size = model.vision_config.get("image_size", 224)

@@ -1,6 +1,11 @@
 """The linear probe of an encoder on hive-shapes' labels: one per visual level, before and after a study's training."""
 
+import datasets
 import torch
+
+from hive_vlm.data.shapes_layouts import to_classification
+from hive_vlm.eval.benchmark import HiveExamples
+from hive_vlm.eval.classification import extract_features, top_k_accuracy, train_linear_probe
 
 
 LEVEL_TARGETS = {"low": "color", "mid": "shape", "high": "count"}  # linear-probe label per visual level
@@ -9,12 +14,6 @@ LEVEL_TARGETS = {"low": "color", "mid": "shape", "high": "count"}  # linear-prob
 def probe_encoder(encoder, image_processor, shapes_path, epochs: int, limit: int | None = None) -> dict:
     """Linear-probe top-1 accuracy (MAE protocol, `hive_vlm.eval.classification`) of `encoder`'s mean-pooled last
     hidden state on one hive-shapes label per level: colour (low), shape (mid), object count (high)."""
-    import datasets
-
-    from hive_vlm.data.shapes_layouts import to_classification
-    from hive_vlm.eval.benchmark import HiveExamples
-    from hive_vlm.eval.classification import extract_features, top_k_accuracy, train_linear_probe
-
     shapes = datasets.load_from_disk(str(shapes_path))
     train, test = shapes["train"], shapes["test"]
     if limit:

@@ -9,8 +9,12 @@ Example:
     {'flat': {'test/all': {'mean': 42.0, 'std': 2.8284, 'n': 2}}}
 """
 
+import os
 import statistics
+from dataclasses import asdict
 from pathlib import Path
+
+from hive_vlm.files import write_atomically, write_json_atomic
 
 
 REFERENCE = "hive-paired"
@@ -168,10 +172,10 @@ def markdown(study, meta: dict, table: dict, verdicts: list[dict], matched: dict
 def plot(out: Path, study, meta: dict, runs: list[dict], table: dict) -> dict:
     """PNG plots: the checkpoint evaluation's main score against stage-3 steps per fusion; per level (or group) of every
     evaluation that reports levels, and of the linear probe. Returns name -> path relative to `out`."""
-    import matplotlib
+    import matplotlib  # heavy, and only the plots use it: loaded on demand
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # on demand, after the backend is chosen
 
     folder = out / "plots"
     folder.mkdir(parents=True, exist_ok=True)
@@ -221,9 +225,7 @@ def plot(out: Path, study, meta: dict, runs: list[dict], table: dict) -> dict:
 
 
 def _save(figure, path: Path, out: Path) -> str:
-    import os
-
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy, and only the plots use it: loaded on demand
 
     temporary = path.with_name(path.stem + ".tmp.png")
     figure.savefig(temporary, dpi=110)
@@ -244,10 +246,6 @@ def write_report(out, study, meta: dict, runs: list[dict], matched: dict | None 
         matched (`dict`, *optional*): `match_budgets`'s widths and budgets.
         show_readouts (`bool`): list the encoder layers each run's model reads (its `readout`) in the markdown.
     """
-    from dataclasses import asdict
-
-    from hive_vlm.files import write_atomically, write_json_atomic
-
     out = Path(out)
     flat = [{"fusion": run["fusion"], "seed": run["seed"], "metrics": run_metrics(run)} for run in runs]
     table = aggregate(flat)

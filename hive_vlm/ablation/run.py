@@ -18,8 +18,10 @@ Example:
 """
 
 import hashlib
+import importlib
 import json
 import math
+import multiprocessing
 import resource
 import statistics
 import sys
@@ -27,9 +29,20 @@ import time
 from functools import partial
 from pathlib import Path
 
+import datasets
 import torch
+from transformers.utils import logging as hf_logging
 
+from hive_vlm.data.collators import HiveCaptionCollator, HiveChatCollator
+from hive_vlm.eval.registry import benchmark_adapter
+from hive_vlm.eval.runner import evaluate_benchmark
+from hive_vlm.files import atomic_folder, write_json_atomic
+from modeling_hive import HiveProcessor
 from modeling_hive.processing_hive import vqa_prompt
+
+from .fusions import HiveFusionSettings, build_fusion
+from .probe import probe_encoder
+from .shared import shared_path
 
 
 
@@ -160,9 +173,6 @@ def train_stage(fusion, dataset, collator, stage: dict, seed: int, on_step=None)
 def evaluate_fusion(fusion, processor, entries: list[dict], out: Path, eval_settings: dict, limit: int | None) -> dict:
     """Scores `fusion` on each evaluation of `entries` (`hive_vlm.ablation.shared.evaluations`) through its adapter
     and official scorer; results are written to `out/<label>.json` and returned as label -> scores."""
-    from hive_vlm.eval.registry import benchmark_adapter
-    from hive_vlm.eval.runner import evaluate_benchmark
-
     scores = {}
     for entry in entries:
         benchmark = benchmark_adapter(entry["benchmark"], image_root=entry["image_root"])
@@ -179,9 +189,6 @@ def evaluate_fusion(fusion, processor, entries: list[dict], out: Path, eval_sett
 
 def quiet() -> None:
     """No progress bars and no loading reports from transformers and datasets (the harness prints its own progress)."""
-    import datasets
-    from transformers.utils import logging as hf_logging
-
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     datasets.disable_progress_bars()
@@ -189,10 +196,6 @@ def quiet() -> None:
 
 def shared_inputs(shared: Path) -> tuple[dict, object, object, object]:
     """What every run of a study reads from the shared folder: its meta, the processor, the captions and the chats."""
-    import datasets
-
-    from modeling_hive import HiveProcessor
-
     meta = json.loads((shared / "meta.json").read_text())
     processor = HiveProcessor.from_pretrained(shared / "processor")
     return meta, processor, datasets.load_from_disk(str(shared / "data" / "stage2")), datasets.load_from_disk(str(shared / "data" / "stage3"))
@@ -222,10 +225,6 @@ def train_and_evaluate(fusion, shared: Path, out: Path, stage2: dict, stage3: di
     Returns:
         `{"parameters", "stages", "curve", "final", "linear_probe" (hive-shapes), "timing", "memory"}`.
     """
-    from hive_vlm.data.collators import HiveCaptionCollator, HiveChatCollator
-
-    from .probe import probe_encoder
-
     meta, processor, captions, chats = shared_inputs(shared)
     result = {"parameters": {"stage2": set_stage2()}}
     collator = HiveCaptionCollator(processor, prompt=meta["caption_prompt"], max_length=meta["max_length"]["stage2"])
@@ -267,12 +266,6 @@ def run_fusion(spec: dict) -> dict:
         spec (`dict`): `fusion`, `seed`, `shared` (the folder `prepare_shared` wrote), `out` (this run's folder) and
             `study` (`HiveStudySettings` as a dict, with `fusion` holding `HiveFusionSettings` fields).
     """
-    from hive_vlm.files import atomic_folder, write_json_atomic
-    from modeling_hive import HiveProcessor
-
-    from .fusions import HiveFusionSettings, build_fusion
-    from .shared import shared_path
-
     quiet()
     study, seed, name = spec["study"], spec["seed"], spec["fusion"]
     shared, out = Path(spec["shared"]), Path(spec["out"])
@@ -305,8 +298,6 @@ def run_fusion(spec: dict) -> dict:
 def run_in_child(target: str, spec: dict) -> None:
     """Entry point of the subprocess a study starts per run (`target`: "module:function"), so the peak memory it
     reports is that run's alone."""
-    import importlib
-
     torch.set_num_threads(spec.get("threads") or torch.get_num_threads())
     module, function = target.split(":")
     getattr(importlib.import_module(module), function)({**spec, "isolated": True})
@@ -315,9 +306,6 @@ def run_in_child(target: str, spec: dict) -> None:
 def run_isolated(target: str, spec: dict, isolate: bool) -> dict:
     """One run (`target`, "module:function", takes `spec` and writes `spec["out"]/result.json`): in a fresh spawned
     process when `isolate`, so its peak memory is its own."""
-    import importlib
-    import multiprocessing
-
     if not isolate:
         module, function = target.split(":")
         return getattr(importlib.import_module(module), function)(spec)

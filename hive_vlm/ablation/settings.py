@@ -29,8 +29,8 @@ import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hive_vlm.eval.registry import benchmark_adapter
 from hive_vlm.training.recipe import HiveRecipe, apply_overrides, check_scalar, parse_recipe, read_recipe_file
-
 from modeling_hive.configuration_hive import SHARED_SOFTMAX_NORMS
 
 from .fusions import FUSIONS, HiveFusionSettings
@@ -165,8 +165,6 @@ def evaluation_entries(recipe: HiveRecipe, benchmarks: list | None, where: str =
 
 def check_evaluations(recipe: HiveRecipe, where: str) -> None:
     """Each `eval` entry names a `hive eval` adapter and one of its protocols: checked before anything trains."""
-    from hive_vlm.eval.registry import benchmark_adapter
-
     for index, entry in enumerate(recipe.eval or []):
         try:
             adapter = benchmark_adapter(entry.benchmark, image_root=entry.image_root)

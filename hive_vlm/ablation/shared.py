@@ -19,11 +19,15 @@ import json
 import time
 from pathlib import Path
 
+from transformers import AutoModel
+
+from hive_vlm.data.shapes_layouts import to_mme, to_okvqa, to_scienceqa
 from hive_vlm.files import atomic_folder, write_json_atomic
 from hive_vlm.training.pipeline import HiveRecipeRun
 from hive_vlm.training.recipe import HiveRecipe
 from modeling_hive import HiveProcessor
 
+from .probe import probe_encoder
 from .settings import HiveStudySettings, evaluation_entries, uses_shapes
 
 
@@ -57,8 +61,6 @@ def evaluations(recipe: HiveRecipe, study: HiveStudySettings, run: HiveStudyRun,
     """The benchmarks every fusion is scored on at the end (`evaluation_entries`, with hive-shapes and its benchmark
     layouts written into `folder`), and the one scored at each stage-3 checkpoint: hive-shapes validation for a
     hive-shapes recipe without `eval`, else the first evaluation."""
-    from hive_vlm.data.shapes_layouts import to_mme, to_okvqa, to_scienceqa
-
     views = {"mme": to_mme, "scienceqa": to_scienceqa, "okvqa": to_okvqa}
     shapes = str(folder / "data" / "shapes")
     entries = evaluation_entries(recipe, study.benchmarks)
@@ -85,8 +87,6 @@ def evaluations(recipe: HiveRecipe, study: HiveStudySettings, run: HiveStudyRun,
 def prepare_shared(recipe: HiveRecipe, study: HiveStudySettings, folder) -> dict:
     """Builds what every fusion shares into `folder` (once; an existing `meta.json` means done, and an interrupted
     preparation resumes its stages) and returns the meta."""
-    from .probe import probe_encoder
-
     folder = Path(folder)
     if (folder / "meta.json").is_file():
         meta = json.loads((folder / "meta.json").read_text())
@@ -114,8 +114,6 @@ def prepare_shared(recipe: HiveRecipe, study: HiveStudySettings, folder) -> dict
             "text": str(text.relative_to(folder)) if text.is_relative_to(folder) else str(text),
             "evaluations": entries, "validation": validation, "shapes": uses_shapes(recipe)}  # fmt: skip
     if uses_shapes(recipe):
-        from transformers import AutoModel
-
         encoder = AutoModel.from_pretrained(vision)
         meta["linear_probe_before"] = probe_encoder(encoder, processor.image_processor, folder / "data" / "shapes",
                                                     study.eval["probe_epochs"], study.eval["probe_limit"])  # fmt: skip

@@ -7,6 +7,11 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
+
+from .fusions import match_budgets
+from .report import write_report
+from .run import quiet, run_isolated
 from .settings import HiveStudySettings
 from .shared import prepare_shared, shared_path
 
@@ -40,14 +45,8 @@ def run_ablation(recipe, study: HiveStudySettings, out, isolate: bool = True, th
         >>> sorted(report["aggregate"])  # doctest: +SKIP
         ['flat', 'hive-all-levels', 'hive-paired', 'qformer', 'shared-softmax', 'single-level']
     """
-    from .fusions import match_budgets
-    from .report import write_report
-    from .run import quiet, run_isolated
-
     quiet()
     if threads:
-        import torch
-
         torch.set_num_threads(threads)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

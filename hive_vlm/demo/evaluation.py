@@ -5,9 +5,17 @@ from collections import Counter
 from functools import partial
 from pathlib import Path
 
+from PIL import Image
+
 from hive_vlm.data.shapes import LEVELS, QUESTION_TYPES
 from hive_vlm.data.shapes_layouts import to_mme, to_okvqa, to_scienceqa
-from hive_vlm.files import atomic_folder
+from hive_vlm.eval.benchmark import load_metric, load_published
+from hive_vlm.eval.hive_shapes import HiveShapesBenchmark
+from hive_vlm.eval.mme import HiveMMEBenchmark
+from hive_vlm.eval.okvqa import HiveOKVQABenchmark
+from hive_vlm.eval.runner import evaluate_benchmark, generate_answers, load_model, model_identity
+from hive_vlm.eval.scienceqa import HiveScienceQABenchmark
+from hive_vlm.files import atomic_folder, write_json_atomic
 
 from .settings import EVAL_SPLITS, PROTOCOLS
 
@@ -35,8 +43,6 @@ def baseline_scores(benchmark, data, majority: dict[str, str], split: str | None
         split (`str`, *optional*): the split of `data`.
     """
     if benchmark.name == "hive-shapes":
-        from hive_vlm.eval.benchmark import load_published
-
         scenes = load_published(data, split=split)
         rows = [question for questions in scenes["questions"] for question in questions]
     else:
@@ -70,8 +76,6 @@ def scores_by_type(scenes, predictions: dict[str, str]) -> dict:
         predictions (`dict[str, str]`): question id (`{scene_id}/{rank}`, as `HiveShapesBenchmark` names it) ->
             answer. Questions without an answer are left out.
     """
-    from hive_vlm.eval.benchmark import load_metric
-
     groups = {}
     for scene_id, objects, questions in zip(scenes["scene_id"], scenes["objects"], scenes["questions"]):
         for rank, question in enumerate(questions):
@@ -112,14 +116,6 @@ def evaluate_demo(model_dir, shapes_dir, views: dict[str, str], results_dir, maj
     and, on each hive-shapes entry, "by_type": `scores_by_type` of the model, the majority baseline and (on test)
     the blank image.
     """
-    from hive_vlm.eval.benchmark import load_published
-    from hive_vlm.eval.hive_shapes import HiveShapesBenchmark
-    from hive_vlm.eval.mme import HiveMMEBenchmark
-    from hive_vlm.eval.okvqa import HiveOKVQABenchmark
-    from hive_vlm.eval.runner import evaluate_benchmark, generate_answers, load_model, model_identity
-    from hive_vlm.files import write_json_atomic
-    from hive_vlm.eval.scienceqa import HiveScienceQABenchmark
-
     model, processor = load_model(model_dir)
     identity = model_identity(model_dir)
     jobs = [(f"hive-shapes-{split}", HiveShapesBenchmark(), str(shapes_dir), split) for split in EVAL_SPLITS]
@@ -140,8 +136,6 @@ def evaluate_demo(model_dir, shapes_dir, views: dict[str, str], results_dir, maj
             results[name]["by_type"] = {"HIVE": scores_by_type(scenes[split], _predictions(result)),
                                         "majority baseline": scores_by_type(scenes[split], majority_predictions)}  # fmt: skip
         print(f"      {name}: {_headline(name, result['scores'])} (majority baseline {_headline(name, baseline)})", flush=True)
-
-    from PIL import Image
 
     blank = Image.new("RGB", (64, 64), (128, 128, 128))
     benchmark = HiveShapesBenchmark()

@@ -6,11 +6,16 @@ import shutil
 import time
 from pathlib import Path
 
+import torch
+from transformers import AutoConfig, AutoModel, pipeline
+
 from hive_vlm.data.shapes import LEVELS, HiveShapesConfig, generate_scene
 from hive_vlm.data.shapes_layouts import SHORT_ANSWER_PROMPT
-from hive_vlm.files import atomic_folder
+from hive_vlm.files import atomic_folder, write_json_atomic
+from hive_vlm.hub.card import write_model_card
 from hive_vlm.hub.push import push_training_run
 from hive_vlm.training.pipeline import HiveRecipeRun
+from hive_vlm.visualize import visualize
 
 from .evaluation import evaluate_demo, majority_answers, write_views
 from .report import summary_table
@@ -59,9 +64,6 @@ class HiveDemoRun(HiveRecipeRun):
         path = self.output_dir / "backbones" / "vision"
         if model.vision_model or path.is_dir():
             return super().vision_source()
-        import torch
-        from transformers import AutoConfig, AutoModel
-
         torch.manual_seed(self.recipe.seed)
         encoder = AutoModel.from_config(AutoConfig.for_model(**model.vision_config))
         embeddings = getattr(getattr(encoder, "embeddings", None), "position_embeddings", None)
@@ -89,8 +91,6 @@ def sincos_position_embeddings(grid: int, dim: int):
         >>> sincos_position_embeddings(8, 64).shape
         torch.Size([64, 64])
     """
-    import torch
-
     if dim % 4:
         raise ValueError(f"the sine-cosine table needs a width divisible by 4, got {dim}.")
 
@@ -106,8 +106,6 @@ def sincos_position_embeddings(grid: int, dim: int):
 def ask_fresh_scene(model_dir, scene) -> list[dict]:
     """Loads `model_dir` through `pipeline("visual-question-answering", trust_remote_code=True)` and asks one question
     per level about `scene`; returns {"level", "question", "answer", "truth"} per question."""
-    from transformers import pipeline
-
     vqa = pipeline("visual-question-answering", model=str(model_dir), trust_remote_code=True)
     picked = [next(q for q in scene.questions if q["level"] == level) for level in LEVELS
               if any(q["level"] == level for q in scene.questions)]  # fmt: skip
@@ -133,9 +131,6 @@ def run_demo(out, settings: HiveDemoSettings = FULL, text_model: str | None = No
         >>> sorted(summary["results"])  # doctest: +SKIP
         ['hive-shapes-test', 'hive-shapes-test_compositional', 'mme', 'okvqa', 'scienceqa']
     """
-    from hive_vlm.files import write_json_atomic
-    from hive_vlm.visualize import visualize
-
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"{out} is not empty; pass a new folder to --out (or delete this one).")
@@ -210,8 +205,6 @@ def write_hub_folder(final, folder, result_files: list[str]) -> Path:
 
     The card is written in `final` first, where `hive card` finds the run's stage folders next to it.
     """
-    from hive_vlm.hub.card import write_model_card
-
     write_model_card(final, result_files)
     with atomic_folder(folder) as out:
         shutil.copytree(final, out, dirs_exist_ok=True)

@@ -2,8 +2,11 @@
 
 from dataclasses import dataclass, field
 
+from transformers import AutoConfig
+
 from hive_vlm.data.shapes_text import CAPTION_PROMPT
 from hive_vlm.training.recipe import HiveRecipe, parse_recipe
+from modeling_hive.configuration_hive import spread_layer_pairs
 
 
 @dataclass
@@ -150,10 +153,6 @@ def text_config(settings: HiveDemoSettings) -> dict:
 
 def real_backbone_pairs(settings: HiveDemoSettings, vision_model: str | None, text_model: str | None) -> list:
     """Three layer pairs spread over the depths of the given backbones (the tiny ones' depths otherwise)."""
-    from transformers import AutoConfig
-
-    from modeling_hive.configuration_hive import spread_layer_pairs
-
     vision_depth, text_depth = settings.vision_layers, settings.text_layers
     if vision_model:
         config = AutoConfig.from_pretrained(vision_model)

@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from safetensors import safe_open
 
 from hive_vlm.files import write_atomically
 
@@ -164,8 +165,6 @@ def base_models(config: dict, provenance: dict) -> dict[str, str | None]:
 
 def count_parameters(model_dir: Path) -> int | None:
     """Parameters stored in the folder's safetensors files, read from their headers (no weights are loaded)."""
-    from safetensors import safe_open
-
     total = 0
     files = sorted(model_dir.glob("*.safetensors"))
     index = model_dir / "model.safetensors.index.json"

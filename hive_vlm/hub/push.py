@@ -10,6 +10,10 @@ import shutil
 from pathlib import Path
 
 from huggingface_hub import HfApi, get_token
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+from .card import write_model_card
+from .record import write_training_record
 
 
 logger = logging.getLogger(__name__)
@@ -96,8 +100,6 @@ def _weight_files(model_dir: Path) -> list[str]:
 
 def check_repo_id(repo_id: str) -> None:
     """Raises a ValueError unless `repo_id` is a valid Hub repository id (`ORG/NAME`)."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
     try:
         validate_repo_id(repo_id)
     except HFValidationError as error:
@@ -291,9 +293,6 @@ def push_training_run(recipe, run_dir, stages, endpoint: str | None = None):
     Example:
         >>> push_training_run(recipe, "outputs/tiny-shapes", [1, 2, 3])  # doctest: +SKIP
     """
-    from .card import write_model_card
-    from .record import write_training_record
-
     hub = hub_settings(recipe, stages)
     run_dir = Path(run_dir)
     write_training_record(run_dir, recipe)

@@ -17,6 +17,11 @@ Example:
 
 from pathlib import Path
 
+from hive_vlm.ablation.fusions import HiveFusionSettings, build_fusion
+from hive_vlm.ablation.probe import probe_encoder
+from hive_vlm.ablation.run import quiet, shared_inputs, start_clock, train_and_evaluate
+from hive_vlm.files import write_json_atomic
+
 
 def transfer_encoder(spec: dict) -> dict:
     """Transfers one encoder with one seed; writes `spec["out"]/result.json` and returns it.
@@ -26,11 +31,6 @@ def transfer_encoder(spec: dict) -> dict:
             shared folder: processor, data, evaluations), `out`, `transfer` (`HiveTransferSettings` as a dict) and
             `eval` (the study's evaluation settings).
     """
-    from hive_vlm.ablation.fusions import HiveFusionSettings, build_fusion
-    from hive_vlm.ablation.probe import probe_encoder
-    from hive_vlm.ablation.run import quiet, shared_inputs, start_clock, train_and_evaluate
-    from hive_vlm.files import write_json_atomic
-
     quiet()
     transfer, seed, eval_settings = spec["transfer"], spec["seed"], spec["eval"]
     shared, out = Path(spec["shared"]), Path(spec["out"])

@@ -2,17 +2,25 @@
 (`hive transfer`'s library; the command and its phases are in `cli`)."""
 
 import dataclasses
+import hashlib
 import json
 import logging
 import shutil
 import time
 from pathlib import Path
 
+import torch
+from transformers import AutoTokenizer
+
 from hive_vlm.ablation.fusions import FUSIONS, HiveFusionSettings
+from hive_vlm.ablation.report import budget_setting, llm_setting, write_report
+from hive_vlm.ablation.run import quiet, run_isolated
 from hive_vlm.ablation.settings import HiveStudySettings
 from hive_vlm.ablation.shared import HiveStudyRun, prepare_shared, shared_path
+from hive_vlm.ablation.study import run_ablation
 from hive_vlm.files import atomic_folder, write_atomically, write_json_atomic
 from modeling_hive import HiveProcessor
+from modeling_hive.backbones_hive import load_vision_backbone
 
 from .settings import HiveTransferSettings
 
@@ -46,8 +54,6 @@ def transfer_llm(recipe, transfer: HiveTransferSettings, shared: Path, out: Path
 
 def check_same_tokenizer(text_model: str, shared: Path) -> None:
     """Every data file was tokenised by the pre-training's tokenizer: a transfer LLM must read the same ids."""
-    from transformers import AutoTokenizer
-
     ours = HiveProcessor.from_pretrained(shared / "processor").tokenizer.get_vocab()
     theirs = AutoTokenizer.from_pretrained(text_model).get_vocab()
     if not set(theirs) <= set(ours) or any(ours[token] != index for token, index in theirs.items()):
@@ -67,8 +73,6 @@ def encoder_of(variant: str, seed: int, out: Path, shared: Path, meta: dict) -> 
         return str(shared / "backbones" / "vision")
     folder = shared / "backbones" / "vision-initial"
     if not folder.is_dir():
-        from modeling_hive.backbones_hive import load_vision_backbone
-
         encoder, _ = load_vision_backbone(meta["recipe"]["model"]["vision_model"])
         with atomic_folder(folder) as written:
             encoder.save_pretrained(written)
@@ -78,8 +82,6 @@ def encoder_of(variant: str, seed: int, out: Path, shared: Path, meta: dict) -> 
 
 def encoder_digest(folder: str) -> str:
     """SHA-256 (16 hex digits) of an encoder folder's weights: a kept transfer run counts only for the same encoder."""
-    import hashlib
-
     digest = hashlib.sha256()
     for path in sorted(Path(folder).glob("*.safetensors")):
         with open(path, "rb") as stream:
@@ -103,14 +105,8 @@ def run_transfer(recipe, study: HiveStudySettings, transfer: HiveTransferSetting
         >>> report = run_transfer(*load_transfer("recipes/tiny-shapes.yaml", quick=True), "/tmp/transfer")  # doctest: +SKIP
         >>> sorted(report["aggregate"])  # doctest: +SKIP
     """
-    from hive_vlm.ablation.report import write_report
-    from hive_vlm.ablation.run import quiet, run_isolated
-    from hive_vlm.ablation.study import run_ablation
-
     quiet()
     if threads:
-        import torch
-
         torch.set_num_threads(threads)
     out = Path(out)
     started = time.perf_counter()
@@ -170,8 +166,6 @@ def _transfer_identity(run: dict) -> dict:
 def pretraining_settings(pretraining: HiveStudySettings, pretrained: dict, runs: list[dict]) -> list[str]:
     """transfer.md's account of how the encoders were pre-trained: the budgets, the LLM, shared-softmax's norm, and
     which encoder layers each variant's fusion read in pre-training and its LLaVA reads in transfer."""
-    from hive_vlm.ablation.report import budget_setting, llm_setting
-
     before = {run["fusion"]: run.get("readout") for run in pretrained.get("runs", [])}
     after = {run["variant"]: run.get("readout") for run in runs}
     lines = ["", "## Pre-training settings and the encoder layers each variant reads", "",

@@ -8,6 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hive_vlm.eval.runner import load_model
+from modeling_hive.processing_hive import load_rgb_image
+
 
 @dataclass
 class HiveLevelAttention:
@@ -147,8 +150,8 @@ def draw_cross_attention(image, levels, gates, question: str, answer: str, out) 
         question (`str`): shown in the title.
         out (`str` or `os.PathLike`): the PNG to write.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # heavy, and only the figure uses it: loaded on demand
+    from matplotlib.figure import Figure  # (on demand, as above)
 
     image = image.convert("RGB")
     width, height = image.size
@@ -216,11 +219,7 @@ def visualize(model, image, question: str, out, processor=None, device: str | No
         >>> figure.num_level_panels  # doctest: +SKIP
         3
     """
-    from modeling_hive.processing_hive import load_rgb_image
-
     if isinstance(model, (str, os.PathLike)):
-        from hive_vlm.eval.runner import load_model
-
         model, processor = load_model(model, device=device)
     elif processor is None:
         raise ValueError("visualize got a model object but no processor; pass processor=... (or a saved folder).")
