@@ -7,13 +7,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import ViTImageProcessorPil
 
 from hive_vlm import cli
-from hive_vlm.tiny import tiny_hive_config
-from hive_vlm.data.tokenizer import build_tokenizer
 from hive_vlm.visualize.maps import _prompt, _question_positions, cross_attention_maps, visualize
-from modeling_hive import HiveForConditionalGeneration, HiveProcessor
+from tiny_hive import tiny_model
 
 
 QUESTION = "what color is the circle ?"
@@ -22,17 +19,12 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def processor():
-    return HiveProcessor(ViTImageProcessorPil(size={"height": 32, "width": 32}), build_tokenizer(CORPUS))
+def corpus():
+    return CORPUS
 
 
 def make_model(processor, **hive_kwargs):
-    tokenizer = processor.tokenizer
-    text_kwargs = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)  # fmt: skip
-    torch.manual_seed(0)
-    config = tiny_hive_config("vit", "llama", text_kwargs=text_kwargs, gate_init=0.5, **hive_kwargs)
-    return HiveForConditionalGeneration(config).eval()
+    return tiny_model(processor, gate_init=0.5, **hive_kwargs).eval()
 
 
 @pytest.fixture(scope="module")
