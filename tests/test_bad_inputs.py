@@ -15,7 +15,7 @@ import torch
 import yaml
 from huggingface_hub.errors import StrictDataclassFieldValidationError
 from PIL import Image
-from transformers import BertConfig, LlamaForCausalLM, ViTImageProcessorPil, ViTModel
+from transformers import BertConfig, LlamaForCausalLM, ViTModel
 
 from eval_fixtures import write_shapes
 from hive_vlm.cli import main as hive
@@ -27,7 +27,7 @@ from hive_vlm.tiny import tiny_hive_config, tiny_text_config, tiny_vision_config
 from hive_vlm.data.tokenizer import build_tokenizer
 from hive_vlm.training.pipeline import HiveRecipeRun
 from hive_vlm.training.recipe import load_recipe, parse_recipe
-from modeling_hive import HiveConfig, HiveForConditionalGeneration, HiveProcessor
+from modeling_hive import HiveConfig, HiveForConditionalGeneration
 from modeling_hive.pipeline_hive import HiveVisualQuestionAnsweringPipeline
 
 
@@ -37,15 +37,15 @@ CHAT = [{"role": "user", "content": "what colour is the circle ?"}, {"role": "as
 
 
 @pytest.fixture(scope="module")
-def ctx(tmp_path_factory):
+def corpus():
+    return CORPUS
+
+
+@pytest.fixture(scope="module")
+def ctx(processor, model, tmp_path_factory):
     """Tiny processor, model, saved folders and data files the cases spoil one thing at a time."""
     root = tmp_path_factory.mktemp("bad_inputs")
-    processor = HiveProcessor(ViTImageProcessorPil(size={"height": 32, "width": 32}), build_tokenizer(CORPUS))
     tokenizer = processor.tokenizer
-    text_kwargs = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                       eos_token_id=tokenizer.eos_token_id)  # fmt: skip
-    torch.manual_seed(0)
-    model = HiveForConditionalGeneration(tiny_hive_config("vit", "llama", text_kwargs=text_kwargs, gate_init=0.5)).eval()
     model.save_pretrained(root / "hive")
     processor.save_pretrained(root / "hive")
     model.save_pretrained(root / "sharded", max_shard_size="100KB")

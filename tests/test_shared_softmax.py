@@ -23,21 +23,15 @@ from modeling_hive.shared_softmax_hive import (
     hive_sdpa_attention_forward,
     image_rotary_embeddings,
 )
+from tiny_hive import build as build_tiny, inputs
 
 
 REPO = Path(__file__).resolve().parents[1]
-VOCAB = 128
 
 
 def build(seed=0, text_family="llama", **kwargs):
-    torch.manual_seed(seed)
-    config = tiny_hive_config("vit", text_family, cross_attention_mode="shared_softmax", **kwargs)
-    return HiveForConditionalGeneration(config).eval()
-
-
-def inputs(batch=2, length=7, seed=1):
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randint(3, VOCAB, (batch, length), generator=generator), torch.randn(batch, 3, 32, 32, generator=generator)
+    """A tiny ViT + `text_family` HIVE model in shared_softmax mode, in eval mode."""
+    return build_tiny(("vit", text_family), seed, cross_attention_mode="shared_softmax", **kwargs)
 
 
 def bare_llm(model):
