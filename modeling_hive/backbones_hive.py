@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 from transformers.utils import logging
@@ -190,3 +190,17 @@ def load_vision_backbone(source: str, torch_dtype=None) -> tuple[nn.Module, list
     if torch_dtype is not None:
         vision = vision.to(torch_dtype)
     return vision, sorted(name for name in names if prefix + name not in weights)
+
+
+def load_text_backbone(source: str, torch_dtype=None) -> nn.Module:
+    """The causal LLM of a Hub id or folder, refused when it lacks weights or has a biased output layer (HIVE's head
+    has no bias, so it could not reproduce the LLM's logits)."""
+    text, info = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, output_loading_info=True)
+    if info["missing_keys"]:
+        raise ValueError(f"Backbone {source!r} lacks weights for {sorted(info['missing_keys'])[:10]}; is it the right checkpoint?")
+    if getattr(text.get_output_embeddings(), "bias", None) is not None:
+        raise ValueError(
+            f"HIVE cannot reproduce the logits of {source!r} ({type(text).__name__}, {text.config.model_type}): its output "
+            "layer has a bias, and HIVE's head has none."
+        )
+    return text

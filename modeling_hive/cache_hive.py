@@ -111,3 +111,12 @@ def cache_image_key_values(cache: Cache, num_text_layers: int, key_values: list,
         cache.layers.extend(HiveCrossAttentionCacheLayer() for _ in key_values)
     for layer, (key_states, value_states) in zip(cache.layers[num_text_layers:], key_values):
         layer.write(key_states, value_states, image_mask)
+
+
+def cached_image_key_values(cache: Cache, num_text_layers: int, image_mask):
+    """The image keys/values (one pair per block) and image mask a prefill wrote into `cache`; `(None, image_mask)`
+    when it holds none (a text-only prompt)."""
+    hive_layers = cache.layers[num_text_layers:]
+    if not hive_layers or not all(layer.is_initialized for layer in hive_layers):
+        return None, image_mask
+    return [(layer.keys, layer.values) for layer in hive_layers], hive_layers[0].image_mask

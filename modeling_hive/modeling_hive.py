@@ -13,7 +13,7 @@ from functools import partial
 import torch
 from torch import nn
 from torch.nn import functional as F
-from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.dynamic_module_utils import get_relative_import_files
@@ -30,10 +30,11 @@ from .backbones_hive import (
     base_model_name,
     decoder_layers,
     forward_parameters,
+    load_text_backbone,
     load_vision_backbone,
     vision_level_widths,
 )
-from .cache_hive import HiveCrossAttentionCacheLayer, HiveVisionContext, cache_image_key_values
+from .cache_hive import HiveCrossAttentionCacheLayer, HiveVisionContext, cache_image_key_values, cached_image_key_values
 from .compatibility_hive import CACHE_NAME, deprecate_past_key_values, resolve_cache
 from .configuration_hive import HiveConfig
 from .cross_attention_hive import HiveCrossAttentionLayer
@@ -42,12 +43,14 @@ from .layers_hive import HiveMultiModalProjector
 from .outputs_hive import HiveCausalLMOutputWithPast, HiveModelOutputWithPast
 from .pipeline_hive import HIVE_CUSTOM_PIPELINES
 from .shared_softmax_hive import (
-    SHARED_SOFTMAX_ATTENTION,
-    HiveImageKeyValues,
     HiveSharedSoftmaxLayer,
+    check_image_keys_consumed,
+    check_llm_attention_request,
+    copy_llm_key_value_projections,
     image_rotary_embeddings,
+    join_llm_attention,
+    layer_image_key_values,
     rotary_layer_type,
-    shared_softmax_refusal,
 )
 from .trainable_hive import component_parameters, freeze_unused_vision_parameters, set_trainable
 from .validation_hive import check_hive_inputs, check_input_values, check_label_values, check_labels
@@ -131,14 +134,7 @@ class HivePreTrainedModel(PreTrainedModel):
         """As `PreTrainedModel.set_attn_implementation`; in shared_softmax mode the LLM then runs under `hive_sdpa`
         again (its image keys join its attention through it), and anything but sdpa for the LLM is refused."""
         if self.config.cross_attention_mode == "shared_softmax":
-            requested = attn_implementation
-            if isinstance(requested, dict):
-                requested = requested.get("text_config", requested.get(""))
-            if requested not in (None, "sdpa"):
-                raise ValueError(
-                    f"HIVE's shared_softmax mode joins the image keys to the LLM's own attention through sdpa; the LLM "
-                    f"cannot run as {requested!r}. Use cross_attention_mode='gated' for other attention implementations."
-                )
+            check_llm_attention_request(attn_implementation)
         result = super().set_attn_implementation(attn_implementation, *args, **kwargs)
         if self.config.cross_attention_mode == "shared_softmax":
             self.base_model.use_shared_softmax_attention()
@@ -253,24 +249,12 @@ class HiveModel(HivePreTrainedModel):
         self.freeze_unused_vision_parameters()
 
     def use_shared_softmax_attention(self) -> None:
-        """shared_softmax mode: runs the LLM's attention as `hive_sdpa` (sdpa that appends a layer's image keys/values
-        when its pre-hook hands them over), refusing an LLM it cannot join (see `shared_softmax_refusal`)."""
-        layers = decoder_layers(self.language_model, self.config.text_config.num_hidden_layers)
-        reason = shared_softmax_refusal(self.language_model, [pair[1] for pair in self.config.cross_attention_layers], layers)
-        if reason is not None:
-            raise ValueError(
-                f"HIVE's shared_softmax mode cannot join the image to {type(self.language_model).__name__} "
-                f"({self.config.text_config.model_type}): {reason}. Use cross_attention_mode='gated' for any other LLM."
-            )
-        self.language_model.config._attn_implementation = SHARED_SOFTMAX_ATTENTION
+        """shared_softmax mode: the LLM's attention runs as `hive_sdpa` (see `shared_softmax_hive.join_llm_attention`)."""
+        join_llm_attention(self.language_model, self.config)
 
-    @torch.no_grad()
     def copy_llm_key_value_projections(self) -> None:
-        """shared_softmax mode: sets every block's input norm and image k/v projections to those of the LLM layer it
-        feeds (the blocks' starting point; done when the model is built, after the LLM's weights are loaded)."""
-        layers = decoder_layers(self.language_model, self.config.text_config.num_hidden_layers)
-        for block, (_, text_layer) in zip(self.cross_attention_layers, self.config.cross_attention_layers):
-            block.copy_from(layers[text_layer])
+        """shared_softmax mode: every block's input norm and image k/v projections become those of its LLM layer."""
+        copy_llm_key_value_projections(self.cross_attention_layers, self.language_model, self.config)
 
     def get_input_embeddings(self):
         return self.language_model.get_input_embeddings()
@@ -291,19 +275,8 @@ class HiveModel(HivePreTrainedModel):
         if probe:
             context.reached[index] = tuple(hidden_states.shape)
         if self.config.cross_attention_mode == "shared_softmax":
-            checkpoint = getattr(module, "_gradient_checkpointing_func", None)
-            if module.training and getattr(module, "gradient_checkpointing", False) and getattr(checkpoint, "keywords", {}).get("use_reentrant"):
-                raise ValueError(
-                    "shared_softmax hands the image keys to the LLM's layers as keyword arguments, which reentrant "
-                    "activation checkpointing cannot differentiate through; enable it with "
-                    "gradient_checkpointing_kwargs={'use_reentrant': False} (transformers' default)."
-                )
             # Handed to this layer's attention function (see shared_softmax_hive), which joins them to the layer's keys.
-            key_states, value_states = (None, None) if probe else context.key_values[index]
-            if key_states is not None:  # the block may run in float32 beside a float16 or quantized LLM
-                key_states, value_states = key_states.to(hidden_states.dtype), value_states.to(hidden_states.dtype)
-            block = self.cross_attention_layers[index]  # in queries_and_keys mode, its norms reach the layer's own q and k
-            image = HiveImageKeyValues(index, key_states, value_states, context.image_mask, context.consumed, block)
+            image = layer_image_key_values(module, index, self.cross_attention_layers[index], context, hidden_states.dtype)
             return args, {**kwargs, "hive_image_key_values": image}
         if probe:
             return None
@@ -455,7 +428,8 @@ class HiveModel(HivePreTrainedModel):
         cache = resolve_cache(cache, past_key_values)
         vocab_size = self.language_model.get_input_embeddings().num_embeddings
         image_mask = check_hive_inputs(
-            self.config, vocab_size, input_ids, inputs_embeds, attention_mask, pixel_values, image_mask, cache is not None
+            self.config, vocab_size, input_ids, inputs_embeds, attention_mask, pixel_values, image_mask, cache is not None,
+            output_cross_attentions,
         )
         seq_len = (input_ids if input_ids is not None else inputs_embeds).shape[1]
 
@@ -472,18 +446,9 @@ class HiveModel(HivePreTrainedModel):
             image_levels = self.project_levels(vision_hidden_states)
             key_values = self.get_cross_attention_key_values(image_levels)
             image_outputs = self.image_features_output(encoder_outputs, image_levels)
-        elif cache is not None and len(cache.layers) > num_text_layers:
-            cached = cache.layers[num_text_layers:]
-            if all(layer.is_initialized for layer in cached):
-                key_values = [(layer.keys, layer.values) for layer in cached]
-                image_mask = cached[0].image_mask
+        elif cache is not None:  # a decode step: the image keys/values written at prefill, if any
+            key_values, image_mask = cached_image_key_values(cache, num_text_layers, image_mask)
 
-        shared_softmax = self.config.cross_attention_mode == "shared_softmax"
-        if output_cross_attentions and shared_softmax:
-            raise ValueError(
-                "output_cross_attentions needs the gated cross-attention blocks; in shared_softmax mode the image keys "
-                "are part of the LLM's own attention, whose weights sdpa does not return."
-            )
         context = None
         if key_values is not None:
             context = HiveVisionContext(key_values, image_mask, {} if output_cross_attentions else None)
@@ -498,13 +463,8 @@ class HiveModel(HivePreTrainedModel):
             **{CACHE_NAME: cache},
             **kwargs,
         )
-        if shared_softmax and context is not None and len(context.consumed) != len(key_values):
-            raise RuntimeError(
-                f"The image keys/values reached {len(context.consumed)} of {len(key_values)} connected layers: the LLM now "
-                f"runs attention as {self.language_model.config._attn_implementation!r}, not {SHARED_SOFTMAX_ATTENTION!r}, "
-                "so the image would be ignored. Change the attention implementation with model.set_attn_implementation('sdpa'), "
-                "which keeps shared_softmax's."
-            )
+        if self.config.cross_attention_mode == "shared_softmax" and context is not None:
+            check_image_keys_consumed(context, self.language_model)
         cache = getattr(outputs, CACHE_NAME, None)  # an LLM that keeps its state inside (RecurrentGemma) returns none
         if pixel_values is not None and cache is not None:
             # The LLM's own layers exist now; the image keys/values go after them, one layer per block.
@@ -637,15 +597,8 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
             ```
         """
         vision, missing = load_vision_backbone(vision_model, torch_dtype)
-        text, text_info = AutoModelForCausalLM.from_pretrained(text_model, dtype=torch_dtype, output_loading_info=True)
-        if text_info["missing_keys"]:
-            raise ValueError(f"Backbone {text_model!r} lacks weights for {sorted(text_info['missing_keys'])[:10]}; is it the right checkpoint?")
+        text = load_text_backbone(text_model, torch_dtype)
         head = text.get_output_embeddings()
-        if getattr(head, "bias", None) is not None:
-            raise ValueError(
-                f"HIVE cannot reproduce the logits of {text_model!r} ({type(text).__name__}, {text.config.model_type}): "
-                "its output layer has a bias, and HIVE's head has none."
-            )
         config = HiveConfig(vision_config=vision.config.to_dict(), text_config=text.config.to_dict(), **config_kwargs)
         model = cls(config)
         # Only the weights HIVE uses are required: a checkpoint without a pooler (MAE/DINO-style, or a classifier's

@@ -27,6 +27,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_utils import AttentionInterface
 
+from .backbones_hive import decoder_layers
 from .configuration_hive import SHARED_SOFTMAX_NORMS
 from .layers_hive import HiveRMSNorm
 
@@ -314,3 +315,67 @@ def probe_rotary(language_model: nn.Module, text_layers: list[int], layers) -> t
             )
         styles.add((halves_layout, matches[0]))
     return (styles.pop() if len(styles) == 1 else None), None
+
+
+def join_llm_attention(language_model: nn.Module, config) -> None:
+    """Runs the LLM's attention as `hive_sdpa` (sdpa that appends a layer's image keys/values when its pre-hook hands
+    them over), refusing an LLM it cannot join (see `shared_softmax_refusal`)."""
+    layers = decoder_layers(language_model, config.text_config.num_hidden_layers)
+    reason = shared_softmax_refusal(language_model, [pair[1] for pair in config.cross_attention_layers], layers)
+    if reason is not None:
+        raise ValueError(
+            f"HIVE's shared_softmax mode cannot join the image to {type(language_model).__name__} "
+            f"({config.text_config.model_type}): {reason}. Use cross_attention_mode='gated' for any other LLM."
+        )
+    language_model.config._attn_implementation = SHARED_SOFTMAX_ATTENTION
+
+
+def check_llm_attention_request(attn_implementation) -> None:
+    """Refuses an attention implementation other than sdpa for the LLM (`set_attn_implementation`'s argument)."""
+    requested = attn_implementation
+    if isinstance(requested, dict):
+        requested = requested.get("text_config", requested.get(""))
+    if requested not in (None, "sdpa"):
+        raise ValueError(
+            f"HIVE's shared_softmax mode joins the image keys to the LLM's own attention through sdpa; the LLM cannot run "
+            f"as {requested!r}. Use cross_attention_mode='gated' for other attention implementations."
+        )
+
+
+@torch.no_grad()
+def copy_llm_key_value_projections(blocks: nn.ModuleList, language_model: nn.Module, config) -> None:
+    """Sets every block's input norm and image k/v projections to those of the LLM layer it feeds (the blocks'
+    starting point; done when the model is built, after the LLM's weights are loaded)."""
+    layers = decoder_layers(language_model, config.text_config.num_hidden_layers)
+    for block, (_, text_layer) in zip(blocks, config.cross_attention_layers):
+        block.copy_from(layers[text_layer])
+
+
+def layer_image_key_values(decoder_layer: nn.Module, index: int, block: nn.Module, context, dtype: torch.dtype) -> HiveImageKeyValues:
+    """What HIVE's pre-hook hands decoder layer `decoder_layer` for block `index`: the block's image keys/values from
+    the forward's vision context (in the layer's dtype: the block may run in float32 beside a float16 or quantized LLM),
+    and the block itself (in queries_and_keys mode its norms reach the layer's own queries and keys)."""
+    checkpoint = getattr(decoder_layer, "_gradient_checkpointing_func", None)
+    reentrant = getattr(checkpoint, "keywords", {}).get("use_reentrant")
+    if decoder_layer.training and getattr(decoder_layer, "gradient_checkpointing", False) and reentrant:
+        raise ValueError(
+            "shared_softmax hands the image keys to the LLM's layers as keyword arguments, which reentrant activation "
+            "checkpointing cannot differentiate through; enable it with gradient_checkpointing_kwargs={'use_reentrant': "
+            "False} (transformers' default)."
+        )
+    key_states, value_states = (None, None) if context.reached is not None else context.key_values[index]
+    if key_states is not None:
+        key_states, value_states = key_states.to(dtype), value_states.to(dtype)
+    return HiveImageKeyValues(index, key_states, value_states, context.image_mask, context.consumed, block)
+
+
+def check_image_keys_consumed(context, language_model: nn.Module) -> None:
+    """Refuses a forward whose image keys did not reach every connected layer's attention (the attention function was
+    swapped after the model was built): the image would be ignored."""
+    if len(context.consumed) != len(context.key_values):
+        raise RuntimeError(
+            f"The image keys/values reached {len(context.consumed)} of {len(context.key_values)} connected layers: the LLM "
+            f"now runs attention as {language_model.config._attn_implementation!r}, not {SHARED_SOFTMAX_ATTENTION!r}, so "
+            "the image would be ignored. Change the attention implementation with model.set_attn_implementation('sdpa'), "
+            "which keeps shared_softmax's."
+        )

@@ -17,12 +17,18 @@ def value_checks_enabled() -> bool:
     return not torch.compiler.is_compiling()
 
 
-def check_hive_inputs(config, vocab_size, input_ids, inputs_embeds, attention_mask, pixel_values, image_mask, has_cache):
+def check_hive_inputs(config, vocab_size, input_ids, inputs_embeds, attention_mask, pixel_values, image_mask, has_cache,
+                      output_cross_attentions=False):  # fmt: skip
     """Refuses malformed `HiveModel.forward` inputs with an error naming the fix; returns the image mask as a `(B,)`
     bool tensor, or None when every sample has an image (then the blocks skip the masking; in a compiled graph the mask
     stays a tensor, which gives the same result without reading it)."""
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+    if output_cross_attentions and config.cross_attention_mode == "shared_softmax":
+        raise ValueError(
+            "output_cross_attentions needs the gated cross-attention blocks; in shared_softmax mode the image keys are "
+            "part of the LLM's own attention, whose weights sdpa does not return."
+        )
     if input_ids is not None:
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must have shape (batch, sequence_length), got {tuple(input_ids.shape)}.")

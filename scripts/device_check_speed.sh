@@ -8,6 +8,7 @@
 #
 #   bash scripts/device_check_speed.sh [SIZE] [OUT]     # SIZE: base (default, GPU only), small or toy
 #   SWEEP=0 bash scripts/device_check_speed.sh          # without the batch sweep (fewer compiles, if time is short)
+#   SYNC=0 bash scripts/device_check_speed.sh           # without the decode sync check (scripts/decode_sync_check.py)
 #
 # Needs torch, transformers >= 5.23 and this project (installed, or installed here without dependencies). The lent GPU
 # machines have no package index and an older transformers: carry the wheels docs/performance.md lists in .whl/, and
@@ -70,4 +71,8 @@ compile_s = sum(seconds for measure in compiled["compile_s"].values() for second
 breaks = {name: counts["graph_breaks"] for name, counts in compiled["dynamo"]["576"].items()}
 print(f"compile (first runs, not timed): {compile_s:.0f} s at batch 1; graph breaks in a decode step: {breaks}; bench {result['settings']['elapsed_s']:.0f} s")
 PY
+if [ "${SYNC:-1}" != 0 ]; then
+  # Compiled decode steps under torch.cuda.set_sync_debug_mode("error"): one line per fusion.
+  "$PYTHON" scripts/decode_sync_check.py --size "$SIZE" 2>> "$OUT/decode-sync-check.log" || echo "decode sync check: FAILED (see $OUT/decode-sync-check.log)"
+fi
 echo "done in $((SECONDS - started)) s; $JSON"
