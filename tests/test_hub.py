@@ -18,18 +18,14 @@ from huggingface_hub import EvalResult, HfApi, ModelCard
 from huggingface_hub.utils import filter_repo_objects
 from isolated import run_isolated
 from PIL import Image
-from transformers import ViTImageProcessorPil, pipeline
+from transformers import pipeline
 
 from hive_vlm.cli import main
 from hive_vlm.push import cli as push_command
 from hive_vlm.hub.card import build_model_card, template_path, write_model_card
 from hive_vlm.hub.push import dry_run, hub_settings, push_folder, push_training_run, upload_files
-from hive_vlm.tiny import tiny_hive_config
-from hive_vlm.data.tokenizer import build_tokenizer
 from hive_vlm.training.recipe import parse_recipe
-from modeling_hive import HiveForConditionalGeneration
 from modeling_hive.pipeline_hive import HiveVisualQuestionAnsweringPipeline
-from modeling_hive.processing_hive import HiveProcessor
 
 
 UNREACHABLE = "http://127.0.0.1:9"  # loopback discard port: connections are refused at once
@@ -54,6 +50,7 @@ LOADABLE = {
     "tokenizer_config.json",
     "cache_hive.py",
     "cross_attention_hive.py",
+    "images_hive.py",
     "inspection_hive.py",
     "layers_hive.py",
     "outputs_hive.py",
@@ -63,15 +60,13 @@ LOADABLE = {
 
 
 @pytest.fixture(scope="module")
-def processor():
-    return HiveProcessor(ViTImageProcessorPil(size={"height": 32, "width": 32}), build_tokenizer(CORPUS))
+def corpus():
+    return CORPUS
 
 
 @pytest.fixture(scope="module")
-def model(processor):
-    torch.manual_seed(0)
-    config = tiny_hive_config("vit", "llama", tokenizer=processor.tokenizer, gate_init=0.5, cross_attention_layers=[[1, 2], [3, 3]])
-    return HiveForConditionalGeneration(config).eval()
+def hive_options():
+    return {"cross_attention_layers": [[1, 2], [3, 3]]}
 
 
 @pytest.fixture(scope="module")
