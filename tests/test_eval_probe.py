@@ -10,9 +10,8 @@ from transformers import ViTConfig, ViTImageProcessorPil, ViTModel
 from eval_fixtures import write_classification
 from hive_vlm.eval.classification import linear_probe, top_k_accuracy, train_linear_probe
 from hive_vlm.tiny import tiny_hive_config
-from hive_vlm.data.tokenizer import build_tokenizer
 from modeling_hive import HiveForConditionalGeneration
-from modeling_hive.processing_hive import HiveProcessor
+from tiny_hive import tiny_processor
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +50,7 @@ def test_linear_probe_of_an_exported_encoder(tmp_path, data):
 
 
 def test_linear_probe_takes_the_vision_model_of_a_hive_checkpoint(tmp_path, data):
-    processor = HiveProcessor(ViTImageProcessorPil(size={"height": 32, "width": 32}), build_tokenizer(["a red circle"]))
+    processor = tiny_processor(["a red circle"])
     torch.manual_seed(0)
     hive = HiveForConditionalGeneration(tiny_hive_config("vit", "llama", text_kwargs={"vocab_size": len(processor.tokenizer)}))
     hive.save_pretrained(tmp_path / "hive")

@@ -23,11 +23,10 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from transformers import ViTImageProcessorPil, ViTModel
+from transformers import ViTModel
 
 from hive_vlm.data.collators import HiveCaptionCollator, HiveChatCollator, HiveMaskedImageCollator
 from hive_vlm.tiny import tiny_hive_config, tiny_vision_config
-from hive_vlm.data.tokenizer import build_tokenizer
 from hive_vlm.training.alignment_config import HiveAlignmentConfig
 from hive_vlm.training.alignment_trainer import HiveAlignmentTrainer
 from hive_vlm.training.callbacks import COMPLETE_MARKER
@@ -35,7 +34,8 @@ from hive_vlm.training.finetune_config import HiveFinetuneConfig
 from hive_vlm.training.finetune_trainer import HiveFinetuneTrainer
 from hive_vlm.training.mim_config import HiveMIMConfig
 from hive_vlm.training.mim_trainer import HiveMIMModel, HiveMIMTrainer
-from modeling_hive import HiveForConditionalGeneration, HiveProcessor
+from modeling_hive import HiveForConditionalGeneration
+from tiny_hive import tiny_processor
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,10 +43,6 @@ WORDS = "a the red blue green circle square what colour is".split()
 
 
 # ------------------------------------------------------------------------------------------- NaN and inf guards
-
-
-def processor():
-    return HiveProcessor(ViTImageProcessorPil(size={"height": 32, "width": 32}), build_tokenizer([" ".join(WORDS)]))
 
 
 def pictures(n):
@@ -62,9 +58,9 @@ def stage_trainer(stage, tmp_path, **poison):
     if stage == 1:
         model = HiveMIMModel(ViTModel(tiny_vision_config("vit"), use_mask_token=True))
         rows = [{"image": image} for image in pictures(8)]
-        collator = HiveMaskedImageCollator(processor(), patch_size=8, mask_ratio=0.5, seed=0)
+        collator = HiveMaskedImageCollator(tiny_processor([" ".join(WORDS)]), patch_size=8, mask_ratio=0.5, seed=0)
         return HiveMIMTrainer(model=model, args=HiveMIMConfig(**args), data_collator=collator, train_dataset=rows), model
-    hive_processor = processor()
+    hive_processor = tiny_processor([" ".join(WORDS)])
     config = tiny_hive_config("vit", "llama", text_kwargs={"vocab_size": len(hive_processor.tokenizer)}, gate_init=0.3)
     model = HiveForConditionalGeneration(config)
     if stage == 2:

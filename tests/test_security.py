@@ -20,8 +20,9 @@ from transformers import LlamaForCausalLM, Trainer, TrainingArguments, ViTModel
 from transformers.dynamic_module_utils import get_imports
 
 from hive_vlm.hub.push import dry_run, upload_files
-from hive_vlm.tiny import tiny_hive_config, tiny_text_config, tiny_vision_config
+from hive_vlm.tiny import tiny_text_config, tiny_vision_config
 from modeling_hive import HiveForConditionalGeneration
+from tiny_hive import build
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -169,8 +170,7 @@ def test_resuming_a_checkpoint_never_runs_a_pickled_payload(tmp_path, planted):
 
 def test_hive_never_reads_pickled_weights(tmp_path):
     proof = tmp_path / "payload-ran"
-    torch.manual_seed(0)
-    HiveForConditionalGeneration(tiny_hive_config()).save_pretrained(tmp_path / "hive")
+    build().save_pretrained(tmp_path / "hive")
     (tmp_path / "hive" / "model.safetensors").unlink()
     plant(tmp_path / "hive" / "pytorch_model.bin", proof)
     with pytest.raises(OSError, match="no file named model.safetensors"):
@@ -214,9 +214,8 @@ SECRETS = {
 
 
 def test_push_allow_list_keeps_tokens_env_files_and_logs_out(tmp_path):
-    torch.manual_seed(0)
     folder = tmp_path / "final"
-    HiveForConditionalGeneration(tiny_hive_config()).save_pretrained(folder)
+    build().save_pretrained(folder)
     clean = set(upload_files(folder))
     for name, text in SECRETS.items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
