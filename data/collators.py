@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from transformers.utils.chat_template_utils import render_jinja_template
 
-from modeling_hive.processing_hive import load_rgb_image
+from modeling_hive.images_hive import load_rgb_image
 
 from .report import HiveDataReport
 from .schema import message_text

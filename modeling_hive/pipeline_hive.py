@@ -2,7 +2,8 @@
 
 from transformers import GenerationConfig, Pipeline
 
-from .processing_hive import load_rgb_image, vqa_prompt
+from .images_hive import load_rgb_image
+from .processing_hive import vqa_prompt
 
 
 # Written into `config.json` as `custom_pipelines`: `pipeline("visual-question-answering", model=<folder>,

@@ -25,7 +25,6 @@ LAYERS = [("modeling_hive",), ("hive_vlm.files", "hive_vlm.tiny"), ("hive_vlm.da
 MAX_LINES = 400
 LONGER = {
     "modeling_hive/modeling_hive.py": "the model, one file as transformers' own modeling files are (the Hub copies it)",
-    "modeling_hive/processing_hive.py": "the processor, one file as transformers' own processing files are (the Hub copies it)",
     "data/shapes.py": "hive-shapes' definition: its vocabulary, rendering and question rules are read together",
 }
 

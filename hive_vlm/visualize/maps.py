@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from hive_vlm.eval.runner import load_model
-from modeling_hive.processing_hive import load_rgb_image
+from modeling_hive.images_hive import load_rgb_image
 
 
 @dataclass
