@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 from hive_vlm.files import write_atomically
-from hive_vlm.training.recipe import STAGE_CONFIGS
 
 
 logger = logging.getLogger(__name__)
@@ -80,6 +79,8 @@ def _trained_components(stage: int, settings: dict | None) -> str:
         return "vision encoder"
     if settings is None:
         return "cross-attention and projectors"
+    from hive_vlm.training.recipe import STAGE_CONFIGS  # on demand: it loads torch, which hive card and push skip
+
     defaults = {field.name: field.default for field in STAGE_CONFIGS[stage].__dataclass_fields__.values()}
     value = {**defaults, **settings}.get
     parts = (["vision encoder"] if value("train_vision") else []) + ["cross-attention", "projectors"]
