@@ -107,6 +107,12 @@ def roofline_line(result: dict) -> str:
     )
 
 
+def _decode_row(label: str, tokens_per_s: dict, ratio: float, fractions: dict) -> tuple[str, ...]:
+    """One decode row: label, HIVE's and LLaVA's tokens/s, HIVE/LLaVA, and the fractions of the bandwidth limit."""
+    return (label, f"{tokens_per_s['hive']:,.1f} tok/s", f"{tokens_per_s['llava']:,.1f} tok/s", f"{ratio:.3f}",
+            f"{_percent(fractions['hive'])}, {_percent(fractions['llava'])}")  # fmt: skip
+
+
 def compiled_table(result: dict) -> str:
     """The compiled decode steps: tokens/s of each model, HIVE/LLaVA, each model's speed-up over its eager step, the
     fraction of the bandwidth limit reached."""
@@ -116,14 +122,8 @@ def compiled_table(result: dict) -> str:
     header = ("compiled decode, static cache, batch 1", "HIVE", "LLaVA", "HIVE/LLaVA", "vs eager (HIVE, LLaVA)", "of bandwidth limit")
     lines = [header]
     for key, image_tokens in (("576", sizes["image_tokens"]), ("2880", sizes["long_context_image_tokens"])):
-        lines.append((
-            f"decode tokens/s, {image_tokens:,} image tokens",
-            f"{tokens[key]['hive']:,.1f} tok/s",
-            f"{tokens[key]['llava']:,.1f} tok/s",
-            f"{compiled['ratios'][f'decode_ratio_{key}']:.3f}",
-            f"{speedup[key]['hive']:.2f}x, {speedup[key]['llava']:.2f}x",
-            f"{_percent(fractions[key]['hive'])}, {_percent(fractions[key]['llava'])}",
-        ))  # fmt: skip
+        row = _decode_row(f"decode tokens/s, {image_tokens:,} image tokens", tokens[key], compiled["ratios"][f"decode_ratio_{key}"], fractions[key])
+        lines.append((*row[:4], f"{speedup[key]['hive']:.2f}x, {speedup[key]['llava']:.2f}x", row[4]))
     rendered = fixed_width(lines)
     compile_s = compiled["compile_s"]["576"]
     rendered.append(
@@ -145,13 +145,7 @@ def sweep_table(result: dict) -> str:
     for key, row in sweep["decode"].items():
         batches = row["batch_sizes"]
         label = f"batch {key}" if key != "largest" else f"largest fitting batch (HIVE {batches['hive']}, LLaVA {batches['llava']})"
-        lines.append((
-            label,
-            f"{row['tokens_per_s']['hive']:,.1f} tok/s",
-            f"{row['tokens_per_s']['llava']:,.1f} tok/s",
-            f"{row['hive_llava_ratio']:.3f}",
-            f"{_percent(row['fraction_of_bandwidth']['hive'])}, {_percent(row['fraction_of_bandwidth']['llava'])}",
-        ))  # fmt: skip
+        lines.append(_decode_row(label, row["tokens_per_s"], row["hive_llava_ratio"], row["fraction_of_bandwidth"]))
     rendered = fixed_width(lines)
     train = sweep["train"]
     rendered.append(

@@ -44,22 +44,8 @@ def freeze_unused_vision_parameters(model) -> None:
 
 
 def set_trainable(model, vision=None, projector=None, cross_attention=None, llm=None) -> dict[str, dict[str, int]]:
-    """Freezes (False) or unfreezes (True) whole components; None leaves one as it is. Logs and returns the counts.
-
-    Args:
-        vision, projector, cross_attention, llm (`bool`, *optional*): whether that component trains. `vision=True`
-            unfreezes only the encoder weights the connected layers depend on.
-
-    Returns:
-        `{component: {"trainable": n, "total": m}}` in parameters (elements), plus a `"total"` row.
-
-    Example:
-        ```python
-        >>> counts = model.set_trainable(vision=False, projector=True, cross_attention=True, llm=False)  # stage 2
-        >>> counts["llm"]["trainable"]
-        0
-        ```
-    """
+    """Freezes (False) or unfreezes (True) whole components (None leaves one as it is); logs and returns the counts
+    (`HivePreTrainedModel.set_trainable` documents them)."""
     wanted = {"vision": vision, "projector": projector, "cross_attention": cross_attention, "llm": llm}
     components = component_parameters(model)
     for name, flag in wanted.items():
