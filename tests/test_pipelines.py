@@ -12,7 +12,7 @@ from transformers import pipeline
 
 from modeling_hive.pipeline_hive import HiveVisualQuestionAnsweringPipeline
 from hive_vlm.eval.runner import generate_answers
-from modeling_hive.processing_hive import load_rgb_image
+from modeling_hive.images_hive import load_rgb_image
 
 
 CORPUS = [
