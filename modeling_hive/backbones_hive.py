@@ -204,3 +204,31 @@ def load_text_backbone(source: str, torch_dtype=None) -> nn.Module:
             "layer has a bias, and HIVE's head has none."
         )
     return text
+
+
+def build_from_backbones(model_class: type, vision_model: str, text_model: str, torch_dtype=None, **config_kwargs):
+    """`HiveForConditionalGeneration.from_backbones`: a new HIVE model of `model_class` around the two backbones'
+    weights (the encoder's, the LLM's and its head), its blocks and projectors freshly initialised."""
+    vision, missing = load_vision_backbone(vision_model, torch_dtype)
+    text = load_text_backbone(text_model, torch_dtype)
+    head = text.get_output_embeddings()
+    config = HiveConfig(vision_config=vision.config.to_dict(), text_config=text.config.to_dict(), **config_kwargs)
+    model = model_class(config)
+    # Only the weights HIVE uses are required: a checkpoint without a pooler (MAE/DINO-style, or a classifier's
+    # encoder) is fine, one without embeddings or a connected layer is not.
+    unused = set(model.model.unused_vision_parameter_names or [])
+    if [key for key in missing if key not in unused]:
+        raise ValueError(
+            f"Backbone {vision_model!r} lacks weights HIVE uses: {[k for k in missing if k not in unused][:10]}; is it the right checkpoint?"
+        )
+    if missing:
+        logger.info(f"Backbone {vision_model!r} has no weights for {missing}; HIVE does not use them (they stay frozen).")
+    model.model.vision_model.load_state_dict(vision.state_dict())
+    model.model.language_model.load_state_dict(getattr(text, base_model_name(text, type(model.model.language_model))).state_dict())
+    model.lm_head.load_state_dict(head.state_dict())
+    model.tie_weights()
+    if config.cross_attention_mode == "shared_softmax":
+        model.model.copy_llm_key_value_projections()
+    if torch_dtype is not None:
+        model = model.to(torch_dtype)
+    return model

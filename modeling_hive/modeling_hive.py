@@ -27,11 +27,9 @@ from transformers.utils.generic import can_return_tuple
 from .backbones_hive import (
     HiveComputedBaseModel,
     as_tokens,
-    base_model_name,
     decoder_layers,
     forward_parameters,
-    load_text_backbone,
-    load_vision_backbone,
+    build_from_backbones,
     vision_level_widths,
 )
 from .cache_hive import HiveCrossAttentionCacheLayer, HiveVisionContext, cache_image_key_values, cached_image_key_values
@@ -596,28 +594,7 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
             ...     cross_attention_layers=[[2, 5], [5, 11], [8, 17], [11, 23]])
             ```
         """
-        vision, missing = load_vision_backbone(vision_model, torch_dtype)
-        text = load_text_backbone(text_model, torch_dtype)
-        head = text.get_output_embeddings()
-        config = HiveConfig(vision_config=vision.config.to_dict(), text_config=text.config.to_dict(), **config_kwargs)
-        model = cls(config)
-        # Only the weights HIVE uses are required: a checkpoint without a pooler (MAE/DINO-style, or a classifier's
-        # encoder) is fine, one without embeddings or a connected layer is not.
-        unused = set(model.model.unused_vision_parameter_names or [])
-        if [key for key in missing if key not in unused]:
-            raise ValueError(
-                f"Backbone {vision_model!r} lacks weights HIVE uses: {[k for k in missing if k not in unused][:10]}; is it the right checkpoint?"
-            )
-        if missing:
-            logger.info(f"Backbone {vision_model!r} has no weights for {missing}; HIVE does not use them (they stay frozen).")
-        model.model.vision_model.load_state_dict(vision.state_dict())
-        model.model.language_model.load_state_dict(getattr(text, base_model_name(text, type(model.model.language_model))).state_dict())
-        model.lm_head.load_state_dict(head.state_dict())
-        model.tie_weights()
-        if config.cross_attention_mode == "shared_softmax":
-            model.model.copy_llm_key_value_projections()
-        if torch_dtype is not None:
-            model = model.to(torch_dtype)
+        model = build_from_backbones(cls, vision_model, text_model, torch_dtype, **config_kwargs)
         model.config.logits_by_causal_lm = logits_by_causal_lm(model)  # measured again, with the loaded weights
         return model
 
