@@ -148,13 +148,12 @@ def sweep_table(result: dict) -> str:
         lines.append(_decode_row(label, row["tokens_per_s"], row["hive_llava_ratio"], row["fraction_of_bandwidth"]))
     rendered = fixed_width(lines)
     train = sweep["train"]
-    rendered.append(
-        f"stage-2 at the largest batch in {_mib(sweep['memory_budget_bytes'])} (at most {sweep['batch_limit']}): "
-        f"HIVE batch {train['batch_sizes']['hive']}, {train['samples_per_s']['hive']:,.1f} samples/s; "
-        f"LLaVA batch {train['batch_sizes']['llava']}, {train['samples_per_s']['llava']:,.1f} samples/s; "
-        f"HIVE/LLaVA {train['hive_llava_ratio']:.3f}; HIVE at {_percent(train['hive_fraction_of_matmul_peak'])} of the matmul peak"
-    )
-    return "\n".join(rendered)
+    per_model = [f"{name} batch {train['batch_sizes'][key]}, {train['samples_per_s'][key]:,.1f} samples/s"
+                 for key, name in (("hive", "HIVE"), ("llava", "LLaVA"))]  # fmt: skip
+    summary = "; ".join([*per_model, f"HIVE/LLaVA {train['hive_llava_ratio']:.3f}",
+                         f"HIVE at {_percent(train['hive_fraction_of_matmul_peak'])} of the matmul peak"])  # fmt: skip
+    budget = f"stage-2 at the largest batch in {_mib(sweep['memory_budget_bytes'])} (at most {sweep['batch_limit']})"
+    return "\n".join([*rendered, f"{budget}: {summary}"])
 
 
 def shared_softmax_table(result: dict) -> str:
