@@ -686,7 +686,7 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         """
         # The value checks, once, before generate may run its prefill compiled (chunked prefill), where they are skipped.
         input_ids = args[0] if args and isinstance(args[0], torch.Tensor) else kwargs.get("input_ids")
-        check_input_values(self.get_input_embeddings().num_embeddings, input_ids, kwargs.get("pixel_values"), kwargs.get("image_mask"))
+        check_input_values(input_ids, kwargs.get("pixel_values"), kwargs.get("image_mask"), self.get_input_embeddings().num_embeddings)
         # Before 5.25 generate knows only `past_key_values`; from 5.25 on it takes `cache` and renames the old name itself.
         if CACHE_NAME == "past_key_values" and "cache" in kwargs:
             kwargs["past_key_values"] = resolve_cache(kwargs.pop("cache"), kwargs.pop("past_key_values", None))

@@ -38,7 +38,7 @@ def check_hive_inputs(config, vocab_size, input_ids, inputs_embeds, attention_ma
             raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}); pass at least one token per sample.")
         # Skipped on single-token decode steps too: the ids are the model's own.
         if value_checks_enabled() and (not has_cache or input_ids.shape[1] > 1):
-            check_input_values(vocab_size, input_ids=input_ids)
+            check_input_values(input_ids=input_ids, vocab_size=vocab_size)
     text_width = config.text_config.hidden_size
     if inputs_embeds is not None and (inputs_embeds.ndim != 3 or inputs_embeds.shape[-1] != text_width):
         raise ValueError(f"inputs_embeds must have shape (batch, sequence_length, {text_width}), got {tuple(inputs_embeds.shape)}.")
@@ -58,9 +58,10 @@ def check_hive_inputs(config, vocab_size, input_ids, inputs_embeds, attention_ma
     return check_image_mask(image_mask, batch_size, text.device)
 
 
-def check_input_values(vocab_size: int, input_ids=None, pixel_values=None, image_mask=None) -> None:
-    """The value checks alone, on whichever of these inputs are given (eager: `generate` runs them before it starts)."""
-    if isinstance(input_ids, torch.Tensor) and input_ids.numel() and not torch.is_floating_point(input_ids):
+def check_input_values(input_ids=None, pixel_values=None, image_mask=None, vocab_size: int | None = None) -> None:
+    """The value checks alone, on whichever of these inputs are given (`vocab_size` with `input_ids`); eager:
+    `generate` runs them before it starts."""
+    if vocab_size is not None and isinstance(input_ids, torch.Tensor) and input_ids.numel() and not torch.is_floating_point(input_ids):
         low, high = int(input_ids.min()), int(input_ids.max())
         if low < 0 or high >= vocab_size:
             raise ValueError(
@@ -100,7 +101,7 @@ def check_pixel_values(config, pixel_values, batch_size: int) -> None:
             f"{pixel_values.shape[-2]}x{pixel_values.shape[-1]}; resize them to a square (the processor does)."
         )
     if value_checks_enabled():
-        check_input_values(0, pixel_values=pixel_values)
+        check_input_values(pixel_values=pixel_values)
 
 
 def check_image_mask(image_mask, batch_size: int, device):
@@ -113,7 +114,7 @@ def check_image_mask(image_mask, batch_size: int, device):
         raise ValueError(f"image_mask must have shape ({batch_size},), one flag per sample; got {tuple(image_mask.shape)}.")
     if not value_checks_enabled():
         return image_mask.bool()
-    check_input_values(0, image_mask=image_mask)
+    check_input_values(image_mask=image_mask)
     image_mask = image_mask.bool()
     return None if bool(image_mask.all()) else image_mask
 

@@ -16,10 +16,9 @@ import torch._dynamo
 from torch._dynamo.utils import counters
 from transformers import CompileConfig, DynamicCache, StaticCache
 
-from hive_vlm.tiny import tiny_hive_config
-from modeling_hive import HiveForConditionalGeneration
+import tiny_hive
+from modeling_hive.cache_hive import HiveCrossAttentionCacheLayer
 from modeling_hive.compatibility_hive import CACHE_NAME
-from modeling_hive.modeling_hive import HiveCrossAttentionCacheLayer
 
 
 GREEDY = dict(do_sample=False, pad_token_id=0)
@@ -35,17 +34,8 @@ CASES = [
 
 def build(vision="vit", text="llama", mode="gated", seed=1):
     """A tiny HIVE with every gate open (so that the image changes the tokens and an ignored image shows)."""
-    torch.manual_seed(seed)
-    kwargs = {"cross_attention_mode": mode}
-    if vision == "swin":
-        kwargs["cross_attention_layers"] = [[1, 1], [3, 3]]
-    model = HiveForConditionalGeneration(tiny_hive_config(vision, text, **kwargs)).eval()
-    if mode == "gated":
-        with torch.no_grad():
-            for block in model.model.cross_attention_layers:
-                block.cross_attn_attn_gate.fill_(1.0)
-                block.cross_attn_mlp_gate.fill_(1.0)
-    return model
+    pairs = {"cross_attention_layers": [[1, 1], [3, 3]]} if vision == "swin" else {}
+    return tiny_hive.build((vision, text), seed=seed, gate=1.0 if mode == "gated" else None, cross_attention_mode=mode, **pairs)
 
 
 def images(seed, batch=2):
