@@ -9,6 +9,7 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils import logging
 
+from .card_hive import CARD_NAME, hive_model_card
 from .images_hive import IMAGE_SOURCE_KEYS, load_rgb_image
 
 
@@ -42,27 +43,6 @@ HIVE_CHAT_TEMPLATE = (
     "{%- if add_generation_prompt -%}{{- 'assistant:' -}}{%- endif -%}"
 )
 
-MINIMAL_MODEL_CARD = """---
-library_name: transformers
-pipeline_tag: image-text-to-text
-tags:
-- hive
-- custom_code
-- visual-question-answering
----
-
-# HIVE
-
-A vision encoder connected to a causal language model through hierarchical gated cross-attention (HIVE).
-The code ships with the weights: load it with `trust_remote_code=True`.
-
-```python
-from transformers import pipeline
-
-vqa = pipeline("visual-question-answering", model="<this repo>", trust_remote_code=True)
-vqa(image="image.png", question="what colour is the circle?")
-```
-"""
 
 def _is_container(value) -> bool:
     return isinstance(value, (list, tuple))
@@ -326,17 +306,28 @@ class HiveProcessor(ProcessorMixin):
 
     def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
         """
-        Save the processor, tokenizer and chat template files, plus a minimal `README.md` model card when the
-        folder has none. See [`~ProcessorMixin.save_pretrained`].
+        Save the processor, tokenizer and chat template files, plus a `README.md` model card when the folder has none
+        (see `model_card`). See [`~ProcessorMixin.save_pretrained`].
         """
         files = super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
-        card_path = os.path.join(save_directory, "README.md")
+        card_path = os.path.join(save_directory, CARD_NAME)
         if not os.path.exists(card_path):
             handle, temporary_path = tempfile.mkstemp(dir=save_directory, suffix=".tmp")
             with os.fdopen(handle, "w", encoding="utf-8") as card:
-                card.write(MINIMAL_MODEL_CARD)
+                card.write(str(self.model_card(os.path.basename(os.path.abspath(save_directory)))))
             os.replace(temporary_path, card_path)
         return files
+
+    def model_card(self, name: str):
+        """The HIVE model card (`card_hive.hive_model_card`) with what a processor knows: its image processor and its
+        tokenizer. `hive card --model <folder>` replaces it with the model's own card."""
+        details = (
+            "## Processor\n\n"
+            f"Images go through `{type(self.image_processor).__name__}`, text through `{type(self.tokenizer).__name__}` "
+            f"({len(self.tokenizer)} tokens). This card was written with the processor; `hive card --model <folder>` "
+            "writes the model's own: backbones, cross-attention layers, training and evaluation.\n\n"
+        )
+        return hive_model_card(name, details=details)
 
 
 __all__ = ["HiveProcessor", "HIVE_CHAT_TEMPLATE", "load_rgb_image", "vqa_prompt"]

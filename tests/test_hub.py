@@ -35,6 +35,7 @@ QUESTION = "what colour is the circle ?"
 LOADABLE = {
     "README.md",
     "backbones_hive.py",
+    "card_hive.py",
     "chat_template.jinja",
     "config.json",
     "compatibility_hive.py",
@@ -429,6 +430,34 @@ def test_card_without_hub_backbones_or_results_says_so(saved, tmp_path):
     (folder / "config.json").write_text(json.dumps({**config, "cross_attention_mode": "shared_softmax"}))
     card = build_model_card(folder)
     assert "| Fusion | `shared_softmax`" in card.text and "tanh(gate)" not in card.text
+
+
+def _front_matter_and_sections(text: str) -> tuple[list[str], dict[str, str]]:
+    """A card's front matter lines, and its body cut at each `## ` heading (the title and introduction under "")."""
+    _, front_matter, body = text.split("---\n", 2)
+    sections = {}
+    for index, part in enumerate(body.split("\n## ")):
+        heading, _, content = part.partition("\n") if index else ("", "", part)
+        sections[heading] = content
+    return front_matter.splitlines(), sections
+
+
+def test_processor_card_and_model_card_come_from_one_builder(saved, processor, tmp_path):
+    # Both folders are named hive-tiny, so both cards have the same title and usage example.
+    processor.save_pretrained(tmp_path / "hive-tiny")
+    written_lines, written = _front_matter_and_sections((tmp_path / "hive-tiny" / "README.md").read_text())
+    built_lines, built = _front_matter_and_sections(str(build_model_card(saved)))
+    # The same front matter, written the same way, less what only the model's folder knows (name, licence, results).
+    assert "base_model:" not in written_lines and "license: other" not in written_lines
+    assert written_lines == [line for line in built_lines if not line.startswith(("license:", "model_name:"))]
+    # The sections every HIVE card has, word for word; each adds its own between the introduction and "How to use".
+    for heading in ("", "How to use", "Citation"):
+        assert written[heading] == built[heading], heading
+    assert written["Processor"].startswith("\nImages go through `ViTImageProcessorPil`")
+    assert {"Model", "Training", "Evaluation"} <= set(built) and "Processor" not in built
+    written_limitations = written["Limitations"].split("\n- ")
+    assert written_limitations == [line for line in built["Limitations"].split("\n- ") if line in written_limitations]
+    assert len(built["Limitations"].split("\n- ")) > len(written_limitations)
 
 
 # --- pushing at the end of training ---------------------------------------------------------------------------

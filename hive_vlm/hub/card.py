@@ -1,5 +1,6 @@
 """The model card (README.md) of a saved HIVE folder, with its evaluation results as a model-index (`hive card`'s
-library)."""
+library). The card is built by `modeling_hive.card_hive.hive_model_card`, the builder the processor's card comes from;
+this module adds what a saved folder and its run say."""
 
 import hashlib
 import json
@@ -9,19 +10,19 @@ import os
 import re
 from pathlib import Path
 
-from huggingface_hub import EvalResult, ModelCard, ModelCardData
+import jinja2
+from huggingface_hub import EvalResult, ModelCard
 from safetensors import safe_open
 
 from hive_vlm.files import write_atomically
+from modeling_hive.card_hive import CARD_NAME, hive_model_card
 
 from .record import read_provenance, training_stages
 
 
 logger = logging.getLogger(__name__)
 
-CARD_NAME = "README.md"
 TEMPLATE_NAME = "hive_template.md"
-TAGS = ["hive", "vision-language", "custom_code", "image-text-to-text", "visual-question-answering", "cross-attention"]
 DEFAULT_LICENSE = "other"
 
 # benchmark -> (task type, Hub dataset id, display name, dataset config) for the benchmarks `hive eval` runs.
@@ -48,7 +49,8 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]*[A-Za-z0-9]$")
 
 
 def template_path() -> Path:
-    """The card template: shipped in the installed package (`hive_vlm/model_cards/`), or the repository's `model_cards/`."""
+    """The template of the card's model, training and evaluation sections: shipped in the installed package
+    (`hive_vlm/model_cards/`), or the repository's `model_cards/`."""
     package = Path(__file__).resolve().parents[1]
     for folder in (package / "model_cards", package.parent / "model_cards"):
         if (folder / TEMPLATE_NAME).is_file():
@@ -222,7 +224,8 @@ def build_model_card(
     allow_other_model: bool = False,
 ) -> ModelCard:
     """
-    The model card of a saved HIVE folder, built with `ModelCard.from_template` from `model_cards/hive_template.md`.
+    The model card of a saved HIVE folder, built by `modeling_hive.card_hive.hive_model_card` with its model,
+    training and evaluation sections rendered from `model_cards/hive_template.md`.
 
     The metadata carries both backbones as `base_model`, `library_name`, `pipeline_tag`, `tags`, `datasets`,
     `license` and a `model-index` of the evaluation results. When the folder already has a HIVE card, its results,
@@ -287,17 +290,6 @@ def build_model_card(
     folder_name = model_dir.resolve().parent.name if model_dir.resolve().name == "final" else model_dir.resolve().name
     previous_name = previous_data.model_name if previous_data is not None else None
     model_name = repo_id or previous_name or provenance.get("recipe") or folder_name
-    card_data = ModelCardData(
-        model_name=model_name,
-        base_model=base_ids or None,
-        library_name="transformers",
-        pipeline_tag="image-text-to-text",
-        tags=TAGS,
-        datasets=datasets or None,
-        license=license,
-        eval_results=eval_results or None,
-    )
-
     missing = [role for role in ("vision", "text") if not found[role]] if not base_model else []
     base_model_note = ""
     if missing:
@@ -315,11 +307,7 @@ def build_model_card(
         limitations.append("Some scores were computed on the first questions of a benchmark only (see `limit` in the model-index).")
 
     hierarchy_mode = config.get("hierarchy_mode", "paired")
-    return ModelCard.from_template(
-        card_data,
-        template_path=str(template_path()),
-        model_name=model_name,
-        model_id=model_name if "/" in model_name else f"path/to/{model_name}",
+    details = jinja2.Template(template_path().read_text(encoding="utf-8")).render(
         vision=_backbone(config.get("vision_config") or {}, found["vision"] if not base_model else None),
         text=_backbone(config.get("text_config") or {}, found["text"] if not base_model else None),
         hierarchy_mode=hierarchy_mode,
@@ -347,7 +335,16 @@ def build_model_card(
             }
             for result in eval_results
         ],
+    )
+    return hive_model_card(
+        model_name,
+        details=details,
         limitations=limitations,
+        model_name=model_name,
+        base_model=base_ids or None,
+        datasets=datasets or None,
+        license=license,
+        eval_results=eval_results or None,
     )
 
 
