@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 from transformers.modeling_outputs import BaseModelOutputWithPast
-from transformers.models.auto.modeling_auto import MODEL_MAPPING
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_MAPPING
 from transformers.utils import logging
 
 from .configuration_hive import HiveConfig
@@ -66,6 +66,16 @@ class HiveScaledHead(nn.Module):
         return self.head(hidden_states) * self.scale
 
 
+def causal_lm_head_plan(text_config, tp_plan: dict) -> str | None:
+    """The tensor-parallel plan entry of the LLM's own causal-LM head, when HIVE's plan shards the LLM (whose input
+    embeddings a tied head must be sharded with); None for an LLM without a plan (GPT-2)."""
+    causal_lm_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(text_config), None)
+    head_plan = (getattr(causal_lm_class, "_tp_plan", None) or {}).get("lm_head")
+    if head_plan is not None and any(key.startswith("model.language_model.") for key in tp_plan):
+        return head_plan
+    return None
+
+
 def probe_image_shape(vision_config) -> tuple[int, int, int, int]:
     """(1, channels, size, size): one image of the size the encoder expects, for the build-time probes."""
     size = getattr(vision_config, "image_size", 224)
@@ -89,6 +99,14 @@ def as_tokens(states: torch.Tensor) -> torch.Tensor:
     """One level as `(B, num_tokens, width)`: a multi-scale encoder's `(B, C, H, W)` feature map is flattened row by
     row; token sequences pass unchanged."""
     return states.flatten(2).transpose(1, 2) if states.ndim == 4 else states
+
+
+def in_order_noise(pixel_values: torch.Tensor, patch_size) -> torch.Tensor:
+    """The `noise` an MAE-style encoder sorts to order (and drop) its patches, ascending: every patch stays in place,
+    so one image always gives one answer (its mask ratio is 0 inside HIVE, see `HiveConfig`). (B, num_patches)"""
+    height, width = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
+    num_patches = (pixel_values.shape[-2] // height) * (pixel_values.shape[-1] // width)
+    return torch.arange(num_patches, device=pixel_values.device, dtype=torch.float32).expand(pixel_values.shape[0], -1)
 
 
 def encoder_outputs_on_meta(vision: nn.Module, vision_config, requires_grad: bool = False):

@@ -63,4 +63,12 @@ def resolve_cache(cache, past_key_values):
     return cache if cache is not None else past_key_values
 
 
-__all__ = ["CACHE_NAME", "MINIMUM_TRANSFORMERS", "NEWEST_TESTED_TRANSFORMERS", "check_transformers_version", "deprecate_past_key_values", "resolve_cache"]
+def generate_cache_kwargs(kwargs: dict) -> dict:
+    """`generate`'s keyword arguments with a `cache` to continue from under the name the running transformers knows:
+    before 5.25 generate knows only `past_key_values`; from 5.25 on it takes `cache` and renames the old name itself."""
+    if CACHE_NAME == "past_key_values" and "cache" in kwargs:
+        kwargs["past_key_values"] = resolve_cache(kwargs.pop("cache"), kwargs.pop("past_key_values", None))
+    return kwargs
+
+
+__all__ = ["CACHE_NAME", "MINIMUM_TRANSFORMERS", "NEWEST_TESTED_TRANSFORMERS", "check_transformers_version", "deprecate_past_key_values", "generate_cache_kwargs", "resolve_cache"]

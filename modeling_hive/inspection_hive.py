@@ -251,6 +251,21 @@ def logits_by_causal_lm(model) -> bool | None:
     return by_causal_lm
 
 
+def recorded_logits_by_causal_lm(model, required: bool = False) -> bool | None:
+    """`config.logits_by_causal_lm`, measured (`logits_by_causal_lm`) and recorded first when the config has none: a
+    folder saved before HIVE recorded it, or loaded with its weights on the meta device. `required`: refuse when it
+    still cannot be measured (the weights are not loaded)."""
+    if model.config.logits_by_causal_lm is None:
+        model.config.logits_by_causal_lm = logits_by_causal_lm(model)
+    if required and model.config.logits_by_causal_lm is None:
+        raise ValueError(
+            "HIVE does not know how this LLM computes its logits: the folder's config has no `logits_by_causal_lm` "
+            "(saved before HIVE recorded it) and the weights are not loaded, so it cannot be measured. Load the "
+            "folder once without device_map offloading or quantization and save it again."
+        )
+    return model.config.logits_by_causal_lm
+
+
 def backbone_fingerprint(config) -> str:
     """What the inspection's results depend on: the backbones' configs, the connections, the fusion and the running
     transformers (their code decides how the layers are called). Names and dtypes of a checkpoint are left out."""

@@ -19,7 +19,6 @@ from transformers.cache_utils import Cache
 from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.masking_utils import create_masks_for_generate
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, logging
 from transformers.utils.generic import can_return_tuple
@@ -27,18 +26,26 @@ from transformers.utils.generic import can_return_tuple
 from .backbones_hive import (
     HiveComputedBaseModel,
     as_tokens,
+    causal_lm_head_plan,
     decoder_layers,
     forward_parameters,
     build_from_backbones,
+    in_order_noise,
     vision_level_widths,
 )
 from .cache_hive import HiveCrossAttentionCacheLayer, HiveVisionContext, cache_image_key_values, cached_image_key_values
-from .compatibility_hive import CACHE_NAME, deprecate_past_key_values, resolve_cache
+from .compatibility_hive import CACHE_NAME, deprecate_past_key_values, generate_cache_kwargs, resolve_cache
 from .configuration_hive import HiveConfig
 from .cross_attention_hive import HiveCrossAttentionLayer
-from .inspection_hive import inspect_backbones, logits_by_causal_lm, run_causal_lm, vision_parameters_in_use
+from .inspection_hive import (
+    inspect_backbones,
+    logits_by_causal_lm,
+    recorded_logits_by_causal_lm,
+    run_causal_lm,
+    vision_parameters_in_use,
+)
 from .layers_hive import HiveMultiModalProjector
-from .outputs_hive import HiveCausalLMOutputWithPast, HiveModelOutputWithPast
+from .outputs_hive import HiveCausalLMOutputWithPast, HiveModelOutputWithPast, image_features_output
 from .pipeline_hive import HIVE_CUSTOM_PIPELINES
 from .shared_softmax_hive import (
     HiveSharedSoftmaxLayer,
@@ -119,7 +126,7 @@ class HivePreTrainedModel(PreTrainedModel):
             ) from error
         loaded = model[0] if isinstance(model, tuple) else model
         loaded.check_backbones()  # __init__ ran on the meta device, where the checks cannot run
-        loaded.freeze_unused_vision_parameters()  # loading materialises fresh parameters, losing __init__'s flags
+        freeze_unused_vision_parameters(loaded)  # loading materialises fresh parameters, losing __init__'s flags
         return model
 
     @classmethod
@@ -135,7 +142,7 @@ class HivePreTrainedModel(PreTrainedModel):
             check_llm_attention_request(attn_implementation)
         result = super().set_attn_implementation(attn_implementation, *args, **kwargs)
         if self.config.cross_attention_mode == "shared_softmax":
-            self.base_model.use_shared_softmax_attention()
+            join_llm_attention(self.base_model.language_model, self.config)  # as `hive_sdpa` again
         return result
 
     def check_backbones(self) -> None:
@@ -164,10 +171,6 @@ class HivePreTrainedModel(PreTrainedModel):
     def vision_parameters_in_use(self) -> list[nn.Parameter]:
         """The encoder parameters the connected vision layers depend on, found by an autograd probe."""
         return vision_parameters_in_use(self)
-
-    def freeze_unused_vision_parameters(self) -> None:
-        """Freezes the encoder weights no connected layer depends on (see `trainable_hive`)."""
-        freeze_unused_vision_parameters(self)
 
     def set_trainable(self, vision=None, projector=None, cross_attention=None, llm=None) -> dict[str, dict[str, int]]:
         """Freezes (False) or unfreezes (True) whole components; None leaves one as it is. Logs and returns the counts.
@@ -218,7 +221,7 @@ class HiveModel(HivePreTrainedModel):
         layers = decoder_layers(self.language_model, config.text_config.num_hidden_layers)
         self.rotary_style = None  # shared_softmax: how the LLM rotates its keys, found by inspect_backbones
         if config.cross_attention_mode == "shared_softmax":
-            self.use_shared_softmax_attention()
+            join_llm_attention(self.language_model, config)  # the LLM's attention runs as `hive_sdpa`
             text = config.text_config
             head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
             self.cross_attention_layers = nn.ModuleList(
@@ -244,11 +247,7 @@ class HiveModel(HivePreTrainedModel):
             self.copy_llm_key_value_projections()
         self.unused_vision_parameter_names = None  # what inspect_backbones finds (or reads from the config)
         inspect_backbones(self)
-        self.freeze_unused_vision_parameters()
-
-    def use_shared_softmax_attention(self) -> None:
-        """shared_softmax mode: the LLM's attention runs as `hive_sdpa` (see `shared_softmax_hive.join_llm_attention`)."""
-        join_llm_attention(self.language_model, self.config)
+        freeze_unused_vision_parameters(self)
 
     def copy_llm_key_value_projections(self) -> None:
         """shared_softmax mode: every block's input norm and image k/v projections become those of its LLM layer."""
@@ -299,13 +298,8 @@ class HiveModel(HivePreTrainedModel):
         `kwargs` go to the encoder (e.g. `interpolate_pos_encoding`)."""
         if output_attentions is not None:  # None would switch attentions off even where the encoder's config asks for them
             kwargs["output_attentions"] = output_attentions
-        if self.encoder_takes_noise and kwargs.get("noise") is None:
-            # An MAE-style encoder orders (and drops) its patches by sorting random noise: ascending noise keeps every
-            # patch in place, so one image always gives one answer (its mask ratio is 0 inside HIVE, see HiveConfig).
-            patch_size = self.config.vision_config.patch_size
-            height, width = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
-            num_patches = (pixel_values.shape[-2] // height) * (pixel_values.shape[-1] // width)
-            kwargs["noise"] = torch.arange(num_patches, device=pixel_values.device, dtype=torch.float32).expand(pixel_values.shape[0], -1)
+        if self.encoder_takes_noise and kwargs.get("noise") is None:  # an MAE-style encoder: every patch, in order
+            kwargs["noise"] = in_order_noise(pixel_values, self.config.vision_config.patch_size)
         outputs = self.vision_model(
             pixel_values=pixel_values.to(self.vision_model.dtype), output_hidden_states=True, return_dict=True, **kwargs
         )
@@ -371,17 +365,7 @@ class HiveModel(HivePreTrainedModel):
             ```
         """
         encoder_outputs, levels = self.encode_image(pixel_values, output_attentions, output_hidden_states, **kwargs)
-        return self.image_features_output(encoder_outputs, self.project_levels(levels))
-
-    @staticmethod
-    def image_features_output(encoder_outputs, image_levels: list[torch.Tensor]) -> BaseModelOutputWithPooling:
-        """`get_image_features`' output from the encoder's output and the projected levels."""
-        return BaseModelOutputWithPooling(
-            last_hidden_state=encoder_outputs.last_hidden_state,
-            pooler_output=torch.cat(image_levels, dim=1),
-            hidden_states=encoder_outputs.hidden_states,
-            attentions=getattr(encoder_outputs, "attentions", None),  # convolutional encoders have none
-        )
+        return image_features_output(encoder_outputs, self.project_levels(levels))
 
     @can_return_tuple
     @deprecate_past_key_values
@@ -443,7 +427,7 @@ class HiveModel(HivePreTrainedModel):
             )
             image_levels = self.project_levels(vision_hidden_states)
             key_values = self.get_cross_attention_key_values(image_levels)
-            image_outputs = self.image_features_output(encoder_outputs, image_levels)
+            image_outputs = image_features_output(encoder_outputs, image_levels)
         elif cache is not None:  # a decode step: the image keys/values written at prefill, if any
             key_values, image_mask = cached_image_key_values(cache, num_text_layers, image_mask)
 
@@ -513,21 +497,16 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         self._tied_weights_keys = {"lm_head.weight": f"model.language_model.{embeddings_name}.weight"}
         self._no_split_modules = self.model._no_split_modules
         self.post_init()
-        # Tensor parallelism: the head takes the entry of the LLM's own causal-LM class, when the LLM has a plan (which
-        # shards its input embeddings, so a tied head must be sharded with them); an LLM without one (GPT-2) has neither.
-        causal_lm_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config.text_config), None)
-        head_plan = (getattr(causal_lm_class, "_tp_plan", None) or {}).get("lm_head")
-        if head_plan is not None and any(key.startswith("model.language_model.") for key in self._tp_plan):
+        head_plan = causal_lm_head_plan(config.text_config, self._tp_plan)  # tensor parallelism, as the LLM's own head
+        if head_plan is not None:
             self._tp_plan["lm_head"] = head_plan
-        if config.logits_by_causal_lm is None:
-            config.logits_by_causal_lm = logits_by_causal_lm(self)
+        recorded_logits_by_causal_lm(self)
 
     def check_backbones(self) -> None:
         """As `HivePreTrainedModel.check_backbones`, and how the LLM makes its logits, for a folder saved before it was
         recorded in the config."""
         super().check_backbones()
-        if self.config.logits_by_causal_lm is None:
-            self.config.logits_by_causal_lm = logits_by_causal_lm(self)
+        recorded_logits_by_causal_lm(self)
 
     def llm_logits(self, hidden_states: torch.Tensor, logits_to_keep: int | torch.Tensor = 0, head: nn.Module | None = None):
         """Next-token logits from the LLM's last hidden states, as the LLM's own causal-LM class computes them.
@@ -538,15 +517,7 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         per-family rule is written here. Which of the two holds is measured once when the model is built
         (`inspection_hive.logits_by_causal_lm`) and recorded in `config.logits_by_causal_lm`."""
         head = head or self.lm_head
-        if self.config.logits_by_causal_lm is None:  # an old folder whose weights were on the meta device when loaded
-            self.config.logits_by_causal_lm = logits_by_causal_lm(self)
-        if self.config.logits_by_causal_lm is None:
-            raise ValueError(
-                "HIVE does not know how this LLM computes its logits: the folder's config has no `logits_by_causal_lm` "
-                "(saved before HIVE recorded it) and the weights are not loaded, so it cannot be measured. Load the "
-                "folder once without device_map offloading or quantization and save it again."
-            )
-        if self.config.logits_by_causal_lm:
+        if recorded_logits_by_causal_lm(self, required=True):
             return run_causal_lm(self, HiveComputedBaseModel(hidden_states), head, logits_to_keep=logits_to_keep)
         slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         return head(hidden_states[:, slice_indices, :])
@@ -687,10 +658,7 @@ class HiveForConditionalGeneration(HivePreTrainedModel, GenerationMixin):
         # The value checks, once, before generate may run its prefill compiled (chunked prefill), where they are skipped.
         input_ids = args[0] if args and isinstance(args[0], torch.Tensor) else kwargs.get("input_ids")
         check_input_values(input_ids, kwargs.get("pixel_values"), kwargs.get("image_mask"), self.get_input_embeddings().num_embeddings)
-        # Before 5.25 generate knows only `past_key_values`; from 5.25 on it takes `cache` and renames the old name itself.
-        if CACHE_NAME == "past_key_values" and "cache" in kwargs:
-            kwargs["past_key_values"] = resolve_cache(kwargs.pop("cache"), kwargs.pop("past_key_values", None))
-        return super().generate(*args, **kwargs)
+        return super().generate(*args, **generate_cache_kwargs(kwargs))
 
     def create_masks_for_generate(self, attention_mask=None, **kwargs):
         """As transformers' `create_masks_for_generate`, judged on the LLM's own cache layers: HIVE's image layers,

@@ -2,6 +2,8 @@
 
 from dataclasses import field, make_dataclass
 
+import torch
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
 from .compatibility_hive import CACHE_NAME
@@ -62,3 +64,14 @@ HiveCausalLMOutputWithPast = hive_output_class(
     + _OUTPUT_FIELDS_DOC,
     ["loss", "logits"],
 )
+
+
+def image_features_output(encoder_outputs, image_levels: list[torch.Tensor]) -> BaseModelOutputWithPooling:
+    """`HiveModel.get_image_features`' output from the encoder's output and the projected levels (each
+    `(B, num_tokens, text_hidden_size)`), concatenated along the tokens."""
+    return BaseModelOutputWithPooling(
+        last_hidden_state=encoder_outputs.last_hidden_state,
+        pooler_output=torch.cat(image_levels, dim=1),
+        hidden_states=encoder_outputs.hidden_states,
+        attentions=getattr(encoder_outputs, "attentions", None),  # convolutional encoders have none
+    )
