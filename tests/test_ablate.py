@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -10,9 +11,11 @@ import yaml
 
 from hive_vlm.ablation.fusions import FUSIONS, build_fusion, insert_image_tokens, match_budgets
 from hive_vlm.ablation.report import aggregate, noise_verdicts
-from hive_vlm.ablation.settings import DEFAULT_RECIPE, load_study, study_from_values
+from hive_vlm.ablation.settings import DEFAULT_RECIPE, load_study, stage_arguments, study_from_values
 from hive_vlm.ablation.shared import shared_path
 from hive_vlm.ablation.study import run_ablation
+from hive_vlm.training.alignment_trainer import HiveAlignmentTrainer
+from hive_vlm.training.finetune_trainer import HiveFinetuneTrainer
 
 
 # Where each fusion's own weights live: the only names stage 2 may train.
@@ -25,12 +28,16 @@ FUSION_PREFIXES = {
     "qformer": ("query_tokens", "qformer.", "language_projection."),
 }
 VISION_PREFIXES = {"flat": "model.vision_tower.", "qformer": "vision_model."}
+STAGE2_SCHEDULE = ["stage2.max_steps=5", "stage2.warmup_steps=2", "stage2.lr_scheduler_type=cosine", "stage2.gradient_accumulation_steps=2",
+                   "stage2.max_grad_norm=0.01"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("ablation")
-    recipe, study = load_study(quick=True, overrides=[f"study.fusions=[{', '.join(FUSIONS)}]"])  # the recipe's five and shared-softmax
+    # The recipe's five fusions and shared-softmax, trained as `hive train` would train this recipe: stage 2 with a warm-up,
+    # a cosine schedule, gradient accumulation and clipping; stage 3 with LoRA on the LLM.
+    recipe, study = load_study(quick=True, overrides=[f"study.fusions=[{', '.join(FUSIONS)}]", *STAGE2_SCHEDULE, "stage3.lora_r=4"])
     report = run_ablation(recipe, study, out, isolate=False)
     return out, study, report
 
@@ -66,81 +73,105 @@ def test_quick_mode_runs_every_fusion_and_writes_table_json_and_plots(quick):
     assert steps == [0, 2, 4]  # two checkpoints over 4 stage-3 steps, plus the start
 
 
+def results(out) -> dict:
+    return {path.parent.name.split("-seed")[0]: json.loads(path.read_text()) for path in (out / "runs").glob("*/result.json")}
+
+
 def test_every_fusion_sees_identical_batches(quick):
     _, settings, report = quick
     runs = report["runs"]
     assert {run["fusion"] for run in runs} == set(FUSIONS)
-    for stage, steps in (("stage2", settings.stage2["steps"]), ("stage3", settings.stage3["steps"])):
+    for stage, batches in (("stage2", 5 * 2), ("stage3", settings.stage3["max_steps"])):  # stage 2 accumulates 2 batches a step
         sequences = {run["fusion"]: run["batch_hashes"][stage] for run in runs}
         reference = sequences["hive-paired"]
-        assert len(reference) == steps
-        assert len(set(reference)) == steps  # the hashes tell batches apart
+        assert len(reference) == batches
+        assert len(set(reference)) == batches  # the hashes tell batches apart
         for fusion, hashes in sequences.items():
             assert hashes == reference, f"{fusion} saw other {stage} batches than hive-paired"
 
 
-def test_reported_parameter_counts_are_the_weights_that_train(quick):
+def test_every_fusion_trains_as_hive_train_does_with_the_recipes_schedule_accumulation_and_clipping(quick):
+    # One engine: the recipe's warm-up, cosine schedule, accumulation and clipping took effect for every fusion (read
+    # from what each run logged), and every trainable weight changed while every frozen one stayed bit-identical.
+    out, settings, _ = quick
+    def cosine(peak, warmup, steps):  # linear warm-up from 0, then cosine decay to 0 (transformers' "cosine")
+        return [peak * k / warmup if k < warmup else peak * 0.5 * (1 + math.cos(math.pi * (k - warmup) / (steps - warmup))) for k in range(steps)]
+
+    for name, run in results(out).items():
+        stage2, stage3 = run["stages"]["stage2"], run["stages"]["stage3"]
+        assert stage2["steps"] == 5 and stage2["micro_batches"] == 10, name  # 5 optimiser steps of 2 accumulated batches
+        assert stage2["learning_rates"] == pytest.approx(cosine(settings.stage2["learning_rate"], 2, 5)), name  # warmup_steps 2
+        # stage 3: the recipe's own 5% warm-up (warmup_steps 0.05 of 4 steps: 1) and cosine
+        assert stage3["learning_rates"] == pytest.approx(cosine(settings.stage3["learning_rate"], 1, 4)), name
+        assert min(stage2["grad_norms"]) > 0.01 and max(stage2["clipped_grad_norms"]) == pytest.approx(0.01, rel=1e-3), name
+        assert stage3["steps"] == stage3["micro_batches"] == 4 and max(stage3["clipped_grad_norms"]) <= 1.0 + 1e-4, name
+        for stage in (stage2, stage3):
+            assert stage["weights"]["trainable"] > 0 and stage["weights"]["trainable_unchanged"] == [], name
+            assert stage["weights"]["frozen_changed"] == [], name
+        assert run["parameters"]["stage3"]["llm"]["trainable"] > 0  # LoRA: the same trainer, the same adapters
+        assert len(stage2["losses"]) == 5
+
+
+def stage_trainer(fusion, stage: int, values: dict, output_dir):
+    """The trainer a study builds for `fusion`'s stage (as `hive_vlm.ablation.run.train_stage` does), not trained."""
+    args = stage_arguments(stage, values, output_dir, seed=0)
+    trainer_class = HiveAlignmentTrainer if stage == 2 else HiveFinetuneTrainer
+    return trainer_class(fusion.model, args, components=fusion, data_collator=lambda rows: rows, train_dataset=[])
+
+
+def test_reported_parameter_counts_are_the_weights_that_train(quick, tmp_path):
     out, settings, report = quick
     vision, text, meta = backbones(out)
     reported = {run["fusion"]: run["parameters"] for run in report["runs"]}
+    adapted = {}
     for name in FUSIONS:
         fusion = build_fusion(name, vision, text, meta["image_token_id"], settings.fusion, seed=0)
         for stage in (2, 3):
-            counts = fusion.set_stage(stage)
+            counts = stage_trainer(fusion, stage, getattr(settings, f"stage{stage}"), tmp_path).trainable_counts
             named = list(fusion.model.named_parameters())
             trainable = {n: p.numel() for n, p in named if p.requires_grad}
-            assert counts["trainable"] == sum(trainable.values()) == reported[name][f"stage{stage}"]["trainable"]
+            assert counts["total"]["trainable"] == sum(trainable.values()) == reported[name][f"stage{stage}"]["total"]["trainable"]
             in_fusion = sum(size for n, size in trainable.items() if n.startswith(FUSION_PREFIXES[name]))
             vision_prefix = VISION_PREFIXES.get(name, "model.vision_model.")
             in_vision = sum(size for n, size in trainable.items() if n.startswith(vision_prefix))
-            assert counts["fusion"]["trainable"] == in_fusion > 0
-            assert counts["vision"]["trainable"] == in_vision
-            assert in_fusion + in_vision == counts["trainable"]  # the LLM never trains
-            assert (in_vision > 0) == (stage == 3)
+            lora = {n: size for n, size in trainable.items() if ".lora_" in n}
+            assert counts["projector"]["trainable"] + counts["cross_attention"]["trainable"] == in_fusion > 0
+            assert counts["vision"]["trainable"] == in_vision and counts["llm"]["trainable"] == sum(lora.values())
+            assert in_fusion + in_vision + sum(lora.values()) == counts["total"]["trainable"]  # the LLM's own weights never train
+            assert (in_vision > 0) == (stage == 3) and (len(lora) > 0) == (stage == 3)
+        # stage3.lora_r: every fusion's LLM gets the same adapters (the LLM's attention and MLP projections)
+        adapted[name] = sorted(n.split("layers.", 1)[1].split(".lora_A")[0] for n in lora if ".lora_A" in n)
+    assert len({tuple(names) for names in adapted.values()}) == 1 and adapted["flat"], adapted
     hive = build_fusion("hive-paired", vision, text, meta["image_token_id"], settings.fusion)
-    counts = hive.set_stage(3)
+    stage3 = {**settings.stage3, "lora_r": 0}
+    counts = stage_trainer(hive, 3, stage3, tmp_path).trainable_counts
     # HIVE reads encoder layers, not the final norm or the pooler: those never get a gradient, so they are not counted.
-    assert 0 < counts["vision"]["trainable"] < counts["vision"]["total"]
-    counts = hive.set_stage(3, train_llm=True)  # study.train_llm: the whole LLM in stage 3
-    assert counts["llm"]["trainable"] == sum(p.numel() for p in hive.components["llm"] if p.requires_grad) > 0
+    assert 0 < counts["vision"]["trainable"] < counts["vision"]["total"] and counts["llm"]["trainable"] == 0
+    counts = stage_trainer(hive, 3, {**stage3, "train_llm": True}, tmp_path).trainable_counts  # study.train_llm
+    assert counts["llm"]["trainable"] == counts["llm"]["total"] > 0
     # stage2.train_vision: the encoder trains with the fusion in stage 2, the LLM still does not.
-    counts = hive.set_stage(2, train_vision=True)
+    counts = stage_trainer(hive, 2, {**settings.stage2, "train_vision": True}, tmp_path).trainable_counts
     assert counts["vision"]["trainable"] > 0 and counts["llm"]["trainable"] == 0
 
 
-def test_pretrain_llm_trains_all_of_the_llm_but_its_embeddings_and_head_in_stages_2_and_3(quick):
+def test_pretrain_llm_trains_all_of_the_llm_but_its_embeddings_and_head_in_stages_2_and_3(quick, tmp_path):
     # study.pretrain_llm, the authors' setting: the LLM trains with the fusion from stage 2 on, for every fusion alike.
     out, settings, _ = quick
     vision, text, meta = backbones(out)
+    recipe, study = load_study(quick=True, overrides=["study.pretrain_llm=true"])
+    assert study.stage2["train_llm"] and study.stage3["train_llm"] and not study.stage3["train_llm_embeddings"]
     for name in FUSIONS:
         fusion = build_fusion(name, vision, text, meta["image_token_id"], dataclasses.replace(settings.fusion, shared_softmax_norm="queries_and_keys"))
         edges = {id(p) for module in (fusion.model.get_input_embeddings(), fusion.model.get_output_embeddings()) for p in module.parameters()}
-        body = [p for p in fusion.components["llm"] if id(p) not in edges]
+        llm = fusion.component_parameters()["llm"]
+        body = [p for p in llm if id(p) not in edges]
         for stage in (2, 3):
-            counts = fusion.set_stage(stage, pretrain_llm=True)
+            counts = stage_trainer(fusion, stage, getattr(study, f"stage{stage}"), tmp_path).trainable_counts
             assert body and all(p.requires_grad for p in body), (name, stage)
-            assert not any(p.requires_grad for p in fusion.components["llm"] if id(p) in edges), (name, stage)
-            assert counts["llm"]["trainable"] == sum(p.numel() for p in body) and counts["fusion"]["trainable"] > 0
-        assert fusion.set_stage(2)["llm"]["trainable"] == 0  # without it, the LLM is frozen in stage 2 again
-
-
-def test_stage3_lora_adapts_the_same_llm_projections_in_every_fusion(quick):
-    # A recipe's stage3.lora_r: every fusion's LLM gets the same adapters, which train in stage 3 only.
-    out, settings, _ = quick
-    vision, text, meta = backbones(out)
-    adapted = {}
-    for name in FUSIONS:
-        fusion = build_fusion(name, vision, text, meta["image_token_id"], settings.fusion)
-        fusion.add_lora(4, 8)
-        lora = {n: p for n, p in fusion.llm.named_parameters() if "lora_" in n}
-        adapted[name] = sorted(n.replace("base_model.", "").split(".lora_")[0] for n in lora if "lora_A" in n)
-        counts = fusion.set_stage(3)
-        assert counts["lora"]["trainable"] == sum(p.numel() for p in lora.values()) > 0
-        assert counts["llm"]["trainable"] == 0  # the LLM's own weights stay frozen
-        trainable = {n for n, p in fusion.model.named_parameters() if p.requires_grad and "lora_" in n}
-        assert len(trainable) == len(lora)
-        assert fusion.set_stage(2)["lora"]["trainable"] == 0
-    assert len({tuple(names) for names in adapted.values()}) == 1 and adapted["flat"], adapted
+            assert not any(p.requires_grad for p in llm if id(p) in edges), (name, stage)
+            assert counts["llm"]["trainable"] == sum(p.numel() for p in body)
+            assert counts["projector"]["trainable"] + counts["cross_attention"]["trainable"] > 0
+        assert stage_trainer(fusion, 2, settings.stage2, tmp_path).trainable_counts["llm"]["trainable"] == 0  # frozen again without it
 
 
 def test_gate_init_reaches_the_hive_fusions(quick):
@@ -245,19 +276,22 @@ def test_recipe_errors_name_the_key():
     with pytest.raises(ValueError, match=r"study.fusion.shared_softmax_norm must be one of \('image_keys', 'queries_and_keys'\)"):
         study_from_values({**values, "study": {"fusion": {"shared_softmax_norm": "all"}}})
     assert study_from_values({**values, "study": {}})[1].match_params  # matched budgets unless a recipe says otherwise
-    # hive train would honour these; the study's loop does not, so a study on them is refused, naming each
-    with pytest.raises(ValueError, match=r"stage2: \['gradient_accumulation_steps', 'lr_scheduler_type', 'max_grad_norm', 'warmup_steps'\]"):
-        study_from_values({**values, "stage2": {**values["stage2"], "warmup_steps": 5, "lr_scheduler_type": "cosine",
-                                                "gradient_accumulation_steps": 2, "max_grad_norm": 0.5}})  # fmt: skip
-    with pytest.raises(ValueError, match=r"stage3: \['lora_target_modules'\] would change how `hive train` trains"):
-        study_from_values({**values, "stage3": {**values["stage3"], "lora_r": 4, "lora_target_modules": ".*q_proj$"}})
+    # hive train honours these and a study cannot (one process per run, full precision): refused, naming each
+    with pytest.raises(ValueError, match=r"stage3: a study cannot honour \['fsdp', 'quantization'\] \(fsdp: every run"):
+        study_from_values({**values, "stage3": {**values["stage3"], "lora_r": 4, "fsdp": "full_shard",
+                                                "quantization": {"load_in_4bit": True}}})  # fmt: skip
+    # ... and every other key hive train honours, a study honours too
+    _, honoured = study_from_values({**values, "stage3": {**values["stage3"], "lora_r": 4, "lora_target_modules": ".*q_proj$"}})
+    args = stage_arguments(3, honoured.stage3, "unused", seed=0)
+    assert args.lora_target_modules == ".*q_proj$" and args.lora_r == 4
 
 
 def test_shipped_ablation_recipes_parse():
     _, learning = load_study(DEFAULT_RECIPE.parent / "ablation-shapes-learning.yaml")
     assert learning.stage2["train_vision"] and learning.fusion.gate_init == 0.1
-    assert learning.stage2 == {"steps": 600, "batch_size": 32, "learning_rate": 2e-3, "vision_learning_rate": 1e-3,
-                               "weight_decay": 0.0, "train_vision": True}
+    assert learning.stage2 == {"max_steps": 600, "per_device_train_batch_size": 32, "learning_rate": 2e-3, "vision_learning_rate": 1e-3,
+                               "weight_decay": 0.0, "train_vision": True, "train_llm": False, "train_llm_embeddings": True, "use_cpu": True,
+                               "lr_scheduler_type": "cosine", "warmup_steps": 0.05}
     recipe, default = load_study(DEFAULT_RECIPE)
     assert not default.stage2["train_vision"] and default.fusion.gate_init == 0.0 and recipe.stages == [0, 1, 2, 3]
     swin_recipe, swin = load_study(DEFAULT_RECIPE.parent / "ablation-shapes-learning-swin.yaml")  # the learning study, Swin encoder
@@ -268,7 +302,7 @@ def test_shipped_ablation_recipes_parse():
     # A recipe without a study section: the default fusions and seeds, and the study says so.
     recipe, tiny = load_study(DEFAULT_RECIPE.parent / "tiny-shapes.yaml")
     assert tiny.default_study and tiny.fusions == list(FUSIONS) and tiny.seeds == [0, 1, 2]
-    assert tiny.stage3["lora_r"] == 4 and tiny.stage2["steps"] == recipe.stage2["max_steps"]
+    assert tiny.stage3["lora_r"] == 4 and tiny.stage2["max_steps"] == recipe.stage2["max_steps"]
 
 
 @pytest.mark.slow
@@ -307,7 +341,7 @@ def test_hive_ablate_runs_on_the_recipe_hive_train_reads(tmp_path, capsys, monke
     assert sorted(report["aggregate"]) == sorted(FUSIONS)
     assert "The recipe has no `study` section" in (tmp_path / "ablation.md").read_text()
     assert report["study"]["stage3"]["lora_r"] == 4  # tiny-shapes' stage 3 adapts the LLM with LoRA: so does every fusion
-    assert all(run["parameters"]["stage3"]["lora"]["trainable"] > 0 for run in report["runs"])
+    assert all(run["parameters"]["stage3"]["llm"]["trainable"] > 0 for run in report["runs"])  # the LoRA weights
     # the same file still trains: nothing in it is ablation-only
     assert main(["train", "--recipe", "recipes/tiny-shapes.yaml", "--stage", "1", "--output-dir", str(tmp_path / "train"),
                  "stage1.max_steps=1", "data.shapes.num_train=16"]) == 0

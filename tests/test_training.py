@@ -229,6 +229,27 @@ def test_stage2_can_train_the_encoder_when_the_recipe_says_so(tmp_path):
         assert len(in_vision) == 1 and group["initial_lr"] == (1e-4 if in_vision == {True} else args.learning_rate)
 
 
+@pytest.mark.parametrize("embeddings", [True, False])
+def test_stage2_train_llm_trains_the_llm_with_the_fusion_as_the_authors_code_does(tmp_path, embeddings):
+    # stage2.train_llm (the authors' stage 2 trains the LLM); train_llm_embeddings: false keeps its embeddings and head
+    # frozen, as their code does. The encoder stays frozen.
+    processor = processor_for()
+    model = tiny_model(processor)
+    before = snapshot(model)
+    args = args_for(HiveAlignmentConfig, tmp_path, train_llm=True, train_llm_embeddings=embeddings)
+    trainer = HiveAlignmentTrainer(model, args, data_collator=HiveCaptionCollator(processor), train_dataset=caption_rows())
+    trainer.train()
+    assert_trainable_changed_and_frozen_identical(model, before)
+    edges = [*model.get_input_embeddings().parameters(), *model.get_output_embeddings().parameters()]
+    assert all(p.requires_grad == embeddings for p in edges)
+    assert all(p.requires_grad for p in model.model.language_model.layers.parameters())
+    assert not any(p.requires_grad for p in model.model.vision_model.parameters())
+    llm = trainer.trainable_counts["llm"]
+    assert llm["trainable"] == llm["total"] - (0 if embeddings else sum(p.numel() for p in edges))
+    with pytest.raises(ValueError, match="train_llm trains the whole LLM and lora_r adapts it"):
+        args_for(HiveFinetuneConfig, tmp_path, train_llm=True, lora_r=4)
+
+
 def test_loss_falls_on_a_batch_the_model_can_memorise(tmp_path):
     processor = processor_for()
     model = tiny_model(processor, gate_init=0.5)

@@ -72,6 +72,9 @@ def test_each_variant_transfers_its_own_encoder_on_equal_terms(quick):
     for run in runs.values():
         assert run["parameters"]["stage2"]["vision"]["trainable"] == 0 and run["parameters"]["stage3"]["vision"]["trainable"] == 0
         assert run["parameters"]["stage2"]["llm"]["trainable"] == 0 < run["parameters"]["stage3"]["llm"]["trainable"]
+        assert run["parameters"]["stage3"]["llm"]["trainable"] == run["parameters"]["stage3"]["llm"]["total"]  # LLaVA trains it all
+        for stage in ("stage2", "stage3"):  # through hive train's trainers: what trains changed, nothing else did
+            assert run["stages"][stage]["weights"]["trainable_unchanged"] == run["stages"][stage]["weights"]["frozen_changed"] == []
 
 
 def test_a_transfer_llm_must_read_the_pretraining_tokens(quick, tmp_path):
@@ -91,11 +94,16 @@ def test_transfer_settings_name_bad_keys():
         load_transfer(TINY, overrides=["transfer.variantz=[none]"])
     with pytest.raises(ValueError, match="transfer.variants"):
         load_transfer(TINY, overrides=["transfer.variants=[hive-paired, perceiver]"])
-    with pytest.raises(ValueError, match=r"transfer.stage3: unknown key\(s\) \['lora_r'\]"):
-        load_transfer(TINY, overrides=["transfer.stage3.lora_r=4"])
-    recipe, study, transfer = load_transfer(TINY, overrides=["transfer.stage2.max_steps=7"])
-    assert transfer.default_transfer is False and transfer.variants == list(VARIANTS) and transfer.stage2["steps"] == 7
-    assert transfer.stage3["steps"] == recipe.stage3["max_steps"] and transfer.vision_feature_layer == -2
+    with pytest.raises(ValueError, match=r"transfer.stage3: \['lora_r', 'train_vision'\] are the transfer's own"):
+        load_transfer(TINY, overrides=["transfer.stage3.lora_r=4", "transfer.stage3.train_vision=true"])
+    with pytest.raises(ValueError, match=r"transfer.stage2: unknown key\(s\) \['stepz'\]"):  # checked as hive train checks it
+        load_transfer(TINY, overrides=["transfer.stage2.stepz=4"])
+    recipe, study, transfer = load_transfer(TINY, overrides=["transfer.stage2.max_steps=7", "transfer.stage3.warmup_steps=2"])
+    assert transfer.default_transfer is False and transfer.variants == list(VARIANTS) and transfer.stage2["max_steps"] == 7
+    assert transfer.stage3["max_steps"] == recipe.stage3["max_steps"] and transfer.vision_feature_layer == -2
+    # the recipe's stage settings, the transfer's over them; what trains is the transfer's (tiny-shapes has stage3 LoRA)
+    assert transfer.stage3["warmup_steps"] == 2 and transfer.stage3["lora_r"] == 0 and transfer.stage3["train_llm"]
+    assert not transfer.stage2["train_vision"] and not transfer.stage2["train_llm"] and not transfer.stage3["train_vision"]
     assert study.fusion.flat_vision_feature_layer == -2 and study.match_params  # the paper's SA, at matched budgets
     _, study, _ = load_transfer(TINY, overrides=["transfer.vision_feature_layer=-1"])
     assert study.fusion.flat_vision_feature_layer == -1  # flat pre-trains on whatever layer transfer reads

@@ -1,4 +1,4 @@
-"""Arguments of stage 2: hierarchical alignment with the LLM frozen."""
+"""Arguments of stage 2: hierarchical alignment, the LLM frozen (or trained, `train_llm`, as the authors' code trains it)."""
 
 from dataclasses import dataclass, field
 
@@ -17,6 +17,12 @@ class HiveAlignmentConfig(TrainingArguments):
     train_vision: bool = field(default=False, metadata={"help": "Also train the vision encoder (the paper keeps it frozen)."})
     vision_learning_rate: float | None = field(
         default=None, metadata={"help": "Learning rate of the vision encoder when train_vision; learning_rate when unset."}
+    )
+    train_llm: bool = field(
+        default=False, metadata={"help": "Also train the LLM, at learning_rate (the paper keeps it frozen; the authors' code trains it)."}
+    )
+    train_llm_embeddings: bool = field(
+        default=True, metadata={"help": "With train_llm: its input embeddings and output head train too (false: the authors' setting)."}
     )
     caption_prompt: str = field(default="Describe the image.", metadata={"help": "Text before every caption; masked out of the loss."})
     max_length: int | None = field(default=None, metadata={"help": "Longest sequence in tokens; the recipe's data.max_length when unset."})

@@ -1,10 +1,12 @@
-"""Stage 2: hierarchical alignment. The LLM is frozen; projectors and cross-attention blocks learn from image-text pairs."""
+"""Stage 2: hierarchical alignment. Projectors and cross-attention blocks learn from image-text pairs; the LLM is frozen
+(unless `train_llm`, as the authors' code trains it)."""
 
 from .hive_trainer import HiveTrainer
 
 
 class HiveAlignmentTrainer(HiveTrainer):
-    """Stage 2 trainer. The encoder trains only when `args.train_vision` (the paper keeps it frozen).
+    """Stage 2 trainer. The encoder trains only when `args.train_vision` (the paper keeps it frozen), the LLM only when
+    `args.train_llm` (all of it but its embeddings and head with `train_llm_embeddings=False`, the authors' setting).
 
     Args:
         model (`HiveForConditionalGeneration`): the HIVE model (gates at `gate_init`).
@@ -17,5 +19,6 @@ class HiveAlignmentTrainer(HiveTrainer):
         >>> trainer.train()  # doctest: +SKIP
     """
 
-    def trainable_components(self, args):
-        return {"vision": args.train_vision, "projector": True, "cross_attention": True, "llm": False}
+    @classmethod
+    def trainable_components(cls, args):
+        return {"vision": args.train_vision, "projector": True, "cross_attention": True, "llm": args.train_llm}

@@ -8,7 +8,8 @@ from transformers import BitsAndBytesConfig, TrainingArguments
 
 
 # LoRA targets restricted to the LLM: a regex over full module names, so the encoder's q/k/v are never caught.
-LLM_LORA_TARGETS = r".*\.language_model\..*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj|c_attn|c_proj|c_fc)$"
+# `(.*\.)?`: HIVE and LLaVA hold the LLM at `model.language_model`, BLIP-2 at the top (`language_model.`).
+LLM_LORA_TARGETS = r"(.*\.)?language_model\..*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj|c_attn|c_proj|c_fc)$"
 
 
 @dataclass
@@ -22,6 +23,10 @@ class HiveFinetuneConfig(TrainingArguments):
 
     vision_learning_rate: float = field(default=1e-5, metadata={"help": "Learning rate of the vision encoder (lower than the rest)."})
     train_vision: bool = field(default=True, metadata={"help": "Train the vision encoder in stage 3."})
+    train_llm: bool = field(default=False, metadata={"help": "Train the whole LLM (no LoRA), at learning_rate."})
+    train_llm_embeddings: bool = field(
+        default=True, metadata={"help": "With train_llm: its input embeddings and output head train too (false: the authors' setting)."}
+    )
     lora_r: int = field(default=0, metadata={"help": "LoRA rank on the LLM; 0 keeps the LLM frozen."})
     lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling numerator."})
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input."})
@@ -42,6 +47,8 @@ class HiveFinetuneConfig(TrainingArguments):
         super().__post_init__()
         if self.lora_r < 0:
             raise ValueError(f"lora_r must be 0 (LLM frozen) or a positive rank, got {self.lora_r}.")
+        if self.train_llm and self.lora_r > 0:
+            raise ValueError("train_llm trains the whole LLM and lora_r adapts it through LoRA: set one of them, not both.")
         if self.vision_learning_rate < 0:
             raise ValueError(f"vision_learning_rate must be non-negative, got {self.vision_learning_rate}.")
         if self.quantization is not None:

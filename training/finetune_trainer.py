@@ -22,7 +22,8 @@ def lora_config(args) -> LoraConfig:
 
 
 class HiveFinetuneTrainer(HiveTrainer):
-    """Stage 3 trainer: the encoder gets its own, lower learning rate; the LLM gets LoRA when `args.lora_r > 0`.
+    """Stage 3 trainer: the encoder gets its own, lower learning rate; the LLM gets LoRA when `args.lora_r > 0`, or
+    trains whole with `args.train_llm`.
 
     Args:
         model (`HiveForConditionalGeneration`): the stage-2 model.
@@ -36,7 +37,7 @@ class HiveFinetuneTrainer(HiveTrainer):
         >>> trainer.save_adapter("out/stage3/adapter")  # doctest: +SKIP
     """
 
-    def __init__(self, model, args, **kwargs):
+    def __init__(self, model, args, components=None, **kwargs):
         self.lora_model = None
         if args.lora_r > 0:
             self.lora_model = LoraModel(model, lora_config(args), "default")  # injects into `model`, freezes the rest
@@ -50,7 +51,7 @@ class HiveFinetuneTrainer(HiveTrainer):
         quantized = getattr(model, "is_quantized", False)
         model._hf_peft_config_loaded = quantized
         try:
-            super().__init__(model, args, **kwargs)
+            super().__init__(model, args, components=components, **kwargs)
         finally:
             model._hf_peft_config_loaded = False
 
@@ -76,9 +77,11 @@ class HiveFinetuneTrainer(HiveTrainer):
         finally:
             handle.remove()
 
-    def trainable_components(self, args):
+    @classmethod
+    def trainable_components(cls, args):
         # llm=None keeps the LoRA weights trainable and the rest of the LLM frozen (LoraModel froze it).
-        return {"vision": args.train_vision, "projector": True, "cross_attention": True, "llm": None if args.lora_r > 0 else False}
+        llm = None if args.lora_r > 0 else args.train_llm
+        return {"vision": args.train_vision, "projector": True, "cross_attention": True, "llm": llm}
 
     def save_adapter(self, output_dir, base_model_name_or_path: str | None = None, state_dict: dict | None = None) -> None:
         """Writes the LLM's LoRA adapter in PEFT's format; `merge_adapter(base, output_dir)` merges it back. Under FSDP

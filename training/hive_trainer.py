@@ -18,7 +18,7 @@ def gate_values(model) -> dict[str, float]:
     `shared_softmax` mode, which has no gates."""
     hive = model.base_model if hasattr(model, "base_model") else model
     values = {}
-    if hive.config.cross_attention_mode != "gated":
+    if getattr(hive.config, "cross_attention_mode", None) != "gated":  # also a study's LLaVA or BLIP-2, which have none
         return values
     for block, (vision_layer, text_layer) in zip(hive.cross_attention_layers, hive.config.cross_attention_layers):
         name = f"t{text_layer}_v{vision_layer}"
@@ -31,19 +31,34 @@ class HiveTrainer(Trainer):
     """A `Trainer` for a `HiveForConditionalGeneration`: logs the gates (tanh) at every logging step and the trainable
     parameter counts per component at the first one, and stops on a non-finite loss or gradient naming the step and
     the component. Subclasses choose what trains (`trainable_components`).
+
+    Args:
+        model: the model to train.
+        args: the stage's arguments.
+        components (*optional*): what answers `set_trainable(vision=, projector=, cross_attention=, llm=)` and
+            `component_parameters()` for `model`; the HIVE model itself when unset. `hive ablate` passes a study
+            fusion (`HiveAblationFusion`), so its LLaVA and BLIP-2 baselines train through these same trainers.
+        **kwargs: as for `Trainer`.
     """
 
-    def __init__(self, model, args, **kwargs):
-        self.trainable_counts = model.set_trainable(**self.trainable_components(args))
+    def __init__(self, model, args, components=None, **kwargs):
+        self.components = model if components is None else components
+        self.trainable_counts = self.components.set_trainable(**self.trainable_components(args))
+        if getattr(args, "train_llm", False) and not args.train_llm_embeddings:  # the authors' setting
+            for module in (model.get_input_embeddings(), model.get_output_embeddings()):
+                module.requires_grad_(False)
+            self.trainable_counts = self.components.set_trainable()  # the counts again, nothing else changed
         callbacks = [
             HiveCheckpointMarkerCallback(),
-            HiveNonFiniteGuardCallback(model.component_parameters()),
+            HiveNonFiniteGuardCallback(self.components.component_parameters()),
             *(kwargs.pop("callbacks", None) or []),
         ]
         super().__init__(model=model, args=args, callbacks=callbacks, **kwargs)
         self._counts_logged = False
 
-    def trainable_components(self, args) -> dict[str, bool | None]:
+    @classmethod
+    def trainable_components(cls, args) -> dict[str, bool | None]:
+        """What trains in this stage: `set_trainable`'s flags (True, False, or None to leave a component as it is)."""
         raise NotImplementedError
 
     def create_optimizer(self, model=None):
@@ -51,7 +66,7 @@ class HiveTrainer(Trainer):
         as the Trainer applies it."""
         if self.optimizer is None and getattr(self.args, "vision_learning_rate", None) is not None:
             model = self.model
-            vision = {id(p) for p in model.component_parameters()["vision"]}
+            vision = {id(p) for p in self.components.component_parameters()["vision"]}
             decay = set(self.get_decay_parameter_names(model))
             groups = []
             for is_vision, lr in ((False, self.args.learning_rate), (True, self.args.vision_learning_rate)):

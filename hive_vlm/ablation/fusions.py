@@ -1,7 +1,8 @@
 """The fusions `hive ablate` compares, built around the same encoder and LLM weights.
 
-Every fusion is a `HiveAblationFusion`: the model, its three components (`vision`, `fusion`, `llm`), how a training
-batch and a generation prompt reach it, and which parameters train in each stage.
+Every fusion is a `HiveAblationFusion`: the model, its components in HIVE's names (`vision`, `projector`,
+`cross_attention`, `llm`), and how a training batch and a generation prompt reach it. It trains through `hive train`'s
+own stage trainers (`HiveAlignmentTrainer`, `HiveFinetuneTrainer`), which choose what trains in each stage.
 
     hive-paired      HIVE, `paired` mode: block k reads vision layer k of `cross_attention_layers`.
     hive-all-levels  HIVE, `all_levels` mode: every block reads all selected vision layers (level embeddings).
@@ -14,14 +15,13 @@ batch and a generation prompt reach it, and which parameters train in each stage
 
 Example:
     >>> fusion = build_fusion("flat", vision_dir, text_dir, image_token_id=5)  # doctest: +SKIP
-    >>> fusion.set_stage(2)["trainable"]  # doctest: +SKIP
+    >>> fusion.set_trainable(vision=False, projector=True, cross_attention=True, llm=False)["total"]["trainable"]  # doctest: +SKIP
     8320
 """
 
 from dataclasses import dataclass, field
 
 import torch
-from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -41,9 +41,12 @@ from modeling_hive.inspection_hive import parameters_reached
 
 
 FUSIONS = ("hive-paired", "hive-all-levels", "single-level", "shared-softmax", "flat", "qformer")
-# LoRA's targets in the LLM: the names transformers' causal LMs give their attention and MLP projections.
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "c_attn", "c_proj", "c_fc")
 IGNORE_INDEX = -100
+
+
+def unique(*parameters) -> list[nn.Parameter]:
+    """Each parameter once (a head tied to the embeddings is one tensor)."""
+    return list({id(p): p for p in parameters}.values())
 
 
 @dataclass
@@ -81,27 +84,27 @@ class HiveFusionSettings:
 
 
 class HiveAblationFusion:
-    """One fusion: a model plus what the harness needs to train and query every fusion the same way.
+    """One fusion: a model plus what the harness needs to train and query every fusion the same way. It answers the
+    stage trainers' `set_trainable` and `component_parameters` (`HiveTrainer(components=...)`) in HIVE's component
+    names, so every fusion trains through `hive train`'s own trainers, freezing and LoRA.
 
     Args:
         name (`str`): one of `FUSIONS`.
         model (`nn.Module`): its forward takes `input_ids`, `attention_mask`, `pixel_values` and `labels`.
-        components (`dict[str, list[nn.Parameter]]`): the `vision`, `fusion` and `llm` parameters (and `lora` once
-            `add_lora` ran).
+        parts (`Callable[[], dict[str, list[nn.Parameter]]]`): the model's `vision`, `projector`, `cross_attention` and
+            `llm` parameters, read from its modules at each call (so LoRA layers a trainer injects are counted).
         encoder (`nn.Module`): the vision encoder (for the linear probe).
-        llm (`nn.Module`): the LLM's decoder, where `add_lora` puts its adapters.
         image_token_id (`int`), num_image_tokens (`int`): placeholder tokens inserted after the first token of every
             sequence (0 for HIVE, which reads the image through cross-attention).
         readout (`str`): which encoder layers the fusion reads, in words (the study reports it).
     """
 
-    def __init__(self, name, model, components, encoder, llm, image_token_id: int, num_image_tokens: int, readout: str):
+    def __init__(self, name, model, parts, encoder, image_token_id: int, num_image_tokens: int, readout: str):
         self.name = name
         self.readout = readout
         self.model = model
-        self.components = components
+        self.parts = parts
         self.encoder = encoder
-        self.llm = llm
         self.image_token_id = image_token_id
         self.num_image_tokens = num_image_tokens
 
@@ -120,46 +123,26 @@ class HiveAblationFusion:
     def loss(self, batch: dict) -> torch.Tensor:
         return self.model(**self.model_inputs(batch)).loss
 
-    def add_lora(self, r: int, alpha: float, dropout: float = 0.0) -> None:
-        """LoRA adapters (PEFT) on the LLM's attention and MLP projections, as `hive train`'s stage 3 puts them; they
-        form the `lora` component, which trains in stage 3. The same modules get them in every fusion."""
-        names = {name.rsplit(".", 1)[-1] for name, module in self.llm.named_modules() if isinstance(module, nn.Linear)}
-        targets = sorted(names & set(LORA_TARGETS))
-        if not targets:
-            raise ValueError(f"stage3.lora_r: the LLM has none of the projections LoRA adapts ({', '.join(LORA_TARGETS)}).")
-        inject_adapter_in_model(LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets), self.llm)
-        # The wrapped projections keep their weight tensors (now under `base_layer`): the `llm` list stays right.
-        self.components["lora"] = [p for name, p in self.llm.named_parameters() if "lora_" in name]
+    def component_parameters(self) -> dict[str, list[nn.Parameter]]:
+        """`vision`, `projector`, `cross_attention` (empty for flat and qformer) and `llm` (LoRA weights included)."""
+        return self.parts()
 
-    def set_stage(self, stage: int, train_vision: bool | None = None, train_llm: bool = False, pretrain_llm: bool = False) -> dict:
-        """Freezes everything but what `stage` trains: the fusion, the encoder with `train_vision` (default: in stage
-        3 only) and, in stage 3, the LLM's LoRA adapters when there are any, or the whole LLM with `train_llm`. With
-        `pretrain_llm` the LLM trains in every stage as the authors' stages 2 and 3 train it: all of it but its input
-        embeddings and output head. Parameters the loss never reaches (found by one probe backward) stay frozen.
-        Returns the counts."""
-        train_vision = stage == 3 if train_vision is None else train_vision
-        wanted = {"vision": train_vision, "fusion": True, "llm": (stage == 3 and train_llm) or pretrain_llm, "lora": stage == 3}
-        for name, params in self.components.items():
-            for parameter in params:
-                parameter.requires_grad_(wanted[name])
-        if pretrain_llm:
-            for module in (self.model.get_input_embeddings(), self.model.get_output_embeddings()):
-                module.requires_grad_(False)
-        self.freeze_unreached()
-        return self.parameter_counts()
-
-    def freeze_unreached(self) -> None:
+    def set_trainable(self, vision=None, projector=None, cross_attention=None, llm=None) -> dict[str, dict[str, int]]:
+        """As `HivePreTrainedModel.set_trainable`: freezes (False) or unfreezes (True) whole components, None leaves one
+        as it is; then parameters the loss never reaches (found by one probe backward) are frozen. Returns the counts
+        in the same layout (`{component: {"trainable", "total"}, "total": {...}}`)."""
+        components = self.component_parameters()
+        for name, flag in (("vision", vision), ("projector", projector), ("cross_attention", cross_attention), ("llm", llm)):
+            if flag is not None:
+                for parameter in components[name]:
+                    parameter.requires_grad_(bool(flag))
         trainable = [p for p in self.model.parameters() if p.requires_grad]
-        for parameter, reached in zip(trainable, parameters_reached(self.loss(probe_batch(self)), trainable)):
-            parameter.requires_grad_(reached)
-
-    def parameter_counts(self) -> dict:
-        """`{component: {"trainable", "total"}}` in elements, plus `"trainable"` and `"total"` over the whole model."""
-        counts = {name: {"trainable": sum(p.numel() for p in params if p.requires_grad),
-                         "total": sum(p.numel() for p in params)} for name, params in self.components.items()}  # fmt: skip
-        unique = {id(p): p for p in self.model.parameters()}.values()
-        counts["trainable"] = sum(p.numel() for p in unique if p.requires_grad)
-        counts["total"] = sum(p.numel() for p in unique)
+        if trainable:
+            for parameter, reached in zip(trainable, parameters_reached(self.loss(probe_batch(self)), trainable)):
+                parameter.requires_grad_(reached)
+        counts = {name: {"trainable": sum(p.numel() for p in params if p.requires_grad), "total": sum(p.numel() for p in params)}
+                  for name, params in components.items()}  # fmt: skip
+        counts["total"] = {key: sum(row[key] for row in counts.values()) for key in ("trainable", "total")}
         return counts
 
 
@@ -216,11 +199,9 @@ def _hive(name, vision_dir, text_dir, settings: HiveFusionSettings, image_token_
     if width and name != "shared-softmax":
         kwargs["cross_attention_intermediate_size"] = int(width)
     model = HiveForConditionalGeneration.from_backbones(str(vision_dir), str(text_dir), **kwargs)
-    parts = model.component_parameters()
-    components = {"vision": parts["vision"], "fusion": parts["projector"] + parts["cross_attention"], "llm": parts["llm"]}
     depth = vision_num_levels(model.config.vision_config)
     readout = f"layers {', '.join(map(str, model.config.vision_layers))} of {depth}" + (", every block" if name == "single-level" else "")
-    return HiveAblationFusion(name, model, components, model.model.vision_model, model.model.language_model, image_token_id, 0, readout)
+    return HiveAblationFusion(name, model, model.component_parameters, model.model.vision_model, image_token_id, 0, readout)
 
 
 def _flat(vision_dir, text_dir, settings: HiveFusionSettings, image_token_id) -> HiveAblationFusion:
@@ -241,13 +222,14 @@ def _flat(vision_dir, text_dir, settings: HiveFusionSettings, image_token_id) ->
     with eval_mode(vision), torch.no_grad():  # how many tokens the chosen layer has ("full" keeps a CLS token)
         probe = vision(pixel_values=torch.zeros(probe_image_shape(vision.config)), output_hidden_states=True)
     num_tokens = as_tokens(probe.hidden_states[settings.flat_vision_feature_layer]).shape[1]
-    components = {"vision": list(model.model.vision_tower.parameters()),
-                  "fusion": list(projector.parameters()),
-                  "llm": list(model.model.language_model.parameters()) + list(model.lm_head.parameters())}  # fmt: skip
+
+    def parts():
+        return {"vision": list(model.model.vision_tower.parameters()), "projector": list(model.model.multi_modal_projector.parameters()),
+                "cross_attention": [], "llm": unique(*model.model.language_model.parameters(), *model.lm_head.parameters())}  # fmt: skip
+
     layer, depth = settings.flat_vision_feature_layer, vision_num_levels(vision.config)
     readout = f"layer {depth + layer if layer < 0 else layer - 1} of {depth} (vision_feature_layer {layer})"
-    return HiveAblationFusion("flat", model, components, model.model.vision_tower, model.model.language_model, image_token_id,
-                              num_tokens, readout)
+    return HiveAblationFusion("flat", model, parts, model.model.vision_tower, image_token_id, num_tokens, readout)
 
 
 def _qformer(vision_dir, text_dir, settings: HiveFusionSettings, image_token_id) -> HiveAblationFusion:
@@ -267,13 +249,15 @@ def _qformer(vision_dir, text_dir, settings: HiveFusionSettings, image_token_id)
     model = Blip2ForConditionalGeneration(config)
     model.vision_model = vision
     model.language_model.load_state_dict(text.state_dict())
-    components = {"vision": list(vision.parameters()),
-                  "fusion": [model.query_tokens, *model.qformer.parameters(), *model.language_projection.parameters()],
-                  "llm": list(model.language_model.parameters())}  # fmt: skip
+
+    def parts():
+        return {"vision": list(model.vision_model.parameters()),
+                "projector": [model.query_tokens, *model.qformer.parameters(), *model.language_projection.parameters()],
+                "cross_attention": [], "llm": list(model.language_model.parameters())}  # fmt: skip
+
     depth = vision_num_levels(vision.config)
     readout = f"the last hidden state (layer {depth - 1} of {depth}, after the encoder's final norm)"
-    return HiveAblationFusion("qformer", model, components, vision, model.language_model.get_decoder(), image_token_id,
-                              settings.qformer_num_query_tokens, readout)
+    return HiveAblationFusion("qformer", model, parts, vision, image_token_id, settings.qformer_num_query_tokens, readout)
 
 
 def build_fusion(name: str, vision_dir, text_dir, image_token_id: int, settings: HiveFusionSettings | None = None,
@@ -300,18 +284,18 @@ def build_fusion(name: str, vision_dir, text_dir, image_token_id: int, settings:
     else:
         fusion = _hive(name, vision_dir, text_dir, settings, image_token_id)
     if vocab_size and fusion.model.get_input_embeddings().num_embeddings < vocab_size:
-        fusion.model.resize_token_embeddings(vocab_size)  # new embedding tensors: the LLM's list is rebuilt around them
-        others = {id(p) for name in ("vision", "fusion") for p in fusion.components[name]}
-        fusion.components["llm"] = [p for p in fusion.model.parameters() if id(p) not in others]
+        fusion.model.resize_token_embeddings(vocab_size)
     fusion.model.float().train()
     return fusion
 
 
 def fusion_budget(name: str, vision_dir, text_dir, image_token_id: int, settings: HiveFusionSettings, width=None,
                   vocab_size: int | None = None) -> int:
-    """Stage-2 trainable parameters (the fusion weights the loss reaches) of `name`, with width override `width`."""
+    """The fusion weights of `name` the loss reaches (its stage-2 budget with the encoder and LLM frozen), with width
+    override `width`."""
     trial = HiveFusionSettings(**{**settings.__dict__, "intermediate_sizes": {**settings.intermediate_sizes, name: width}})
-    return build_fusion(name, vision_dir, text_dir, image_token_id, trial, vocab_size=vocab_size).set_stage(2)["trainable"]
+    fusion = build_fusion(name, vision_dir, text_dir, image_token_id, trial, vocab_size=vocab_size)
+    return fusion.set_trainable(vision=False, projector=True, cross_attention=True, llm=False)["total"]["trainable"]
 
 
 def match_budgets(fusions, reference: str, vision_dir, text_dir, image_token_id: int, settings: HiveFusionSettings,

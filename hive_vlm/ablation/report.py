@@ -37,8 +37,8 @@ def run_metrics(run: dict) -> dict:
     for label, scores in run["final"].items():
         metrics.update({f"{label}/{key}": value for key, value in _numbers(scores).items()})
     metrics.update({f"probe/{level}": value for level, value in (run.get("linear_probe") or {}).items()})
-    metrics["params/stage2"] = run["parameters"]["stage2"]["trainable"]
-    metrics["params/stage3"] = run["parameters"]["stage3"]["trainable"]
+    metrics["params/stage2"] = run["parameters"]["stage2"]["total"]["trainable"]
+    metrics["params/stage3"] = run["parameters"]["stage3"]["total"]["trainable"]
     metrics["seconds_per_step/stage2"] = run["timing"]["stage2_seconds_per_step"]
     metrics["seconds_per_step/stage3"] = run["timing"]["stage3_seconds_per_step"]
     metrics["memory/peak_rss_mb"] = run["memory"]["peak_rss_mb"]
@@ -106,12 +106,16 @@ def _table(table: dict, fusions: list, columns: list[tuple[str, str]], digits: i
 
 
 def llm_setting(study) -> str:
-    """How a study trains the LLM, in words."""
+    """How a study trains the LLM (its stages' `train_llm`, `train_llm_embeddings` and `lora_r`), in words."""
     if study.stage3.get("lora_r"):
         return f"LoRA r={study.stage3['lora_r']} on the LLM in stage 3"
-    if getattr(study, "pretrain_llm", False):
-        return "LLM trained in stages 2 and 3, all but its embeddings and head (`pretrain_llm`, the authors' setting)"
-    return "LLM frozen in stage 2, trained in stage 3 (`train_llm`)" if study.train_llm else "LLM frozen throughout"
+    trained = [stage for stage in (2, 3) if getattr(study, f"stage{stage}").get("train_llm")]
+    if not trained:
+        return "LLM frozen throughout"
+    edges = all(getattr(study, f"stage{stage}").get("train_llm_embeddings", True) for stage in trained)
+    what = "the whole LLM" if edges else "the LLM but its embeddings and head"
+    setting = " (`pretrain_llm`, the authors' setting)" if trained == [2, 3] and not edges else ""
+    return f"{what} trained in stage{'s 2 and 3' if trained == [2, 3] else ' ' + str(trained[0])}{setting}"
 
 
 def budget_setting(study, matched: dict | None) -> str:
@@ -135,8 +139,8 @@ def markdown(study, meta: dict, table: dict, verdicts: list[dict], matched: dict
     lines = [f"# {title}: {study.name}", ""]
     if study.default_study:
         lines += ["The recipe has no `study` section: the default fusions and seeds ran.", ""]
-    lines += [f"{compared}: {', '.join(fusions)}. Seeds: {study.seeds} (mean ± sample std over seeds). Stage 2: {stage2['steps']} steps "
-              f"× {stage2['batch_size']}; stage 3: {stage3['steps']} steps × {stage3['batch_size']} "
+    lines += [f"{compared}: {', '.join(fusions)}. Seeds: {study.seeds} (mean ± sample std over seeds). Stage 2: {stage2['max_steps']} steps "
+              f"× {stage2['per_device_train_batch_size']}; stage 3: {stage3['max_steps']} steps × {stage3['per_device_train_batch_size']} "
               f"(encoder {'trained' if stage3['train_vision'] else 'frozen'}); {llm}.", ""]  # fmt: skip
     if matched is not None or not study.match_params:
         lines += [budget_setting(study, matched), ""]

@@ -1,15 +1,19 @@
 """One fusion trained and evaluated with one seed: the unit of `hive ablate`.
 
-Every fusion sees the same batches in the same order (the seed fixes the order; each batch's SHA-256 over its pixels,
-token ids and labels is recorded per step), trains the same numbers of steps with the same optimiser, and is
-evaluated by the same adapters and scorers. The LLM stays frozen unless stage 3 sets `lora_r` (LoRA adapters) or the
-study sets `train_llm` (the whole LLM, in stage 3) or `pretrain_llm` (all of it but its embeddings and head, in stages
-2 and 3, as the authors' code trains it).
+Every fusion trains through `hive train`'s own stage trainers (`HiveAlignmentTrainer`, `HiveFinetuneTrainer`), with
+the recipe's stage settings as `hive train` reads them (`stage_arguments`), so the schedule, warm-up, accumulation,
+clipping, freezing and LoRA are `hive train`'s. Every fusion sees the same batches in the same order (the Trainer's
+sampler, seeded per run and stage; each batch's SHA-256 over its pixels, token ids and labels is recorded) and is
+evaluated by the same adapters and scorers. The LLM stays frozen unless a stage sets `train_llm` (the study's
+`train_llm` and `pretrain_llm` do) or stage 3 sets `lora_r` (LoRA adapters).
 
     stage 2  the fusion weights train on the recipe's stage-2 captions (`HiveCaptionCollator`); the encoder too with
              `stage2.train_vision` (frozen by default, as in the paper)
     stage 3  the fusion weights and the encoder (its own learning rate) train on the recipe's stage-3 chats
              (`HiveChatCollator`); with `stage3.lora_r`, LoRA adapters on every fusion's LLM too
+
+Each stage also records what it did: the logged losses, learning rates and gradient norms (before and after
+clipping), the optimiser steps and batches, and which weights changed (every trainable one should, no frozen one may).
 
 Example:
     >>> result = run_fusion({"fusion": "flat", "seed": 0, "shared": "abl/shared", "out": "abl/runs/flat-0",
@@ -20,7 +24,6 @@ Example:
 import hashlib
 import importlib
 import json
-import math
 import multiprocessing
 import resource
 import statistics
@@ -31,17 +34,22 @@ from pathlib import Path
 
 import datasets
 import torch
+from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback
 from transformers.utils import logging as hf_logging
 
 from hive_vlm.data.collators import HiveCaptionCollator, HiveChatCollator
 from hive_vlm.eval.registry import benchmark_adapter
 from hive_vlm.eval.runner import evaluate_benchmark
 from hive_vlm.files import atomic_folder, write_json_atomic
+from hive_vlm.training.alignment_trainer import HiveAlignmentTrainer
+from hive_vlm.training.finetune_trainer import HiveFinetuneTrainer
 from modeling_hive import HiveProcessor
 from modeling_hive.processing_hive import vqa_prompt
 
 from .fusions import HiveFusionSettings, build_fusion
 from .probe import probe_encoder
+from .settings import stage_arguments
 from .shared import shared_path
 
 
@@ -53,23 +61,6 @@ def batch_hash(batch: dict) -> str:
         digest.update(key.encode())
         digest.update(batch[key].detach().contiguous().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
-
-
-def batch_order(num_rows: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
-    """Row indices of each step's batch: seeded permutations of the rows, one after another."""
-    generator = torch.Generator().manual_seed(seed)
-    order = []
-    while len(order) < steps * batch_size:
-        order += torch.randperm(num_rows, generator=generator).tolist()
-    return [order[step * batch_size : (step + 1) * batch_size] for step in range(steps)]
-
-
-def schedule(step: int, steps: int) -> float:
-    """Linear warm-up over the first 5% of steps, then cosine decay to 0: the learning-rate factor of `step`."""
-    warmup = max(1, steps // 20)
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
 def _status_mb(field: str) -> float | None:
@@ -110,7 +101,7 @@ def predict_answers(fusion, processor, images, prompts, max_new_tokens: int = 16
     rendered = [vqa_prompt(processor, prompt) for prompt in prompts]
     texts, text_kwargs = [text for text, _ in rendered], rendered[0][1] if rendered else {}
     inputs = processor(images=list(images), text=texts, return_tensors="pt", padding=True, padding_side="left", **text_kwargs)
-    inputs = fusion.model_inputs(dict(inputs))
+    inputs = {key: value.to(fusion.model.device) for key, value in fusion.model_inputs(dict(inputs)).items()}
     fusion.model.eval()
     with torch.inference_mode():
         sequences = fusion.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
@@ -120,54 +111,93 @@ def predict_answers(fusion, processor, images, prompts, max_new_tokens: int = 16
     return [answer.strip() for answer in processor.batch_decode(new_tokens, skip_special_tokens=True)]
 
 
-def _optimizer(fusion, learning_rate: float, vision_learning_rate: float, weight_decay: float):
-    vision = {id(p) for p in fusion.components["vision"]}
-    groups = [{"params": [p for p in fusion.model.parameters() if p.requires_grad and (id(p) in vision) == is_vision], "lr": lr}
-              for is_vision, lr in ((False, learning_rate), (True, vision_learning_rate))]  # fmt: skip
-    groups = [group for group in groups if group["params"]]
-    for group in groups:
-        group["initial_lr"] = group["lr"]
-    return torch.optim.AdamW(groups, weight_decay=weight_decay)
+class HiveStudyCollator:
+    """A stage's collator for one fusion: every batch as the fusion's forward takes it, and its `batch_hash` recorded
+    in the order the batches were made (the data loader may make one more than training reads)."""
+
+    def __init__(self, collator, fusion):
+        self.collator = collator
+        self.fusion = fusion
+        self.hashes = []
+
+    def __call__(self, rows: list[dict]) -> dict:
+        batch = self.collator(rows)
+        self.hashes.append(batch_hash(batch))
+        return self.fusion.model_inputs(batch)
 
 
-def train_stage(fusion, dataset, collator, stage: dict, seed: int, on_step=None) -> dict:
-    """Trains `stage["steps"]` AdamW steps (gradients clipped at 1.0) over seeded batches of `dataset`.
+class HiveStudyCallback(TrainerCallback):
+    """Records each optimiser step's seconds (what `on_step` runs after it excluded) and gradient norm after clipping
+    (the Trainer logs the norm before it), then calls `on_step(global_step)`."""
+
+    def __init__(self, on_step=None):
+        self.on_step = on_step
+        self.seconds, self.clipped_norms = [], []
+        self.started = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.started = time.perf_counter()
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        norms = [p.grad.detach().float().norm() for p in model.parameters() if p.grad is not None]
+        self.clipped_norms.append(round(torch.stack(norms).norm().item(), 6) if norms else 0.0)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.seconds.append(time.perf_counter() - self.started)
+        if self.on_step is not None:
+            self.on_step(state.global_step)
+
+
+def weight_digests(model) -> dict[str, str]:
+    """SHA-256 of every parameter's bytes, by name: what changed in training, without a second copy of the model."""
+    return {name: hashlib.sha256(p.detach().contiguous().reshape(-1).view(torch.uint8).cpu().numpy().tobytes()).hexdigest()
+            for name, p in model.named_parameters()}  # fmt: skip
+
+
+def train_stage(fusion, stage: int, values: dict, dataset, collator, output_dir, seed: int, on_step=None) -> dict:
+    """Trains stage `stage` of `fusion` through its `hive train` trainer.
 
     Args:
-        fusion (`HiveAblationFusion`): trainable flags already set for this stage.
+        fusion (`HiveAblationFusion`): the model and its components (what the trainer freezes and counts).
+        stage (`int`): 2 (`HiveAlignmentTrainer`) or 3 (`HiveFinetuneTrainer`).
+        values (`dict`): the stage's settings (`stage_values`); `stage_arguments` makes its `TrainingArguments`.
         dataset (`datasets.Dataset`): rows the collator reads.
-        collator: turns a list of rows into a batch.
-        stage (`dict`): `steps`, `batch_size`, `learning_rate`, optional `vision_learning_rate`, `weight_decay`.
-        seed (`int`): fixes the batch order.
-        on_step (`Callable[[int], None]`, *optional*): called after every step with the number of steps done.
+        collator: turns a list of rows into a HIVE batch (`HiveCaptionCollator`, `HiveChatCollator`).
+        output_dir: the stage's Trainer folder (nothing is saved there: no checkpoints in a study).
+        seed (`int`): the Trainer's seed: the batch order, dropout and LoRA's fresh weights.
+        on_step (`Callable[[int], None]`, *optional*): called after every optimiser step with the steps done.
 
     Returns:
-        `{"batch_hashes", "losses", "seconds_per_step"}`: seconds per step are the median over steps (robust to the
-        first step's one-time costs and to other processes on a shared machine) and exclude `on_step`.
+        `{"parameters", "steps", "micro_batches", "batch_hashes", "losses", "learning_rates", "grad_norms",
+        "clipped_grad_norms", "seconds_per_step", "weights"}`: seconds per step are the median over steps (robust to the
+        first step's one-time costs and to other processes on a shared machine); `weights` names the trainable weights
+        training left unchanged and the frozen ones it changed (both lists should be empty).
     """
-    steps = stage["steps"]
-    optimizer = _optimizer(fusion, stage["learning_rate"], stage.get("vision_learning_rate", stage["learning_rate"]),
-                           stage.get("weight_decay", 0.0))  # fmt: skip
-    trainable = [p for p in fusion.model.parameters() if p.requires_grad]
-    hashes, losses, seconds = [], [], []
-    for step, indices in enumerate(batch_order(len(dataset), stage["batch_size"], steps, seed)):
-        batch = collator([dataset[i] for i in indices])
-        hashes.append(batch_hash(batch))
-        started = time.perf_counter()
-        for group in optimizer.param_groups:
-            group["lr"] = group["initial_lr"] * schedule(step, steps)
-        loss = fusion.loss(batch)
-        if not torch.isfinite(loss):
-            raise ValueError(f"{fusion.name}: non-finite loss at step {step + 1}; lower the learning rate.")
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        seconds.append(time.perf_counter() - started)
-        losses.append(round(loss.item(), 4))
-        if on_step is not None:
-            on_step(step + 1)
-    return {"batch_hashes": hashes, "losses": losses, "seconds_per_step": statistics.median(seconds)}
+    args = stage_arguments(stage, values, output_dir, seed)
+    torch.manual_seed(seed)  # LoRA's fresh weights are made before the Trainer seeds itself
+    trainer_class = HiveAlignmentTrainer if stage == 2 else HiveFinetuneTrainer
+    collator, recorder = HiveStudyCollator(collator, fusion), HiveStudyCallback(on_step)
+    trainer = trainer_class(fusion.model, args, components=fusion, data_collator=collator, train_dataset=dataset, callbacks=[recorder])
+    trainer.remove_callback(PrinterCallback)  # the study prints its own progress; result.json keeps every logged step
+    trainable = {name for name, p in fusion.model.named_parameters() if p.requires_grad}
+    before = weight_digests(fusion.model)
+    micro_batches = []  # training forwards, counted as they run (generation at checkpoints runs without gradients)
+    count = fusion.model.register_forward_pre_hook(lambda module, inputs: micro_batches.append(1) if torch.is_grad_enabled() else None)
+    try:
+        trainer.train()
+    finally:
+        count.remove()
+    after = weight_digests(fusion.model)
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry and "train_runtime" not in entry]
+    changed = {name for name in after if after[name] != before[name]}
+    return {
+        "parameters": trainer.trainable_counts, "steps": trainer.state.global_step, "micro_batches": len(micro_batches),
+        "batch_hashes": collator.hashes[: len(micro_batches)], "losses": [round(entry["loss"], 4) for entry in logged],
+        "learning_rates": [entry["learning_rate"] for entry in logged], "grad_norms": [entry.get("grad_norm") for entry in logged],
+        "clipped_grad_norms": recorder.clipped_norms, "seconds_per_step": statistics.median(recorder.seconds),
+        "weights": {"trainable": len(trainable), "frozen": len(after) - len(trainable),
+                    "trainable_unchanged": sorted(trainable - changed), "frozen_changed": sorted(changed - trainable)},
+    }  # fmt: skip
 
 
 def evaluate_fusion(fusion, processor, entries: list[dict], out: Path, eval_settings: dict, limit: int | None) -> dict:
@@ -208,7 +238,7 @@ def start_clock() -> tuple:
 
 
 def train_and_evaluate(fusion, shared: Path, out: Path, stage2: dict, stage3: dict, eval_settings: dict, seed: int, clock: tuple,
-                       set_stage2, set_stage3, seed_offset: int = 0) -> dict:
+                       seed_offset: int = 0) -> dict:
     """What every run of a study does once its model is built: stage 2 on the shared captions, stage 3 on the shared
     chats (scored on the checkpoint evaluation at `eval_settings["checkpoints"]` points), then every evaluation, the
     linear probe of the encoder (hive-shapes) and the run's cost.
@@ -216,21 +246,18 @@ def train_and_evaluate(fusion, shared: Path, out: Path, stage2: dict, stage3: di
     Args:
         fusion (`HiveAblationFusion`): the model.
         shared, out (`Path`): the shared folder and the run's folder.
-        stage2, stage3 (`dict`): the training loop's settings of each stage.
+        stage2, stage3 (`dict`): each stage's settings (`stage_values`).
         eval_settings (`dict`): the study's evaluation settings.
         seed (`int`): fixes the batch order (with `seed_offset`, which keeps two studies' orders apart).
         clock (`tuple`): `start_clock()`, taken before the model was built.
-        set_stage2, set_stage3 (`Callable[[], dict]`): set what trains in each stage; return the parameter counts.
 
     Returns:
         `{"parameters", "stages", "curve", "final", "linear_probe" (hive-shapes), "timing", "memory"}`.
     """
     meta, processor, captions, chats = shared_inputs(shared)
-    result = {"parameters": {"stage2": set_stage2()}}
     collator = HiveCaptionCollator(processor, prompt=meta["caption_prompt"], max_length=meta["max_length"]["stage2"])
-    trained = {"stage2": train_stage(fusion, captions, collator, stage2, seed * 1000 + seed_offset + 2)}
-    result["parameters"]["stage3"] = set_stage3()
-    checkpoints = sorted({round(stage3["steps"] * k / eval_settings["checkpoints"]) for k in range(eval_settings["checkpoints"] + 1)})
+    trained = {"stage2": train_stage(fusion, 2, stage2, captions, collator, out / "stage2", seed * 1000 + seed_offset + 2)}
+    checkpoints = sorted({round(stage3["max_steps"] * k / eval_settings["checkpoints"]) for k in range(eval_settings["checkpoints"] + 1)})
     curve = []
 
     def checkpoint(step: int) -> None:
@@ -242,10 +269,10 @@ def train_and_evaluate(fusion, shared: Path, out: Path, stage2: dict, stage3: di
 
     checkpoint(0)
     collator = HiveChatCollator(processor, max_length=meta["max_length"]["stage3"])
-    trained["stage3"] = train_stage(fusion, chats, collator, stage3, seed * 1000 + seed_offset + 3, checkpoint)
+    trained["stage3"] = train_stage(fusion, 3, stage3, chats, collator, out / "stage3", seed * 1000 + seed_offset + 3, checkpoint)
     memory_method, baseline_rss, started = clock
     train_seconds = time.perf_counter() - started
-    result.update(stages=trained, curve=curve)
+    result = {"parameters": {stage: trained[stage]["parameters"] for stage in trained}, "stages": trained, "curve": curve}
     result["final"] = evaluate_fusion(fusion, processor, meta["evaluations"], out / "final", eval_settings, eval_settings.get("limit"))
     if meta["shapes"]:
         result["linear_probe"] = probe_encoder(fusion.encoder, processor.image_processor, shared / "data" / "shapes",
@@ -274,19 +301,8 @@ def run_fusion(spec: dict) -> dict:
     clock = start_clock()
     fusion = build_fusion(name, shared_path(shared, meta["vision"]), shared_path(shared, meta["text"]), meta["image_token_id"],
                           HiveFusionSettings(**study["fusion"]), seed=seed, vocab_size=meta["vocab_size"])  # fmt: skip
-    stage3 = study["stage3"]
-
-    def set_stage3() -> dict:
-        if stage3.get("lora_r"):
-            torch.manual_seed(seed * 1000 + 4)
-            fusion.add_lora(stage3["lora_r"], stage3["lora_alpha"], stage3["lora_dropout"])
-        return fusion.set_stage(3, train_vision=stage3["train_vision"], train_llm=study["train_llm"], pretrain_llm=study["pretrain_llm"])
-
-    def set_stage2() -> dict:
-        return fusion.set_stage(2, train_vision=study["stage2"]["train_vision"], pretrain_llm=study["pretrain_llm"])
-
     result = {"fusion": name, "seed": seed, "study": study, "num_image_tokens": fusion.num_image_tokens, "readout": fusion.readout}
-    result.update(train_and_evaluate(fusion, shared, out, study["stage2"], stage3, study["eval"], seed, clock, set_stage2, set_stage3))
+    result.update(train_and_evaluate(fusion, shared, out, study["stage2"], study["stage3"], study["eval"], seed, clock))
     result["memory"]["isolated"] = bool(spec.get("isolated"))
     with atomic_folder(out / "encoder") as folder:  # the encoder as this fusion left it: what `hive transfer` reuses
         fusion.encoder.save_pretrained(folder)

@@ -12,16 +12,14 @@ recipe's optional `study` section (the fusions, seeds and study-only settings).
       eval: {checkpoints: 4, validation_limit: 64, batch_size: 32, limit: null, probe_epochs: 30, probe_limit: null}
 
 The HIVE fusions take `cross_attention_layers`, `cross_attention_intermediate_size` and `gate_init` from `model.hive`.
-Stages 2 and 3 take `max_steps`, `per_device_train_batch_size`, `learning_rate`, `vision_learning_rate`,
-`weight_decay`, `train_vision` and (stage 3) the LoRA settings from the recipe's stage sections; every fusion trains
-through the same loop (`hive_vlm.ablation.run.train_stage`). A stage key `hive train` would honour and the loop does
-not (`lr_scheduler_type`, `warmup_steps`, `gradient_accumulation_steps`, `max_grad_norm`, `lora_target_modules`, ...)
-is refused by name.
+Every fusion trains stages 2 and 3 through `hive train`'s own trainers (`HiveAlignmentTrainer`, `HiveFinetuneTrainer`)
+with the recipe's stage sections as `hive train` reads them: schedule, warm-up, accumulation, clipping, LoRA and every
+other key. A key a study cannot honour (`REFUSED_STAGE_KEYS`: quantization, FSDP, DeepSpeed, ...) is refused by name.
 
 Example:
     >>> from hive_vlm.ablation.settings import load_study
     >>> recipe, study = load_study("recipes/tiny-shapes.yaml", quick=True)
-    >>> study.fusions, study.seeds, study.stage3["steps"]
+    >>> study.fusions, study.seeds, study.stage3["max_steps"]
     (['hive-paired', 'hive-all-levels', 'single-level', 'shared-softmax', 'flat', 'qformer'], [0], 4)
 """
 
@@ -30,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hive_vlm.eval.registry import benchmark_adapter
-from hive_vlm.training.recipe import HiveRecipe, apply_overrides, check_scalar, parse_recipe, read_recipe_file
+from hive_vlm.training.recipe import STAGE_CONFIGS, HiveRecipe, apply_overrides, check_scalar, parse_recipe, read_recipe_file
 from modeling_hive.configuration_hive import SHARED_SOFTMAX_NORMS
 
 from .fusions import FUSIONS, HiveFusionSettings
@@ -64,14 +62,15 @@ class HiveStudySettings:
             (the default; shared-softmax, which has no width, keeps its own budget and the report says so).
         benchmarks (`list[str]`, *optional*): the recipe's evaluation entries to score (all when unset).
         fusion (`HiveFusionSettings`): the fusions' shapes.
-        stage2, stage3 (`dict`): `steps`, `batch_size`, `learning_rate`, `vision_learning_rate`, `weight_decay`,
-            `train_vision`; stage 3 also `lora_r`, `lora_alpha`, `lora_dropout` (LoRA on every fusion's LLM).
+        stage2, stage3 (`dict`): the recipe's stage settings (`stage_values`), which `stage_arguments` turns into the
+            stage's `TrainingArguments`; `train_llm` and `pretrain_llm` are written into them.
         eval (`dict`): `EVAL_DEFAULTS`' keys.
-        train_llm (`bool`): the whole LLM trains in stage 3 as well, at the fusion's learning rate (a study-only
-            setting; `stage3.lora_r` gives every fusion's LLM LoRA adapters instead).
+        train_llm (`bool`): the whole LLM trains in stage 3 as well, at the fusion's learning rate (`stage3.train_llm`
+            for every fusion; `stage3.lora_r` gives every fusion's LLM LoRA adapters instead).
         pretrain_llm (`bool`): the LLM trains in stages 2 and 3, all of it but its input embeddings and output head,
             at the fusion's learning rate: the authors' setting (their stages 2 and 3 train `mm_language_model`, for
-            HIVE and for SA alike). False: the LLM stays frozen in stage 2.
+            HIVE and for SA alike; `train_llm: true, train_llm_embeddings: false` in both stages). False: the LLM stays
+            frozen in stage 2.
         default_study (`bool`): the recipe had no `study` section, so the default fusions and seeds run.
     """
 
@@ -96,35 +95,46 @@ def _merge(base: dict, update: dict) -> dict:
     return merged
 
 
-# Recipe stage keys a study honours: the loop's (`stage_loop_settings`), the shared data's (caption prompt, lengths), and
-# keys that change nothing a study trains (where `hive train` logs and saves, the device).
-STUDY_STAGE_KEYS = {"max_steps", "per_device_train_batch_size", "learning_rate", "vision_learning_rate", "weight_decay", "train_vision",
-                    "caption_prompt", "max_length"}  # fmt: skip
-STUDY_STAGE3_KEYS = {"lora_r", "lora_alpha", "lora_dropout"}
-INERT_STAGE_KEYS = {"use_cpu", "logging_steps", "logging_strategy", "logging_first_step", "save_steps", "save_strategy", "save_total_limit",
-                    "report_to", "run_name", "disable_tqdm", "dataloader_num_workers", "dataloader_pin_memory"}  # fmt: skip
+# What a study sets in every stage's arguments itself: where it logs and saves (a loss and a learning rate at every
+# step; no checkpoints, a run's result.json is what a study keeps and resumes from), the seed (per run and stage) and
+# one data process (the collator records every batch's hash). They change what is written, not how a stage trains.
+STUDY_ARGUMENTS = {"save_strategy": "no", "logging_strategy": "steps", "logging_steps": 1, "logging_first_step": False,
+                   "report_to": "none", "disable_tqdm": True, "dataloader_num_workers": 0}  # fmt: skip
+# Stage keys `hive train` honours and a study cannot, each with the reason (refused when set to anything but off).
+REFUSED_STAGE_KEYS = {
+    "quantization": "a study compares its fusions in full precision",
+    "fsdp": "every run of a study trains in one process", "fsdp_config": "every run of a study trains in one process",
+    "deepspeed": "every run of a study trains in one process", "push_to_hub": "a study uploads nothing",
+    "resume_from_checkpoint": "a study keeps finished runs (result.json), not checkpoints",
+}  # fmt: skip
+# Defaults written into a study's stage settings, so its report and result.json show them.
+SHOWN_STAGE_KEYS = ("max_steps", "per_device_train_batch_size", "learning_rate", "train_vision", "train_llm", "train_llm_embeddings")
 
 
-def stage_loop_settings(recipe: HiveRecipe, stage: int) -> dict:
-    """What the study's training loop reads from a recipe stage (its `TrainingArguments`, defaults filled in). A key
-    `hive train` would honour and the loop does not (a schedule, warm-up, accumulation, clipping, LoRA targets, ...)
-    is refused by name: a study must not train differently from the recipe it names."""
-    honoured = STUDY_STAGE_KEYS | INERT_STAGE_KEYS | (STUDY_STAGE3_KEYS if stage == 3 else set())
-    ignored = sorted(set(getattr(recipe, f"stage{stage}")) - honoured)
-    if ignored:
-        raise ValueError(f"stage{stage}: {ignored} would change how `hive train` trains, and a study's training loop does not "
-                         "read them (it trains with AdamW, 5% linear warm-up then cosine decay, gradients clipped at 1.0, one "
-                         "batch per optimiser step, LoRA on the LLM's attention and MLP projections); drop them from the "
-                         f"recipe a study reads, or train it with `hive train`.")  # fmt: skip
-    args = recipe.stage_arguments(stage, "unused", use_cpu=True)
-    values = {"steps": args.max_steps, "batch_size": args.per_device_train_batch_size, "learning_rate": args.learning_rate,
-              "vision_learning_rate": args.learning_rate if args.vision_learning_rate is None else args.vision_learning_rate, "weight_decay": args.weight_decay,
-              "train_vision": args.train_vision}  # fmt: skip
-    if stage == 3:
-        values.update(lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout)
-    if values["steps"] < 1 or values["batch_size"] < 1:
-        raise ValueError(f"stage{stage}: the study needs max_steps and per_device_train_batch_size of at least 1.")
-    return values
+def stage_values(recipe: HiveRecipe, stage: int, where: str = "recipe") -> dict:
+    """The recipe's stage `stage` settings as a study trains them: every key `hive train` honours, through the same
+    `TrainingArguments` class and stage trainer (`stage_arguments`); the keys a study cannot honour
+    (`REFUSED_STAGE_KEYS`) are refused by name. The shown defaults are filled in."""
+    values = dict(getattr(recipe, f"stage{stage}") or {})
+    refused = sorted(key for key in values if key in REFUSED_STAGE_KEYS and values[key])
+    if refused:
+        reasons = "; ".join(f"{key}: {REFUSED_STAGE_KEYS[key]}" for key in refused)
+        raise ValueError(f"{where}.stage{stage}: a study cannot honour {refused} ({reasons}); drop them from the recipe a "
+                         "study reads, or train it with `hive train`.")  # fmt: skip
+    try:
+        args = recipe.stage_arguments(stage, "unused", use_cpu=True)  # every key checked as `hive train` checks it
+    except ValueError as error:
+        raise ValueError(f"{where}.{error}") from error
+    if args.max_steps < 1 or args.per_device_train_batch_size < 1:
+        raise ValueError(f"{where}.stage{stage}: a study needs max_steps and per_device_train_batch_size of at least 1.")
+    shown = SHOWN_STAGE_KEYS + (("lora_r", "vision_learning_rate") if stage == 3 else ())
+    return {**{key: getattr(args, key) for key in shown}, **values}
+
+
+def stage_arguments(stage: int, values: dict, output_dir, seed: int):
+    """The `TrainingArguments` of a study's stage (`HiveAlignmentConfig` or `HiveFinetuneConfig`, as `hive train`
+    builds them) from `stage_values`, with the study's own `STUDY_ARGUMENTS` and `seed` (model seed and batch order)."""
+    return STAGE_CONFIGS[stage](output_dir=str(output_dir), **{**values, **STUDY_ARGUMENTS, "seed": seed, "data_seed": seed})
 
 
 SHAPES_VIEWS = {"mme": None, "scienceqa": "lmms-eval", "okvqa": None}  # the lowercasing shapes tokenizer writes "a", not "A"
@@ -234,10 +244,13 @@ def parse_study(recipe: HiveRecipe, where: str = "recipe") -> HiveStudySettings:
         if source is not None and source.streaming:
             raise ValueError(f"{where}.data.stage{stage}.streaming: a study draws the same seeded batches for every fusion "
                              "and needs indexable data; set streaming: false.")  # fmt: skip
+    # study.pretrain_llm and study.train_llm are the stages' own train_llm settings, said once for every fusion.
+    llm = {"train_llm": True, "train_llm_embeddings": False} if pretrain_llm else {}
+    stage2 = {**stage_values(recipe, 2, where), **llm}
+    stage3 = {**stage_values(recipe, 3, where), **llm, **({"train_llm": True} if train_llm else {})}
     return HiveStudySettings(name=recipe.name, fusions=fusions, seeds=seeds, match_params=bool(match_params), benchmarks=benchmarks,
-                             fusion=HiveFusionSettings(**from_hive, **fusion_values), stage2=stage_loop_settings(recipe, 2),
-                             stage3=stage_loop_settings(recipe, 3), eval=evaluation, train_llm=bool(train_llm),
-                             pretrain_llm=bool(pretrain_llm), default_study=default_study)  # fmt: skip
+                             fusion=HiveFusionSettings(**from_hive, **fusion_values), stage2=stage2, stage3=stage3, eval=evaluation,
+                             train_llm=bool(train_llm), pretrain_llm=bool(pretrain_llm), default_study=default_study)  # fmt: skip
 
 
 def load_study(path=None, quick: bool = False, overrides: list[str] | None = None) -> tuple[HiveRecipe, HiveStudySettings]:

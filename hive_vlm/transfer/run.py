@@ -5,8 +5,8 @@
     fine-tuning            the projector, and the LLM (`train_llm`) and the encoder (`train_vision`) when asked, train
                            on the recipe's stage-3 chats
 
-Every encoder gets the same LLM, LLaVA initialisation, batches, steps and evaluations, through the training loop and
-the scorers of `hive ablate`.
+Every encoder gets the same LLM, LLaVA initialisation, batches, steps and evaluations, through the stage trainers and
+the scorers of `hive ablate` (`hive train`'s own trainers).
 
 Example:
     >>> result = transfer_encoder({"variant": "hive-paired", "seed": 0, "encoder": "study/pretraining/runs/...",
@@ -46,11 +46,7 @@ def transfer_encoder(spec: dict) -> dict:
     if meta["shapes"]:  # the encoder as pre-training left it (transfer keeps it frozen unless train_vision)
         result["linear_probe_before"] = probe_encoder(llava.encoder, processor.image_processor, shared / "data" / "shapes",
                                                       eval_settings["probe_epochs"], eval_settings.get("probe_limit"))  # fmt: skip
-    result.update(train_and_evaluate(
-        llava, shared, out, transfer["stage2"], transfer["stage3"], eval_settings, seed, clock,
-        lambda: llava.set_stage(2, train_vision=False),
-        lambda: llava.set_stage(3, train_vision=transfer["train_vision"], train_llm=transfer["train_llm"]), seed_offset=10,
-    ))  # fmt: skip
+    result.update(train_and_evaluate(llava, shared, out, transfer["stage2"], transfer["stage3"], eval_settings, seed, clock, seed_offset=10))
     result["memory"]["isolated"] = bool(spec.get("isolated"))
     write_json_atomic(out / "result.json", result)
     return result

@@ -11,8 +11,8 @@ ordinary LLaVA pipeline, the paper's own protocol.
       vision_feature_layer: -2    # the encoder layer LLaVA projects (LLaVA-1.5: the penultimate)
       train_vision: false         # the encoder stays frozen in transfer unless asked otherwise
       train_llm: true             # LLaVA's fine-tuning trains the LLM
-      stage2: {}                  # projector pretraining: the recipe's stage2 keys (max_steps, learning_rate, ...)
-      stage3: {}                  # fine-tuning: the recipe's stage3 keys
+      stage2: {}                  # projector pretraining: over the recipe's stage2 keys (max_steps, learning_rate, ...)
+      stage3: {}                  # fine-tuning: over the recipe's stage3 keys (its LoRA settings are not used)
 
 Variants: the six fusions of `hive ablate` (each pre-trains the encoder through the proxy LLM, stages 2 and 3 of
 the recipe), `mim-only` (the encoder after stage 1 alone) and `none` (the encoder as the recipe builds or loads it).
@@ -29,12 +29,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hive_vlm.ablation.fusions import FUSIONS
-from hive_vlm.ablation.settings import DEFAULT_RECIPE, HiveStudySettings, stage_loop_settings, study_from_values
+from hive_vlm.ablation.settings import DEFAULT_RECIPE, HiveStudySettings, stage_values, study_from_values
 from hive_vlm.training.recipe import HiveRecipe, check_scalar, read_recipe_file
 
 
 VARIANTS = (*FUSIONS, "mim-only", "none")
-STAGE_KEYS = ("max_steps", "per_device_train_batch_size", "learning_rate", "weight_decay")
+# What the transfer itself decides in each stage, whatever the recipe's stage sections say: projector pretraining
+# trains the projector alone; fine-tuning trains what `transfer.train_vision` and `transfer.train_llm` say, the whole
+# LLM as LLaVA's fine-tuning trains it (so the recipe's LoRA settings are not the transfer's).
+TRANSFER_STAGE = {2: lambda t: {"train_vision": False, "train_llm": False},
+                  3: lambda t: {"train_vision": t.train_vision, "train_llm": t.train_llm, "train_llm_embeddings": True, "lora_r": 0}}  # fmt: skip
 
 
 @dataclass
@@ -47,8 +51,8 @@ class HiveTransferSettings:
         text_model, text_config: the transfer LLM (the recipe's own when both are unset).
         vision_feature_layer (`int`): the encoder layer LLaVA's projector reads.
         train_vision, train_llm (`bool`): what trains in the fine-tuning stage besides the projector.
-        stage2, stage3 (`dict`): the training loop's settings (`hive_vlm.ablation.settings.stage_loop_settings`) of
-            projector pretraining and fine-tuning.
+        stage2, stage3 (`dict`): the stage settings (`hive_vlm.ablation.settings.stage_values`) of projector
+            pretraining and fine-tuning: the recipe's, `transfer.stage2`/`stage3` over them, and `TRANSFER_STAGE`.
         default_transfer (`bool`): the recipe had no `transfer` section.
     """
 
@@ -87,17 +91,21 @@ def parse_transfer(recipe: HiveRecipe, study: HiveStudySettings, where: str = "r
         check_scalar(f"{where}.transfer.{key}", values.get(key), kind)
     if values.get("text_config") is not None and not isinstance(values["text_config"], dict):
         raise ValueError(f"{where}.transfer.text_config: expected a mapping, got {type(values['text_config']).__name__}.")
-    stages = {}
+    kept = {key: values[key] for key in ("text_model", "text_config", "vision_feature_layer", "train_vision", "train_llm") if key in values}
+    transfer = HiveTransferSettings(variants=variants, seeds=seeds, default_transfer=default_transfer, **kept)
     for stage in (2, 3):
         given = values.get(f"stage{stage}") or {}
-        extra = sorted(set(given) - set(STAGE_KEYS))
-        if extra:
-            raise ValueError(f"{where}.transfer.stage{stage}: unknown key(s) {extra}; allowed: {list(STAGE_KEYS)}.")
-        merged = dataclasses.replace(recipe, **{f"stage{stage}": {**getattr(recipe, f"stage{stage}"), **given}})
-        stages[f"stage{stage}"] = {key: value for key, value in stage_loop_settings(merged, stage).items()
-                                   if key not in ("lora_r", "lora_alpha", "lora_dropout")}  # fmt: skip
-    kept = {key: values[key] for key in ("text_model", "text_config", "vision_feature_layer", "train_vision", "train_llm") if key in values}
-    return HiveTransferSettings(variants=variants, seeds=seeds, default_transfer=default_transfer, **kept, **stages)
+        if not isinstance(given, dict):
+            raise ValueError(f"{where}.transfer.stage{stage}: expected a mapping of the recipe's stage{stage} keys, got {given!r}.")
+        decided = TRANSFER_STAGE[stage](transfer)
+        clash = sorted((set(given) & set(decided)) | {key for key in given if key.startswith("lora_")})
+        if clash:
+            raise ValueError(f"{where}.transfer.stage{stage}: {clash} are the transfer's own (projector pretraining trains the "
+                             "projector alone; fine-tuning trains what transfer.train_vision and transfer.train_llm say).")  # fmt: skip
+        recipe_stage = {key: value for key, value in getattr(recipe, f"stage{stage}").items() if not key.startswith("lora_")}
+        merged = dataclasses.replace(recipe, **{f"stage{stage}": {**recipe_stage, **given, **decided}})
+        setattr(transfer, f"stage{stage}", stage_values(merged, stage, f"{where}.transfer"))
+    return transfer
 
 
 def flat_readout(recipe: HiveRecipe, transfer: HiveTransferSettings, where: str = "recipe") -> int:
@@ -122,6 +130,6 @@ def load_transfer(path=None, quick: bool = False, overrides: list[str] | None = 
     transfer = parse_transfer(recipe, study, where=path.name)
     study.fusion.flat_vision_feature_layer = flat_readout(recipe, transfer, where=path.name)
     if quick:
-        transfer.stage2.update(steps=3, batch_size=4)
-        transfer.stage3.update(steps=4, batch_size=4)
+        transfer.stage2.update(max_steps=3, per_device_train_batch_size=4)
+        transfer.stage3.update(max_steps=4, per_device_train_batch_size=4)
     return recipe, study, transfer

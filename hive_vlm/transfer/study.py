@@ -140,7 +140,7 @@ def run_transfer(recipe, study: HiveStudySettings, transfer: HiveTransferSetting
             print(f"[transfer] {variant} seed {seed} (t={time.perf_counter() - started:.0f}s)", flush=True)
             runs.append(run_isolated("hive_vlm.transfer.run:transfer_encoder", spec, isolate))
     compared = HiveStudySettings(name=recipe.name, fusions=list(transfer.variants), seeds=transfer.seeds, stage2=transfer.stage2,
-                                 stage3={**transfer.stage3, "train_vision": transfer.train_vision}, eval=study.eval,
+                                 stage3=transfer.stage3, eval=study.eval,
                                  fusion=HiveFusionSettings(flat_vision_feature_layer=transfer.vision_feature_layer),
                                  train_llm=transfer.train_llm)  # fmt: skip
     report = write_report(out, compared, meta, runs, stem="transfer", title="Transfer into LLaVA", compared="Pre-training variants",
