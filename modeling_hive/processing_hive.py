@@ -314,13 +314,14 @@ class HiveProcessor(ProcessorMixin):
         if not os.path.exists(card_path):
             handle, temporary_path = tempfile.mkstemp(dir=save_directory, suffix=".tmp")
             with os.fdopen(handle, "w", encoding="utf-8") as card:
-                card.write(str(self.model_card(os.path.basename(os.path.abspath(save_directory)))))
+                card.write(str(self.model_card()))
             os.replace(temporary_path, card_path)
         return files
 
-    def model_card(self, name: str):
+    def model_card(self, name: str = "HIVE"):
         """The HIVE model card (`card_hive.hive_model_card`) with what a processor knows: its image processor and its
-        tokenizer. `hive card --model <folder>` replaces it with the model's own card."""
+        tokenizer. Titled `name`: not the folder's name, which is often a temporary one (a folder written aside, then
+        renamed). `hive card --model <folder>` replaces it with the model's own card."""
         details = (
             "## Processor\n\n"
             f"Images go through `{type(self.image_processor).__name__}`, text through `{type(self.tokenizer).__name__}` "

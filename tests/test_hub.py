@@ -443,9 +443,12 @@ def _front_matter_and_sections(text: str) -> tuple[list[str], dict[str, str]]:
 
 
 def test_processor_card_and_model_card_come_from_one_builder(saved, processor, tmp_path):
-    # Both folders are named hive-tiny, so both cards have the same title and usage example.
-    processor.save_pretrained(tmp_path / "hive-tiny")
-    written_lines, written = _front_matter_and_sections((tmp_path / "hive-tiny" / "README.md").read_text())
+    # A processor's card is titled HIVE, never after its folder, which is often a temporary one (written aside, renamed)
+    processor.save_pretrained(tmp_path / ".processor.partial")
+    saved_card = (tmp_path / ".processor.partial" / "README.md").read_text()
+    assert "\n# HIVE\n" in saved_card and "partial" not in saved_card
+    # Both cards titled hive-tiny (the model's folder name): the same title and usage example.
+    written_lines, written = _front_matter_and_sections(str(processor.model_card("hive-tiny")))
     built_lines, built = _front_matter_and_sections(str(build_model_card(saved)))
     # The same front matter, written the same way, less what only the model's folder knows (name, licence, results).
     assert "base_model:" not in written_lines and "license: other" not in written_lines
