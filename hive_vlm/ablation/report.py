@@ -9,12 +9,14 @@ Example:
     {'flat': {'test/all': {'mean': 42.0, 'std': 2.8284, 'n': 2}}}
 """
 
+import dataclasses
 import os
 import statistics
 from dataclasses import asdict
 from pathlib import Path
 
 from hive_vlm.files import write_atomically, write_json_atomic
+from hive_vlm.training.recipe import STAGE_CONFIGS
 
 
 REFERENCE = "hive-paired"
@@ -105,6 +107,17 @@ def _table(table: dict, fusions: list, columns: list[tuple[str, str]], digits: i
     return lines
 
 
+def stage_summary(values: dict, stage: int) -> str:
+    """A study stage's steps, batch and schedule in words, `TrainingArguments`' defaults where the recipe is silent."""
+    defaults = {field.name: field.default for field in dataclasses.fields(STAGE_CONFIGS[stage])}
+    schedule, warmup, accumulation, clipping = (values.get(key, defaults[key]) for key in
+                                                ("lr_scheduler_type", "warmup_steps", "gradient_accumulation_steps", "max_grad_norm"))  # fmt: skip
+    warmup = f"{warmup:.0%} warm-up" if 0 < warmup < 1 else f"{int(warmup)} warm-up steps"
+    batch = values["per_device_train_batch_size"] * accumulation
+    return (f"{values['max_steps']} steps × {batch} ({getattr(schedule, 'value', schedule)} learning rate {values['learning_rate']}, "
+            f"{warmup}, {accumulation} batch{'es' if accumulation > 1 else ''} a step, gradients clipped at {clipping})")
+
+
 def llm_setting(study) -> str:
     """How a study trains the LLM (its stages' `train_llm`, `train_llm_embeddings` and `lora_r`), in words."""
     if study.stage3.get("lora_r"):
@@ -139,8 +152,8 @@ def markdown(study, meta: dict, table: dict, verdicts: list[dict], matched: dict
     lines = [f"# {title}: {study.name}", ""]
     if study.default_study:
         lines += ["The recipe has no `study` section: the default fusions and seeds ran.", ""]
-    lines += [f"{compared}: {', '.join(fusions)}. Seeds: {study.seeds} (mean ± sample std over seeds). Stage 2: {stage2['max_steps']} steps "
-              f"× {stage2['per_device_train_batch_size']}; stage 3: {stage3['max_steps']} steps × {stage3['per_device_train_batch_size']} "
+    lines += [f"{compared}: {', '.join(fusions)}. Seeds: {study.seeds} (mean ± sample std over seeds). Stage 2: {stage_summary(stage2, 2)}; "
+              f"stage 3: {stage_summary(stage3, 3)} "
               f"(encoder {'trained' if stage3['train_vision'] else 'frozen'}); {llm}.", ""]  # fmt: skip
     if matched is not None or not study.match_params:
         lines += [budget_setting(study, matched), ""]
