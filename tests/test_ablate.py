@@ -184,6 +184,17 @@ def test_gate_init_reaches_the_hive_fusions(quick):
         assert gates and all(torch.all(gate == 0.25) for gate in gates), name
 
 
+def test_qformer_queries_start_distinct_as_blip2_initialises_them(quick):
+    # transformers' Blip2 zeroes query_tokens (a checkpoint overwrites them); trained from scratch, zero queries start
+    # identical and the Q-Former's first LayerNorm blows their gradient up. The study starts them as BLIP-2 does.
+    out, settings, _ = quick
+    vision, text, meta = backbones(out)
+    fusion = build_fusion("qformer", vision, text, meta["image_token_id"], settings.fusion, seed=0)
+    queries = fusion.model.query_tokens.detach()[0]  # (num_query_tokens, width)
+    assert 0.015 < queries.std().item() < 0.025 and torch.cdist(queries, queries).fill_diagonal_(1.0).min() > 0
+    assert max(results(out)["qformer"]["stages"]["stage2"]["grad_norms"]) < 1e4  # it was about 4e11 from zero queries
+
+
 def test_a_finished_run_is_kept_only_for_its_own_settings(quick):
     from hive_vlm.ablation.shared import prepare_shared
     from hive_vlm.ablation.study import _run_identity

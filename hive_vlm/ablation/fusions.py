@@ -247,6 +247,10 @@ def _qformer(vision_dir, text_dir, settings: HiveFusionSettings, image_token_id)
     config = Blip2Config(vision_config=placeholder, qformer_config=qformer.to_dict(), text_config=text.config.to_dict(),
                          num_query_tokens=settings.qformer_num_query_tokens, image_token_id=image_token_id)  # fmt: skip
     model = Blip2ForConditionalGeneration(config)
+    # BLIP-2's own start for the queries (LAVIS: normal, std initializer_range). transformers zeroes them, a value only
+    # ever overwritten by a trained checkpoint: from zeros every query starts identical, and the Q-Former's first
+    # LayerNorm, normalising a zero vector, multiplies their gradient by about 1/sqrt(eps) (~1e11 measured).
+    nn.init.normal_(model.query_tokens, std=qformer.initializer_range)
     model.vision_model = vision
     model.language_model.load_state_dict(text.state_dict())
 
