@@ -13,7 +13,9 @@ from hive_vlm.ablation.fusions import FUSIONS, build_fusion, insert_image_tokens
 from hive_vlm.ablation.report import aggregate, noise_verdicts
 from hive_vlm.ablation.settings import DEFAULT_RECIPE, load_study, stage_arguments, study_from_values
 from hive_vlm.ablation.shared import shared_path
+from hive_vlm.ablation.run import batch_hash, shared_inputs
 from hive_vlm.ablation.study import run_ablation
+from hive_vlm.data.collators import HiveCaptionCollator, HiveChatCollator
 from hive_vlm.training.alignment_trainer import HiveAlignmentTrainer
 from hive_vlm.training.finetune_trainer import HiveFinetuneTrainer
 
@@ -28,7 +30,8 @@ FUSION_PREFIXES = {
     "qformer": ("query_tokens", "qformer.", "language_projection."),
 }
 VISION_PREFIXES = {"flat": "model.vision_tower.", "qformer": "vision_model."}
-STAGE2_SCHEDULE = ["stage2.max_steps=5", "stage2.warmup_steps=2", "stage2.lr_scheduler_type=cosine", "stage2.gradient_accumulation_steps=2",
+STAGE2_STEPS = 7  # of 2 accumulated batches of 4: 14 batches, past the end of the first epoch of 48 captions (12 batches)
+STAGE2_SCHEDULE = [f"stage2.max_steps={STAGE2_STEPS}", "stage2.warmup_steps=2", "stage2.lr_scheduler_type=cosine", "stage2.gradient_accumulation_steps=2",
                    "stage2.max_grad_norm=0.01"]  # fmt: skip
 
 
@@ -81,13 +84,33 @@ def test_every_fusion_sees_identical_batches(quick):
     _, settings, report = quick
     runs = report["runs"]
     assert {run["fusion"] for run in runs} == set(FUSIONS)
-    for stage, batches in (("stage2", 5 * 2), ("stage3", settings.stage3["max_steps"])):  # stage 2 accumulates 2 batches a step
+    for stage, batches in (("stage2", STAGE2_STEPS * 2), ("stage3", settings.stage3["max_steps"])):  # stage 2 accumulates 2 a step
         sequences = {run["fusion"]: run["batch_hashes"][stage] for run in runs}
         reference = sequences["hive-paired"]
         assert len(reference) == batches
-        assert len(set(reference)) == batches  # the hashes tell batches apart
+        assert len(set(reference)) == batches or stage == "stage2"  # the hashes tell batches apart (a new epoch may repeat one)
         for fusion, hashes in sequences.items():
             assert hashes == reference, f"{fusion} saw other {stage} batches than hive-paired"
+
+
+def test_recorded_batches_are_the_trainers_seeded_order_rebuilt_independently(quick):
+    # Not only the same for every fusion: the batches hashed are the ones a seeded sampler draws (stage 2's seed is
+    # seed * 1000 + 2), in order, across stage 2's epoch boundary (with gradient accumulation).
+    out, settings, report = quick
+    meta, processor, captions, chats = shared_inputs(out / "shared")
+    stages = {"stage2": (captions, HiveCaptionCollator(processor, prompt=meta["caption_prompt"], max_length=meta["max_length"]["stage2"]), 2),
+              "stage3": (chats, HiveChatCollator(processor, max_length=meta["max_length"]["stage3"]), 3)}  # fmt: skip
+    recorded = report["runs"][0]["batch_hashes"]
+    for stage, (dataset, collator, seed) in stages.items():
+        batch_size = getattr(settings, stage)["per_device_train_batch_size"]
+        order, epoch = [], 0
+        while len(order) < len(recorded[stage]):  # each epoch: a permutation seeded by data_seed + epoch
+            rows = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+            order += [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]  # the last batch may be short
+            epoch += 1
+        expected = [batch_hash(collator([dataset[i] for i in rows])) for rows in order[: len(recorded[stage])]]
+        assert recorded[stage] == expected, stage
+    assert len(recorded["stage2"]) > len(captions) // settings.stage2["per_device_train_batch_size"]  # it crossed an epoch
 
 
 def test_every_fusion_trains_as_hive_train_does_with_the_recipes_schedule_accumulation_and_clipping(quick):
@@ -99,8 +122,8 @@ def test_every_fusion_trains_as_hive_train_does_with_the_recipes_schedule_accumu
 
     for name, run in results(out).items():
         stage2, stage3 = run["stages"]["stage2"], run["stages"]["stage3"]
-        assert stage2["steps"] == 5 and stage2["micro_batches"] == 10, name  # 5 optimiser steps of 2 accumulated batches
-        assert stage2["learning_rates"] == pytest.approx(cosine(settings.stage2["learning_rate"], 2, 5)), name  # warmup_steps 2
+        assert stage2["steps"] == STAGE2_STEPS and stage2["micro_batches"] == 2 * STAGE2_STEPS, name  # 2 batches a step
+        assert stage2["learning_rates"] == pytest.approx(cosine(settings.stage2["learning_rate"], 2, STAGE2_STEPS)), name
         # stage 3: the recipe's own 5% warm-up (warmup_steps 0.05 of 4 steps: 1) and cosine
         assert stage3["learning_rates"] == pytest.approx(cosine(settings.stage3["learning_rate"], 1, 4)), name
         assert min(stage2["grad_norms"]) > 0.01 and max(stage2["clipped_grad_norms"]) == pytest.approx(0.01, rel=1e-3), name
@@ -109,7 +132,7 @@ def test_every_fusion_trains_as_hive_train_does_with_the_recipes_schedule_accumu
             assert stage["weights"]["trainable"] > 0 and stage["weights"]["trainable_unchanged"] == [], name
             assert stage["weights"]["frozen_changed"] == [], name
         assert run["parameters"]["stage3"]["llm"]["trainable"] > 0  # LoRA: the same trainer, the same adapters
-        assert len(stage2["losses"]) == 5
+        assert len(stage2["losses"]) == STAGE2_STEPS
 
 
 def stage_trainer(fusion, stage: int, values: dict, output_dir):
@@ -291,6 +314,19 @@ def test_recipe_errors_name_the_key():
     with pytest.raises(ValueError, match=r"stage3: a study cannot honour \['fsdp', 'quantization'\] \(fsdp: every run"):
         study_from_values({**values, "stage3": {**values["stage3"], "lora_r": 4, "fsdp": "full_shard",
                                                 "quantization": {"load_in_4bit": True}}})  # fmt: skip
+    with pytest.raises(ValueError, match=r"a study cannot honour \['auto_find_batch_size'\] \(auto_find_batch_size: every fusion"):
+        study_from_values({**values, "stage2": {**values["stage2"], "auto_find_batch_size": True}})
+    # a key that cannot go with what the study sets itself fails at load, naming the stage, not in a run's process
+    with pytest.raises(ValueError, match=r"stage2: .*dataloader_prefetch_factor.* \(a study sets .*'dataloader_num_workers': 0"):
+        study_from_values({**values, "stage2": {**values["stage2"], "dataloader_num_workers": 4, "dataloader_prefetch_factor": 2}})
+    with pytest.raises(ValueError, match=r"study.pretrain_llm sets stage2.train_llm_embeddings to False, and the recipe's stage2 says True"):
+        study_from_values({**values, "stage2": {**values["stage2"], "train_llm_embeddings": True}, "study": {"pretrain_llm": True}})
+    with pytest.raises(ValueError, match=r"model.hive: .* \['cross_attention_num_heads'\] would be ignored"):
+        study_from_values({**values, "model": {**values["model"], "hive": {**values["model"]["hive"], "cross_attention_num_heads": 2}}})
+    with pytest.raises(ValueError, match=r"model.dtype: a study builds every fusion in float32"):
+        study_from_values({**values, "model": {**values["model"], "dtype": "bfloat16"}})
+    with pytest.raises(ValueError, match=r"label_smoothing_factor \(0.1\): the Trainer would smooth an unshifted loss"):
+        study_from_values({**values, "stage3": {**values["stage3"], "label_smoothing_factor": 0.1}})
     # ... and every other key hive train honours, a study honours too
     _, honoured = study_from_values({**values, "stage3": {**values["stage3"], "lora_r": 4, "lora_target_modules": ".*q_proj$"}})
     args = stage_arguments(3, honoured.stage3, "unused", seed=0)

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from transformers import BitsAndBytesConfig, TrainingArguments
 
+from .alignment_config import refuse_label_smoothing
+
 
 # LoRA targets restricted to the LLM: a regex over full module names, so the encoder's q/k/v are never caught.
 # `(.*\.)?`: HIVE and LLaVA hold the LLM at `model.language_model`, BLIP-2 at the top (`language_model.`).
@@ -45,6 +47,7 @@ class HiveFinetuneConfig(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
+        refuse_label_smoothing(self)
         if self.lora_r < 0:
             raise ValueError(f"lora_r must be 0 (LLM frozen) or a positive rank, got {self.lora_r}.")
         if self.train_llm and self.lora_r > 0:

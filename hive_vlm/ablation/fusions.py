@@ -129,16 +129,20 @@ class HiveAblationFusion:
 
     def set_trainable(self, vision=None, projector=None, cross_attention=None, llm=None) -> dict[str, dict[str, int]]:
         """As `HivePreTrainedModel.set_trainable`: freezes (False) or unfreezes (True) whole components, None leaves one
-        as it is; then parameters the loss never reaches (found by one probe backward) are frozen. Returns the counts
-        in the same layout (`{component: {"trainable", "total"}, "total": {...}}`)."""
+        as it is, and the encoder weights the fusion never reads stay frozen. A HIVE model does this itself; for LLaVA
+        and BLIP-2 the unread encoder weights (LLaVA's layers above `vision_feature_layer`, ...) are found by one probe
+        backward. Returns the counts in the same layout (`{component: {"trainable", "total"}, "total": {...}}`)."""
+        flags = {"vision": vision, "projector": projector, "cross_attention": cross_attention, "llm": llm}
+        if hasattr(self.model, "set_trainable"):  # HIVE
+            return self.model.set_trainable(**flags)
         components = self.component_parameters()
-        for name, flag in (("vision", vision), ("projector", projector), ("cross_attention", cross_attention), ("llm", llm)):
+        for name, flag in flags.items():
             if flag is not None:
                 for parameter in components[name]:
                     parameter.requires_grad_(bool(flag))
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
-        if trainable:
-            for parameter, reached in zip(trainable, parameters_reached(self.loss(probe_batch(self)), trainable)):
+        vision_trainable = [p for p in components["vision"] if p.requires_grad]
+        if vision_trainable:
+            for parameter, reached in zip(vision_trainable, parameters_reached(self.loss(probe_batch(self)), vision_trainable)):
                 parameter.requires_grad_(reached)
         counts = {name: {"trainable": sum(p.numel() for p in params if p.requires_grad), "total": sum(p.numel() for p in params)}
                   for name, params in components.items()}  # fmt: skip
@@ -160,7 +164,7 @@ def insert_image_tokens(input_ids, attention_mask, labels, image_token_id: int, 
     """
     batch_size, length = input_ids.shape
     first = attention_mask.long().argmax(dim=1)  # (B,) index of the first real token
-    positions = torch.arange(length + num_image_tokens)[None].expand(batch_size, -1)  # (B, T + N)
+    positions = torch.arange(length + num_image_tokens, device=input_ids.device)[None].expand(batch_size, -1)  # (B, T + N)
     after = first[:, None] + 1
     is_image = (positions >= after) & (positions < after + num_image_tokens)
     source = torch.where(positions >= after + num_image_tokens, positions - num_image_tokens, positions)
@@ -179,10 +183,11 @@ def probe_batch(fusion: HiveAblationFusion) -> dict:
     """One synthetic sample (zero image, four labelled tokens): enough to see which weights the loss reaches."""
     config = fusion.encoder.config
     size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
-    ids = torch.tensor([[1, 4, 5, 2]])
+    device = next(fusion.model.parameters()).device  # a Trainer may have moved the model to its device
+    ids = torch.tensor([[1, 4, 5, 2]], device=device)
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone(),
-            "pixel_values": torch.zeros(1, getattr(config, "num_channels", 3), size, size),
-            "image_mask": torch.ones(1, dtype=torch.bool)}  # fmt: skip
+            "pixel_values": torch.zeros(1, getattr(config, "num_channels", 3), size, size, device=device),
+            "image_mask": torch.ones(1, dtype=torch.bool, device=device)}  # fmt: skip
 
 
 def _hive(name, vision_dir, text_dir, settings: HiveFusionSettings, image_token_id) -> HiveAblationFusion:

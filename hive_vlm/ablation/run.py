@@ -174,6 +174,9 @@ def train_stage(fusion, stage: int, values: dict, dataset, collator, output_dir,
         training left unchanged and the frozen ones it changed (both lists should be empty).
     """
     args = stage_arguments(stage, values, output_dir, seed)
+    if args.n_gpu > 1:  # the Trainer would wrap the model in DataParallel: another batch per step, other batches per fusion
+        raise ValueError(f"a study trains each run on one device, and {args.n_gpu} GPUs are visible; set CUDA_VISIBLE_DEVICES "
+                         "to one GPU (runs of a study can go to different GPUs as separate commands).")  # fmt: skip
     torch.manual_seed(seed)  # LoRA's fresh weights are made before the Trainer seeds itself
     trainer_class = HiveAlignmentTrainer if stage == 2 else HiveFinetuneTrainer
     collator, recorder = HiveStudyCollator(collator, fusion), HiveStudyCallback(on_step)

@@ -106,7 +106,10 @@ REFUSED_STAGE_KEYS = {
     "fsdp": "every run of a study trains in one process", "fsdp_config": "every run of a study trains in one process",
     "deepspeed": "every run of a study trains in one process", "push_to_hub": "a study uploads nothing",
     "resume_from_checkpoint": "a study keeps finished runs (result.json), not checkpoints",
+    "auto_find_batch_size": "every fusion must see the same batches, and it would halve one fusion's batch alone",
 }  # fmt: skip
+# model.hive keys each fusion sets for itself (the study compares them); any other key would be ignored, so is refused.
+SET_BY_FUSION = ("hierarchy_mode", "cross_attention_mode", "shared_softmax_norm")
 # Defaults written into a study's stage settings, so its report and result.json show them.
 SHOWN_STAGE_KEYS = ("max_steps", "per_device_train_batch_size", "learning_rate", "train_vision", "train_llm", "train_llm_embeddings")
 
@@ -129,6 +132,15 @@ def stage_values(recipe: HiveRecipe, stage: int, where: str = "recipe") -> dict:
         raise ValueError(f"{where}.stage{stage}: a study needs max_steps and per_device_train_batch_size of at least 1.")
     shown = SHOWN_STAGE_KEYS + (("lora_r", "vision_learning_rate") if stage == 3 else ())
     return {**{key: getattr(args, key) for key in shown}, **values}
+
+
+def check_stage_arguments(stage: int, values: dict, where: str) -> None:
+    """Builds a study stage's arguments once, before anything trains: a recipe key that cannot go with what a study sets
+    itself (`STUDY_ARGUMENTS`) fails here, naming the stage, not in the middle of a run."""
+    try:
+        stage_arguments(stage, values, "unused", seed=0)
+    except ValueError as error:
+        raise ValueError(f"{where}.stage{stage}: {error} (a study sets {STUDY_ARGUMENTS} itself)") from error
 
 
 def stage_arguments(stage: int, values: dict, output_dir, seed: int):
@@ -248,6 +260,20 @@ def parse_study(recipe: HiveRecipe, where: str = "recipe") -> HiveStudySettings:
     llm = {"train_llm": True, "train_llm_embeddings": False} if pretrain_llm else {}
     stage2 = {**stage_values(recipe, 2, where), **llm}
     stage3 = {**stage_values(recipe, 3, where), **llm, **({"train_llm": True} if train_llm else {})}
+    for stage, said in ((2, llm), (3, {**llm, **({"train_llm": True} if train_llm else {})})):
+        clash = sorted(key for key in said if key in getattr(recipe, f"stage{stage}") and getattr(recipe, f"stage{stage}")[key] != said[key])
+        if clash:
+            key = "pretrain_llm" if pretrain_llm else "train_llm"
+            raise ValueError(f"{where}.study.{key} sets stage{stage}.{clash[0]} to {said[clash[0]]}, and the recipe's stage{stage} "
+                             f"says {getattr(recipe, f'stage{stage}')[clash[0]]}; drop one of them.")  # fmt: skip
+        check_stage_arguments(stage, stage2 if stage == 2 else stage3, where)
+    ignored = sorted(set(recipe.model.hive) - set(FROM_MODEL_HIVE) - set(SET_BY_FUSION))
+    if ignored:
+        raise ValueError(f"{where}.model.hive: a study's fusions take {list(FROM_MODEL_HIVE)} from it and set {list(SET_BY_FUSION)} "
+                         f"themselves; {ignored} would be ignored. Drop them from the recipe a study reads.")  # fmt: skip
+    if recipe.model.dtype not in (None, "float32"):
+        raise ValueError(f"{where}.model.dtype: a study builds every fusion in float32, and the recipe asks for {recipe.model.dtype}; "
+                         "drop it (mixed precision goes through the stages' bf16 or fp16 keys, which a study honours).")  # fmt: skip
     return HiveStudySettings(name=recipe.name, fusions=fusions, seeds=seeds, match_params=bool(match_params), benchmarks=benchmarks,
                              fusion=HiveFusionSettings(**from_hive, **fusion_values), stage2=stage2, stage3=stage3, eval=evaluation,
                              train_llm=bool(train_llm), pretrain_llm=bool(pretrain_llm), default_study=default_study)  # fmt: skip

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hive_vlm.ablation.fusions import FUSIONS
-from hive_vlm.ablation.settings import DEFAULT_RECIPE, HiveStudySettings, stage_values, study_from_values
+from hive_vlm.ablation.settings import DEFAULT_RECIPE, HiveStudySettings, check_stage_arguments, stage_values, study_from_values
 from hive_vlm.training.recipe import HiveRecipe, check_scalar, read_recipe_file
 
 
@@ -105,6 +105,7 @@ def parse_transfer(recipe: HiveRecipe, study: HiveStudySettings, where: str = "r
         recipe_stage = {key: value for key, value in getattr(recipe, f"stage{stage}").items() if not key.startswith("lora_")}
         merged = dataclasses.replace(recipe, **{f"stage{stage}": {**recipe_stage, **given, **decided}})
         setattr(transfer, f"stage{stage}", stage_values(merged, stage, f"{where}.transfer"))
+        check_stage_arguments(stage, getattr(transfer, f"stage{stage}"), f"{where}.transfer")
     return transfer
 
 
