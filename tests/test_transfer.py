@@ -35,6 +35,10 @@ def test_quick_transfer_writes_every_output(quick):
     assert transfer.variants == ["hive-paired", "flat", "mim-only", "none"] and transfer.seeds == [0]
     saved = json.loads((out / "transfer.json").read_text())
     assert sorted(saved["aggregate"]) == sorted(transfer.variants)
+    # every run names the encoder it transferred by its weights' digest, so a committed study can be checked
+    digests = {run["fusion"]: run["encoder_digest"] for run in saved["runs"]}
+    assert sorted(digests) == sorted(transfer.variants) and all(len(digest) == 16 for digest in digests.values())
+    assert digests["none"] != digests["mim-only"] != digests["hive-paired"]
     for variant in transfer.variants:
         row = saved["aggregate"][variant]
         for metric in ("test/accuracy", "test/low", "mme/perception", "okvqa/vqa_accuracy", "probe/low", "seconds_per_step/stage3"):

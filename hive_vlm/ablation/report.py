@@ -278,7 +278,8 @@ def write_report(out, study, meta: dict, runs: list[dict], matched: dict | None 
         "runs": [{**entry, "curve": run["curve"], "parameters": run["parameters"], "batch_hashes":
                   {stage: run["stages"][stage]["batch_hashes"] for stage in run["stages"]},
                   "losses": {stage: run["stages"][stage]["losses"] for stage in run["stages"]}, "memory": run["memory"],
-                  "timing": run["timing"], "readout": run.get("readout")} for entry, run in zip(flat, runs)],
+                  "timing": run["timing"], "readout": run.get("readout"),
+                  **{key: run[key] for key in ("encoder", "encoder_digest") if key in run}} for entry, run in zip(flat, runs)],
         "plots": plots,
     }  # fmt: skip
     write_json_atomic(out / f"{stem}.json", report)
