@@ -28,6 +28,16 @@ def component_parameters(model) -> dict[str, list[nn.Parameter]]:
     }
 
 
+def component_counts(components: dict) -> dict[str, dict[str, int]]:
+    """`{component: {"trainable": n, "total": m}}` in elements, plus a `"total"` row over all components."""
+    counts = {
+        name: {"trainable": sum(p.numel() for p in params if p.requires_grad), "total": sum(p.numel() for p in params)}
+        for name, params in components.items()
+    }
+    counts["total"] = {key: sum(row[key] for row in counts.values()) for key in ("trainable", "total")}
+    return counts
+
+
 def freeze_unused_vision_parameters(model) -> None:
     """Freezes the encoder weights no connected layer depends on: they never get a gradient, and no optimizer, DDP
     or FSDP wrapper should see them as trainable. Found once when the model is built (before any hook, offload or
@@ -54,10 +64,6 @@ def set_trainable(model, vision=None, projector=None, cross_attention=None, llm=
                 parameter.requires_grad_(bool(flag))
     if vision:
         freeze_unused_vision_parameters(model)
-    counts = {
-        name: {"trainable": sum(p.numel() for p in params if p.requires_grad), "total": sum(p.numel() for p in params)}
-        for name, params in components.items()
-    }
-    counts["total"] = {key: sum(row[key] for row in counts.values()) for key in ("trainable", "total")}
+    counts = component_counts(components)
     logger.info("HIVE trainable parameters: " + ", ".join(f"{k} {v['trainable']:,}/{v['total']:,}" for k, v in counts.items()))
     return counts

@@ -38,6 +38,7 @@ from modeling_hive import HiveForConditionalGeneration
 from modeling_hive.backbones_hive import as_tokens, eval_mode, probe_image_shape
 from modeling_hive.configuration_hive import vision_num_levels
 from modeling_hive.inspection_hive import parameters_reached
+from modeling_hive.trainable_hive import component_counts
 
 
 FUSIONS = ("hive-paired", "hive-all-levels", "single-level", "shared-softmax", "flat", "qformer")
@@ -144,10 +145,7 @@ class HiveAblationFusion:
         if vision_trainable:
             for parameter, reached in zip(vision_trainable, parameters_reached(self.loss(probe_batch(self)), vision_trainable)):
                 parameter.requires_grad_(reached)
-        counts = {name: {"trainable": sum(p.numel() for p in params if p.requires_grad), "total": sum(p.numel() for p in params)}
-                  for name, params in components.items()}  # fmt: skip
-        counts["total"] = {key: sum(row[key] for row in counts.values()) for key in ("trainable", "total")}
-        return counts
+        return component_counts(components)
 
 
 def insert_image_tokens(input_ids, attention_mask, labels, image_token_id: int, num_image_tokens: int) -> dict:

@@ -139,8 +139,8 @@ class HiveStudyCallback(TrainerCallback):
         self.started = time.perf_counter()
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        norms = [p.grad.detach().float().norm() for p in model.parameters() if p.grad is not None]
-        self.clipped_norms.append(round(torch.stack(norms).norm().item(), 6) if norms else 0.0)
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        self.clipped_norms.append(round(torch.nn.utils.get_total_norm(grads).item(), 6) if grads else 0.0)
 
     def on_step_end(self, args, state, control, **kwargs):
         self.seconds.append(time.perf_counter() - self.started)
