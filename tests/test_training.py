@@ -295,10 +295,15 @@ def test_stage3_without_lora_keeps_the_llm_frozen(tmp_path):
     assert trainer.lora_model is None and not any(p.requires_grad for p in model.model.language_model.parameters())
 
 
-def test_lora_outside_the_llm_is_refused(tmp_path):
+@pytest.mark.parametrize(
+    "targets, message",
+    [(r".*\.(q_proj|v_proj)$", "LLM modules only"), (r".*\.no_such_proj$", "lora_target_modules=.*matches no module")],
+    ids=["outside-the-llm", "matching-nothing"],
+)
+def test_lora_targets_outside_the_llm_or_matching_nothing_are_refused(tmp_path, targets, message):
     processor = processor_for()
-    args = args_for(HiveFinetuneConfig, tmp_path, lora_r=4, lora_target_modules=r".*\.(q_proj|v_proj)$")
-    with pytest.raises(ValueError, match="LLM modules only"):
+    args = args_for(HiveFinetuneConfig, tmp_path, lora_r=4, lora_target_modules=targets)
+    with pytest.raises(ValueError, match=message):
         HiveFinetuneTrainer(tiny_model(processor), args, data_collator=HiveChatCollator(processor), train_dataset=chat_rows())
 
 

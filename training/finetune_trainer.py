@@ -40,7 +40,16 @@ class HiveFinetuneTrainer(HiveTrainer):
     def __init__(self, model, args, components=None, **kwargs):
         self.lora_model = None
         if args.lora_r > 0:
-            self.lora_model = LoraModel(model, lora_config(args), "default")  # injects into `model`, freezes the rest
+            try:
+                self.lora_model = LoraModel(model, lora_config(args), "default")  # injects into `model`, freezes the rest
+            except ValueError as error:
+                if "not found in the base model" not in str(error):
+                    raise
+                raise ValueError(
+                    f"lora_target_modules={args.lora_target_modules!r} matches no module of this model's LLM. It is a regex "
+                    "over full module names (e.g. 'model.language_model.layers.0.self_attn.q_proj'); print "
+                    "[name for name, _ in model.named_modules()] to see them, or leave it at its default."
+                ) from error
             outside = [name for name, _ in model.named_modules() if name.endswith("lora_A") and ".language_model." not in f".{name}"]
             if outside:
                 raise ValueError(f"lora_target_modules must match LLM modules only; it also caught {outside[:3]}.")
