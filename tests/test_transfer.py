@@ -49,7 +49,8 @@ def test_quick_transfer_writes_every_output(quick):
     assert "| flat | layer 2 of 4 (vision_feature_layer -2) | layer 2 of 4 (vision_feature_layer -2) |" in table
     assert "| hive-paired | layers 1, 3 of 4 | layer 2 of 4 (vision_feature_layer -2) |" in table
     assert "| mim-only | – (no fusion) |" in table and "Budgets matched to hive-paired's stage-2 budget" in table
-    assert "LoRA r=4 on the LLM in stage 3" in table  # tiny-shapes' own stage 3
+    # both LLM settings are named: the pre-training's (tiny-shapes' own stage 3) and the transfer's
+    assert "In pre-training: LoRA r=4 on the LLM in stage 3" in table and "the whole LLM trained in stage 3" in table
     assert saved["pretraining_cost"]["hive-paired"]["stage2"] > 0 and saved["pretraining_cost"]["none"]["stage2"] == "–"
     for name in ("accuracy_vs_steps", "accuracy_per_level"):
         assert (out / "plots" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -170,7 +170,7 @@ def pretraining_settings(pretraining: HiveStudySettings, pretrained: dict, runs:
     after = {run["variant"]: run.get("readout") for run in runs}
     lines = ["", "## Pre-training settings and the encoder layers each variant reads", "",
              f"{budget_setting(pretraining, pretrained.get('matched_budgets')) if pretrained.get('runs') else 'No fusion pre-trained.'} "
-             f"{llm_setting(pretraining)}; shared-softmax norm `{pretraining.fusion.shared_softmax_norm}`.", "",
+             f"In pre-training: {llm_setting(pretraining)}; shared-softmax norm `{pretraining.fusion.shared_softmax_norm}`.", "",
              "| variant | read in pre-training (0-based) | read in transfer |", "|---|---|---|"]  # fmt: skip
     lines += [f"| {variant} | {before.get(variant) or '– (no fusion)'} | {after.get(variant) or '–'} |" for variant in after]
     return lines
