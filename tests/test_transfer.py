@@ -52,6 +52,9 @@ def test_quick_transfer_writes_every_output(quick):
     # both LLM settings are named: the pre-training's (tiny-shapes' own stage 3) and the transfer's
     assert "In pre-training: LoRA r=4 on the LLM in stage 3" in table and "the whole LLM trained in stage 3" in table
     assert saved["pretraining_cost"]["hive-paired"]["stage2"] > 0 and saved["pretraining_cost"]["none"]["stage2"] == "–"
+    # the JSON keeps both: the transfer's settings ("study") and the pre-training's, whose LLM trained differently
+    assert saved["pretraining_study"]["stage3"]["lora_r"] == 4 and saved["pretraining_study"]["pretrain_llm"] is False
+    assert saved["pretraining_study"]["fusions"] == ["hive-paired", "flat"] and saved["study"]["fusions"] == transfer.variants
     for name in ("accuracy_vs_steps", "accuracy_per_level"):
         assert (out / "plots" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "pretraining" / "ablation.md").is_file()  # the pre-training is a hive ablate study of its own

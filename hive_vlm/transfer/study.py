@@ -147,6 +147,8 @@ def run_transfer(recipe, study: HiveStudySettings, transfer: HiveTransferSetting
                           show_readouts=False)  # both readouts are listed with the pre-training settings below
     cost = pretraining_cost(pretrained, transfer.variants)
     report["pretraining_cost"] = cost
+    # "study" above holds the transfer's own settings; how the encoders were pre-trained (pretrain_llm, budgets, ...)
+    report["pretraining_study"] = dataclasses.asdict(pretraining)
     write_json_atomic(out / "transfer.json", report)
     lines = ["", "## Pre-training cost (seconds per step through the proxy LLM, median; mean over seeds)", "",
              "| variant | stage 2 | stage 3 |", "|---|---|---|"]  # fmt: skip
